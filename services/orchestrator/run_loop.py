@@ -1,0 +1,241 @@
+"""The training loop of one run, step by step.
+
+One question's path: sample question -> rollouts (engine, stamped with the
+policy version) -> experts (``select``) -> rewards (parallel scoring calls)
+-> advantages (group-relative, missing rewards excluded) -> update (trainer)
+-> new weights (engine reloads the snapshot). ``RunExecutor`` runs queued
+runs one at a time on a worker thread and records every step in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import shutil
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from fedgrpo.tasks import Question, user_message
+from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import policy_trainer_pb2 as tpb
+from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
+
+from .advantages import consensus_rewards, group_advantages, group_has_signal
+from .clients import RewardClients
+from .experts import ClientView, select_experts
+from .questions import QuestionBank
+from .rollout import RolloutEngine, SamplingSettings
+from .runs import RunStore, now
+from .spec import RunConfig
+
+log = logging.getLogger(__name__)
+
+Selector = Callable[[str, Sequence[ClientView], int], list[str]]
+
+
+class RunCancelled(Exception):
+    pass
+
+
+@dataclass
+class Policy:
+    """The engine: what it has loaded, behind one lock shared with Generate."""
+
+    engine: RolloutEngine
+    tokenizer: object
+    base_dir: Path
+    lock: threading.Lock
+    loaded: common_pb2.PolicyVersion
+
+    def prompt_ids(self, text: str, raw: bool = False) -> list[int]:
+        if raw:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
+        ids = self.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def load(self, version: common_pb2.PolicyVersion) -> float:
+        """Bring the engine to ``version``; returns the seconds it took (0 if current)."""
+        if (version.run_id, version.version) == (self.loaded.run_id, self.loaded.version) or (
+            version.version == 0 and self.loaded.version == 0
+        ):
+            self.loaded.CopyFrom(version)
+            return 0.0
+        started = time.monotonic()
+        self.engine.load_weights(Path(version.weights_path))
+        self.loaded.CopyFrom(version)
+        return time.monotonic() - started
+
+
+class RunExecutor:
+    def __init__(
+        self,
+        store: RunStore,
+        clients: RewardClients,
+        policy: Policy,
+        trainer: tpb_grpc.PolicyTrainerServiceStub,
+        bank: QuestionBank,
+        select: Selector = select_experts,
+    ) -> None:
+        self.store, self.clients, self.policy, self.trainer = store, clients, policy, trainer
+        self.bank, self.select = bank, select
+        self.configs: dict[str, RunConfig] = {}
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
+        self.thread.start()
+
+    def submit(self, run_id: str, config: RunConfig) -> None:
+        self.configs[run_id] = config
+        self.queue.put(run_id)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+
+    def _work(self) -> None:
+        while (run_id := self.queue.get()) is not None:
+            run = self.store.get(run_id)
+            if run is None or run.state != pb.RUN_STATE_QUEUED:
+                continue  # cancelled while queued
+            self.store.update(run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
+            try:
+                self._execute(run_id, self.configs[run_id])
+                self.store.update(run_id, state=pb.RUN_STATE_SUCCEEDED, end_time=now())
+            except RunCancelled:
+                self.store.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
+            except grpc.RpcError as err:
+                log.exception("run %s failed", run_id)
+                self.store.update(
+                    run_id, state=pb.RUN_STATE_FAILED, end_time=now(),
+                    error=f"trainer call failed: {err.code().name}: {err.details()}",
+                )
+            except Exception as err:  # a run must end with a state, whatever broke
+                log.exception("run %s failed", run_id)
+                self.store.update(run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}")
+
+    # ---- one run -----------------------------------------------------------
+    def _execute(self, run_id: str, cfg: RunConfig) -> None:
+        optimizer = tpb.OptimizerSettings(
+            learning_rate=cfg.learning_rate, loss_type=cfg.loss_type, beta=cfg.beta,
+            epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
+            updates_per_batch=cfg.updates_per_batch, max_grad_norm=cfg.max_grad_norm,
+        )
+        version = self.trainer.StartPolicy(tpb.StartPolicyRequest(run_id=run_id, optimizer=optimizer))
+        with self.policy.lock:
+            self.policy.load(version)
+        self.store.update(run_id, policy=version)
+        for step in range(1, cfg.steps + 1):
+            if self.store.cancel_requested(run_id):
+                raise RunCancelled()
+            metrics, version = self._step(run_id, cfg, step, version)
+            self.store.add_step(run_id, metrics, version)
+            log.info(
+                "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d (%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
+                run_id, step, cfg.steps, metrics.reward_mean, metrics.accuracy, metrics.loss, version.version,
+                metrics.step_seconds, metrics.generate_seconds, metrics.score_seconds,
+                metrics.train_seconds, metrics.sync_seconds,
+            )
+        self._export_model(run_id, version)
+
+    def _step(
+        self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
+    ) -> tuple[pb.StepMetrics, common_pb2.PolicyVersion]:
+        started = time.monotonic()
+        m = pb.StepMetrics(step=step, policy_version=version.version)
+
+        # question -> rollout
+        questions = self.bank.sample(cfg.tasks, step, cfg.questions_per_step, cfg.seed)
+        prompts = [self.policy.prompt_ids(user_message(q.text)) for q in questions]
+        sampling = SamplingSettings(cfg.candidates_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens)
+        t = time.monotonic()
+        with self.policy.lock:
+            m.sync_seconds += self.policy.load(version)
+            groups = self.policy.engine.generate(prompts, sampling)
+        m.generate_seconds = time.monotonic() - t - m.sync_seconds
+
+        # -> experts -> rewards
+        t = time.monotonic()
+        views = self.clients.views()
+        experts = [self.select(q.domain, views, cfg.experts_per_question) for q in questions]
+        texts = [[c.text for c in g] for g in groups]
+        outcomes = self.clients.score_questions(run_id, questions, texts, experts, cfg.reward_timeout_seconds)
+        m.score_seconds = time.monotonic() - t
+
+        # -> advantages
+        sequences, rewards = [], []
+        threshold = self._correct_threshold(experts)
+        correct = 0
+        for q, prompt, group, outcome in zip(questions, prompts, groups, outcomes):
+            for problem in outcome.problems:
+                log.warning("run %s step %d question %s: dropped rewards: %s", run_id, step, q.question_id, problem)
+            m.rewards_received += outcome.received
+            m.rewards_dropped += outcome.dropped
+            candidate_rewards = consensus_rewards(outcome.rows) if outcome.rows else [math.nan] * len(group)
+            valid = [r for r in candidate_rewards if not math.isnan(r)]
+            rewards += valid
+            correct += sum(r >= threshold for r in valid)
+            advantages = group_advantages(candidate_rewards, scale_rewards=cfg.scale)
+            if not group_has_signal(advantages):
+                m.zero_advantage_groups += 1
+                continue
+            for sample, adv in zip(group, advantages):
+                if not math.isnan(adv):
+                    sequences.append(
+                        tpb.TrainSequence(
+                            prompt_token_ids=prompt, completion_token_ids=sample.token_ids,
+                            completion_logprobs=sample.logprobs, advantage=adv,
+                        )
+                    )
+        m.questions = len(questions)
+        m.completions = sum(len(g) for g in groups)
+        m.completion_tokens_mean = statistics.fmean(len(s.token_ids) for g in groups for s in g)
+        m.reward_mean = statistics.fmean(rewards) if rewards else math.nan
+        m.reward_std = statistics.pstdev(rewards) if rewards else math.nan
+        m.accuracy = correct / len(rewards) if rewards else math.nan
+
+        # -> update -> new weights
+        if sequences:
+            t = time.monotonic()
+            reply = self.trainer.Train(
+                tpb.TrainBatch(
+                    run_id=run_id, step=step, policy_version=version.version, sequences=sequences,
+                    max_completion_tokens=cfg.max_tokens,
+                )
+            )
+            m.train_seconds = time.monotonic() - t
+            m.loss, m.kl, m.clip_ratio = reply.metrics.loss, reply.metrics.kl, reply.metrics.clip_ratio
+            m.grad_norm = reply.metrics.grad_norm
+            version = reply.policy
+            t = time.monotonic()
+            with self.policy.lock:
+                m.sync_seconds += self.policy.load(version)
+        else:
+            log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
+        m.step_seconds = time.monotonic() - started
+        return m, version
+
+    def _correct_threshold(self, experts: Sequence[list[str]]) -> float:
+        """A reward at or above the middle of the experts' declared range counts as correct."""
+        by_name = self.clients.by_name()
+        ranges = [(by_name[n].reward_min, by_name[n].reward_max) for names in experts for n in names]
+        if not ranges:
+            return 0.5
+        return statistics.fmean((lo + hi) / 2 for lo, hi in ranges)
+
+    def _export_model(self, run_id: str, version: common_pb2.PolicyVersion) -> None:
+        """Copy the final policy into the run's artifacts as a Hugging Face folder."""
+        target = self.store.run_dir(run_id) / "model"
+        tmp = target.with_name("model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(version.weights_path, tmp, ignore=shutil.ignore_patterns("*.gguf", ".*"))
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        log.info("run %s: final policy v%d exported to %s", run_id, version.version, target)

@@ -1,0 +1,190 @@
+"""The orchestrator's public API: a thin gRPC shell over the run store,
+the run executor and the rollout engine.
+
+Every request is validated first; a bad one is answered INVALID_ARGUMENT
+naming the field and the accepted range, an unknown run id NOT_FOUND, and
+nothing in any run's state changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import grpc
+
+from fedgrpo import serving
+from fedgrpo.tasks import DOMAINS
+from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
+from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
+
+from .clients import RewardClients
+from .config import OrchestratorSettings
+from .questions import QuestionBank
+from .rollout import SamplingSettings, make_engine
+from .run_loop import Policy, RunExecutor
+from .runs import RunStore
+from .spec import SpecError, resolve_spec, to_message
+
+log = logging.getLogger(__name__)
+
+MAX_GENERATE_PROMPTS = 256
+MAX_PROMPT_CHARS = 16_384
+
+
+class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
+    def __init__(
+        self,
+        settings: OrchestratorSettings,
+        store: RunStore,
+        executor: RunExecutor,
+        clients: RewardClients,
+        policy: Policy,
+        served_model: str,
+    ) -> None:
+        self.settings, self.store, self.executor = settings, store, executor
+        self.clients, self.policy, self.served_model = clients, policy, served_model
+
+    def _run(self, run_id: str, context: grpc.ServicerContext) -> pb.Run:
+        if not run_id:
+            serving.invalid(context, "run_id", "must not be empty")
+        run = self.store.get(run_id)
+        if run is None:
+            serving.not_found(context, f"run_id {run_id!r}: no such run")
+        return run
+
+    def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        try:
+            config = resolve_spec(
+                request.spec, DOMAINS.keys(), self.served_model, self.clients.live_count(),
+                self.settings.max_model_len,
+            )
+        except SpecError as err:
+            serving.invalid(context, f"spec.{err.field}", str(err).split(": ", 1)[1])
+        covered = {d for c in self.clients.views() if c.healthy for d in c.domains}
+        missing = [t for t in config.tasks if t not in covered]
+        if missing:
+            serving.invalid(context, "spec.tasks", f"no live reward client holds the data of {missing}")
+        run = self.store.create(to_message(config))
+        self.executor.submit(run.run_id, config)
+        log.info("run %s created: %s", run.run_id, config.model_dump_json())
+        return run
+
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        return self._run(request.run_id, context)
+
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        return pb.ListRunsResponse(runs=self.store.list())
+
+    def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        self._run(request.run_id, context)
+        return self.store.request_cancel(request.run_id)
+
+    def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext):
+        self._run(request.run_id, context)
+        yield from self.store.follow(request.run_id, context.is_active)
+
+    def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:
+        n = request.n if request.HasField("n") else 1
+        temperature = request.temperature if request.HasField("temperature") else 0.0
+        top_p = request.top_p if request.HasField("top_p") else 1.0
+        max_tokens = request.max_tokens if request.HasField("max_tokens") else 48
+        if not 1 <= len(request.prompts) <= MAX_GENERATE_PROMPTS:
+            serving.invalid(context, "prompts", f"got {len(request.prompts)}, expected 1 to {MAX_GENERATE_PROMPTS}")
+        for i, p in enumerate(request.prompts):
+            if not p or len(p) > MAX_PROMPT_CHARS:
+                serving.invalid(context, f"prompts[{i}]", f"expected 1 to {MAX_PROMPT_CHARS} characters")
+        if not 1 <= n <= 64:
+            serving.invalid(context, "n", f"got {n}, expected 1 to 64")
+        if not (math.isfinite(temperature) and 0 <= temperature <= 5):
+            serving.invalid(context, "temperature", f"got {temperature}, expected 0 (greedy) to 5")
+        if not 0 < top_p <= 1:
+            serving.invalid(context, "top_p", f"got {top_p}, expected in (0, 1]")
+        if not 1 <= max_tokens < self.settings.max_model_len:
+            serving.invalid(context, "max_tokens", f"got {max_tokens}, expected 1 to {self.settings.max_model_len - 1}")
+        ids = [self.policy.prompt_ids(p, raw=request.raw_prompts) for p in request.prompts]
+        for i, p in enumerate(ids):
+            if len(p) + max_tokens > self.settings.max_model_len:
+                serving.invalid(context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {self.settings.max_model_len}")
+        with self.policy.lock:
+            groups = self.policy.engine.generate(ids, SamplingSettings(n, temperature, top_p, max_tokens))
+            version = common_pb2.PolicyVersion()
+            version.CopyFrom(self.policy.loaded)
+        return pb.GenerateResponse(
+            results=[
+                pb.GeneratedCompletions(
+                    completions=[pb.Completion(text=c.text, num_tokens=len(c.token_ids)) for c in g]
+                )
+                for g in groups
+            ],
+            policy=version,
+        )
+
+    def ListRewardClients(self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext) -> pb.ListRewardClientsResponse:
+        return pb.ListRewardClientsResponse(
+            clients=[
+                pb.RewardClientInfo(
+                    name=c.name, address=c.address, domains=c.domains, evaluator_kinds=c.evaluator_kinds,
+                    reward_min=c.reward_min, reward_max=c.reward_max, healthy=c.healthy,
+                )
+                for c in self.clients.clients
+            ]
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from fedgrpo.models import resolve_model
+    from fedgrpo.settings import ConfigError, load, setup_logging
+
+    settings = load(OrchestratorSettings, argv)
+    setup_logging(settings.log_level, "orchestrator")
+    if not settings.reward_clients:
+        raise ConfigError("fedgrpo orchestrator: reward_clients: give at least one host:port (--reward-clients)")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        model_dir = resolve_model(settings.model, settings.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"fedgrpo orchestrator: model: {err}") from None
+    started = time.monotonic()
+    engine = make_engine(
+        settings.backend, model_dir, device=settings.device, dtype=settings.dtype,
+        max_model_len=settings.max_model_len, seed=settings.seed, kv_cache_gib=settings.vllm_kv_cache_gib,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization, cpu_threads_bind=settings.vllm_cpu_threads_bind,
+    )
+    log.info("%s engine up in %.1fs", engine.name, time.monotonic() - started)
+    policy = Policy(
+        engine, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), threading.Lock(),
+        common_pb2.PolicyVersion(version=0, weights_path=str(model_dir)),
+    )
+    clients = RewardClients(settings.reward_clients)
+    try:
+        serving.wait_healthy(settings.trainer, settings.client_wait_seconds)
+    except TimeoutError as err:
+        log.warning("trainer %s: %s; runs fail until it answers", settings.trainer, err)
+    clients.wait_for_all(settings.client_wait_seconds)
+    clients.start_health_checks()
+    store = RunStore(settings.runs_dir)
+    trainer = tpb_grpc.PolicyTrainerServiceStub(serving.channel(settings.trainer))
+    executor = RunExecutor(store, clients, policy, trainer, QuestionBank(settings.bank_seed, settings.bank_size))
+    servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model)
+
+    def stop() -> None:
+        executor.stop()
+        clients.close()
+        engine.close()
+
+    serving.serve(
+        [(pb_grpc.add_OrchestratorServiceServicer_to_server, servicer, "fedgrpo.v1.OrchestratorService")],
+        settings.host, settings.port, on_stop=stop,
+    )

@@ -1,0 +1,100 @@
+"""Run specs: defaults and validation of what a caller asks a run to do.
+
+``resolve_spec(msg, ...)`` turns a ``RunSpec`` message into a validated
+``RunConfig`` (unset optional fields take their defaults) or raises
+``SpecError`` naming the field, the value and the accepted range; the
+service answers that with INVALID_ARGUMENT. ``to_message`` writes the
+resolved config back, so callers see every default that was applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fedgrpo.v1 import orchestrator_pb2 as pb
+
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+class SpecError(ValueError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"spec.{field}: {problem}")
+        self.field = field
+
+
+class RunConfig(BaseModel):
+    """A run's validated settings (see RunSpec in protos/fedgrpo/v1/orchestrator.proto)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = ""
+    tasks: list[str] = Field(min_length=1)
+    questions_per_step: int = Field(4, ge=1, le=1024)
+    candidates_per_question: int = Field(8, ge=2, le=256)
+    experts_per_question: int = Field(2, ge=1, le=64)
+    steps: int = Field(20, ge=1, le=1_000_000)
+    learning_rate: float = Field(1e-5, gt=0, le=1)
+    loss_type: LossType = "bnpo"
+    beta: float = Field(0.0, ge=0, le=100)
+    epsilon_low: float = Field(0.2, ge=0, lt=1)
+    epsilon_high: float = Field(0.3, ge=0, le=10)
+    temperature: float = Field(1.0, gt=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(48, ge=1, le=32_768)
+    updates_per_batch: int = Field(2, ge=1, le=64)
+    seed: int = Field(0, ge=0, le=2**62)
+    reward_timeout_seconds: float = Field(10.0, gt=0, le=3600)
+    scale_rewards: bool | None = None
+    max_grad_norm: float = Field(1.0, ge=0, le=1e6)
+
+    @property
+    def scale(self) -> bool:
+        """dr_grpo does not divide advantages by the group's std (Liu et al.)."""
+        return self.scale_rewards if self.scale_rewards is not None else self.loss_type != "dr_grpo"
+
+
+def _set_fields(msg: pb.RunSpec) -> dict:
+    values: dict = {"model": msg.model, "tasks": list(msg.tasks)}
+    for f in pb.RunSpec.DESCRIPTOR.fields:
+        if f.has_presence and f.name not in values and msg.HasField(f.name):
+            values[f.name] = getattr(msg, f.name)
+    return values
+
+
+def resolve_spec(
+    msg: pb.RunSpec,
+    known_tasks: Collection[str],
+    served_model: str,
+    client_count: int,
+    max_model_len: int,
+) -> RunConfig:
+    try:
+        config = RunConfig.model_validate(_set_fields(msg))
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = ".".join(str(p) for p in e["loc"])
+        raise SpecError(field, f"{e['msg']} (got {e.get('input')!r})") from None
+    unknown = [t for t in config.tasks if t not in known_tasks]
+    if unknown:
+        raise SpecError("tasks", f"unknown task(s) {unknown}; known: {', '.join(sorted(known_tasks))}")
+    if len(set(config.tasks)) != len(config.tasks):
+        raise SpecError("tasks", "a task is listed twice")
+    if config.model and config.model != served_model:
+        raise SpecError("model", f"this orchestrator serves {served_model!r}; got {config.model!r}")
+    if config.experts_per_question > client_count:
+        raise SpecError(
+            "experts_per_question",
+            f"{config.experts_per_question} experts asked for but {client_count} reward client(s) are live",
+        )
+    if config.max_tokens >= max_model_len:
+        raise SpecError("max_tokens", f"got {config.max_tokens}, must be below max_model_len {max_model_len}")
+    return config.model_copy(update={"model": served_model})
+
+
+def to_message(config: RunConfig) -> pb.RunSpec:
+    values = config.model_dump()
+    values["scale_rewards"] = config.scale
+    return pb.RunSpec(**values)

@@ -1,0 +1,48 @@
+"""Configuration of the policy trainer service.
+
+CPU and GPU differ only here: ``device`` (cpu / cuda) and ``dtype``
+(float32 on CPU; bfloat16 on a GPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TrainerSettings(BaseSettings):
+    """The GPU trainer: holds the policy and its frozen reference, applies the loss."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEDGRPO_TRAINER_",
+        cli_prog_name="fedgrpo trainer",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        extra="forbid",
+    )
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
+    port: int = Field(50052, ge=1, le=65535, description="TCP port to listen on.")
+    model: str = Field(
+        "smollm2-135m-instruct",
+        description="Base policy: smollm2-135m-instruct, tiny-llama, or a Hugging Face folder.",
+    )
+    cache_dir: Path = Field(Path(".cache/models"), description="Where prepared base models are cached.")
+    state_dir: Path = Field(
+        Path(".cache/trainer"),
+        description="Policy snapshots and checkpoints; must be shared with the orchestrator.",
+    )
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device of the policy and reference.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Parameter dtype (bfloat16 on a GPU; float32 on a CPU)."
+    )
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
+    keep_snapshots: int = Field(2, ge=1, description="Policy snapshots kept per run (older ones deleted).")
+    checkpoint_every: int = Field(
+        5, ge=1, description="Write a resumable checkpoint (weights, optimizer, step) every N steps."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    log_level: str = Field("INFO", description="Python logging level.")

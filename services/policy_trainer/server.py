@@ -1,0 +1,170 @@
+"""The policy trainer service: a thin gRPC shell around ``PolicyTrainer``.
+
+Validates every request (naming the field on INVALID_ARGUMENT), serialises
+access to the single active policy, and maps a batch that does not follow the
+current step or version to FAILED_PRECONDITION.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import threading
+
+import grpc
+import torch
+
+from fedgrpo import serving
+from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import policy_trainer_pb2 as pb
+from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
+
+from .batching import Sample
+from .config import TrainerSettings
+from .loss import LOSS_TYPES, LossSettings
+from .trainer import OptimizerConfig, PolicyTrainer, StaleBatch, Version
+
+log = logging.getLogger(__name__)
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_BATCH_SEQUENCES = 4096
+MAX_SEQUENCE_TOKENS = 32_768
+
+
+def version_message(v: Version) -> common_pb2.PolicyVersion:
+    return common_pb2.PolicyVersion(run_id=v.run_id, version=v.version, weights_path=str(v.weights_path))
+
+
+def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -> OptimizerConfig:
+    def check(name: str, ok: bool, expected: str) -> None:
+        if not ok:
+            serving.invalid(context, f"optimizer.{name}", f"got {getattr(msg, name)!r}, expected {expected}")
+
+    check("learning_rate", math.isfinite(msg.learning_rate) and msg.learning_rate > 0, "> 0")
+    check("loss_type", msg.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
+    check("beta", math.isfinite(msg.beta) and msg.beta >= 0, ">= 0")
+    check("epsilon_low", 0 <= msg.epsilon_low < 1, "in [0, 1)")
+    check("epsilon_high", 0 <= msg.epsilon_high <= 10, "in [0, 10]")
+    check("updates_per_batch", 1 <= msg.updates_per_batch <= 64, "in [1, 64]")
+    check("max_grad_norm", math.isfinite(msg.max_grad_norm) and msg.max_grad_norm >= 0, ">= 0 (0 disables)")
+    check("weight_decay", math.isfinite(msg.weight_decay) and msg.weight_decay >= 0, ">= 0")
+    return OptimizerConfig(
+        learning_rate=msg.learning_rate,
+        loss=LossSettings(msg.loss_type, msg.beta, msg.epsilon_low, msg.epsilon_high),
+        updates_per_batch=msg.updates_per_batch,
+        max_grad_norm=msg.max_grad_norm,
+        weight_decay=msg.weight_decay,
+    )
+
+
+class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
+    def __init__(self, trainer: PolicyTrainer, vocab_size: int) -> None:
+        self.trainer = trainer
+        self.vocab_size = vocab_size
+        self.lock = threading.Lock()
+
+    def _check_run(self, run_id: str, context: grpc.ServicerContext) -> None:
+        if not RUN_ID.match(run_id):
+            serving.invalid(context, "run_id", f"got {run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        if run_id != self.trainer.run_id:
+            serving.failed_precondition(context, f"run_id {run_id}: no policy started; call StartPolicy first")
+
+    def StartPolicy(self, request: pb.StartPolicyRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
+        if not RUN_ID.match(request.run_id):
+            serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        config = optimizer_config(request.optimizer, context)
+        with self.lock:
+            return version_message(self.trainer.start(request.run_id, config, request.restart))
+
+    def GetPolicyVersion(self, request: pb.GetPolicyVersionRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
+        with self.lock:
+            self._check_run(request.run_id, context)
+            return version_message(self.trainer.current())
+
+    def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> list[Sample]:
+        if not request.sequences:
+            serving.invalid(context, "sequences", "at least one sequence is needed")
+        if len(request.sequences) > MAX_BATCH_SEQUENCES:
+            serving.invalid(context, "sequences", f"{len(request.sequences)} sequences, at most {MAX_BATCH_SEQUENCES}")
+        if request.max_completion_tokens < 0:
+            serving.invalid(context, "max_completion_tokens", "must be >= 0")
+        samples = []
+        for i, s in enumerate(request.sequences):
+            where = f"sequences[{i}]"
+            if not s.prompt_token_ids:
+                serving.invalid(context, f"{where}.prompt_token_ids", "must not be empty")
+            if not s.completion_token_ids:
+                serving.invalid(context, f"{where}.completion_token_ids", "must not be empty")
+            if len(s.prompt_token_ids) + len(s.completion_token_ids) > MAX_SEQUENCE_TOKENS:
+                serving.invalid(context, where, f"longer than {MAX_SEQUENCE_TOKENS} tokens")
+            for name, ids in (("prompt_token_ids", s.prompt_token_ids), ("completion_token_ids", s.completion_token_ids)):
+                bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
+                if bad is not None:
+                    serving.invalid(context, f"{where}.{name}", f"token {bad} outside the vocabulary [0, {self.vocab_size})")
+            if s.completion_logprobs:
+                if len(s.completion_logprobs) != len(s.completion_token_ids):
+                    serving.invalid(
+                        context, f"{where}.completion_logprobs",
+                        f"{len(s.completion_logprobs)} values for {len(s.completion_token_ids)} completion tokens",
+                    )
+                if not all(math.isfinite(x) and x <= 1e-3 for x in s.completion_logprobs):
+                    serving.invalid(context, f"{where}.completion_logprobs", "log-probabilities must be finite and <= 0")
+            if not math.isfinite(s.advantage):
+                serving.invalid(context, f"{where}.advantage", f"got {s.advantage}, expected a finite number")
+            samples.append(
+                Sample(
+                    list(s.prompt_token_ids), list(s.completion_token_ids),
+                    list(s.completion_logprobs) if s.completion_logprobs else None, s.advantage,
+                )
+            )
+        return samples
+
+    def Train(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> pb.TrainResponse:
+        samples = self._samples(request, context)
+        with self.lock:
+            self._check_run(request.run_id, context)
+            try:
+                r = self.trainer.train(request.step, request.policy_version, samples, request.max_completion_tokens)
+            except StaleBatch as err:
+                serving.failed_precondition(context, str(err))
+        log.info(
+            "run %s step %d -> version %d: loss %.4f kl %.4f clip %.3f |g| %.3f (%d seqs, %.2fs + %.2fs snapshot)",
+            request.run_id, r.step, r.version.version, r.loss, r.kl, r.clip_ratio, r.grad_norm,
+            r.sequences, r.train_seconds, r.snapshot_seconds,
+        )
+        return pb.TrainResponse(
+            metrics=pb.TrainMetrics(
+                loss=r.loss, kl=r.kl, clip_ratio=r.clip_ratio, grad_norm=r.grad_norm, sequences=r.sequences,
+                tokens=r.tokens, train_seconds=r.train_seconds, snapshot_seconds=r.snapshot_seconds,
+            ),
+            policy=version_message(r.version),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoConfig
+
+    from fedgrpo.models import resolve_model
+    from fedgrpo.settings import ConfigError, load, setup_logging
+
+    settings = load(TrainerSettings, argv)
+    setup_logging(settings.log_level, "trainer")
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("fedgrpo trainer: device is cuda but no GPU is visible; set --device cpu")
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        base_dir = resolve_model(settings.model, settings.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"fedgrpo trainer: model: {err}") from None
+    vocab_size = AutoConfig.from_pretrained(base_dir).vocab_size
+    trainer = PolicyTrainer(
+        base_dir, settings.state_dir, settings.device, settings.dtype,
+        settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing,
+    )
+    serving.serve(
+        [(pb_grpc.add_PolicyTrainerServiceServicer_to_server, PolicyTrainerServicer(trainer, vocab_size),
+          "fedgrpo.v1.PolicyTrainerService")],
+        settings.host, settings.port, max_workers=4,
+    )

@@ -1,0 +1,238 @@
+"""The policy of one run: load, update with the group-relative loss, publish.
+
+``PolicyTrainer.start(run_id, optimizer)`` loads the base policy (or resumes
+the run's last checkpoint) and returns the current ``Version``;
+``train(batch)`` applies ``updates_per_batch`` AdamW steps on one batch and
+publishes the new weights as a Hugging Face snapshot ``v<N>`` that vLLM can
+reload in place. Steps are idempotent: a batch whose step was already applied
+returns the recorded result instead of training twice. One run at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from fedgrpo.models import prune_snapshots, save_snapshot
+
+from .batching import PackedBatch, Sample, pack
+from .loss import LossSettings, policy_loss, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    learning_rate: float = 1e-5
+    loss: LossSettings = field(default_factory=LossSettings)
+    updates_per_batch: int = 2
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Version:
+    run_id: str
+    version: int
+    weights_path: Path
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    version: Version
+    loss: float
+    kl: float
+    clip_ratio: float
+    grad_norm: float
+    sequences: int
+    tokens: int
+    train_seconds: float
+    snapshot_seconds: float
+
+
+class StaleBatch(Exception):
+    """The batch does not follow the policy's current step or version."""
+
+
+class PolicyTrainer:
+    def __init__(
+        self,
+        base_dir: Path,
+        state_dir: Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        keep_snapshots: int = 2,
+        checkpoint_every: int = 5,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        self.base_dir = Path(base_dir)
+        self.state_dir = Path(state_dir)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.keep_snapshots = keep_snapshots
+        self.checkpoint_every = checkpoint_every
+        self.gradient_checkpointing = gradient_checkpointing
+        self.run_id: str | None = None
+        self.config = OptimizerConfig()
+        self.model: PreTrainedModel | None = None
+        self.reference: PreTrainedModel | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.version = 0
+        self.last_step = 0
+        self.results: dict[int, StepResult] = {}
+
+    # ---- paths -------------------------------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        return self.state_dir / "runs" / run_id
+
+    def snapshot_path(self, run_id: str, version: int) -> Path:
+        # Version 0 is the untouched base model: no copy needed.
+        return self.base_dir if version == 0 else self.run_dir(run_id) / "policy" / f"v{version}"
+
+    def current(self) -> Version:
+        assert self.run_id is not None
+        return Version(self.run_id, self.version, self.snapshot_path(self.run_id, self.version))
+
+    # ---- lifecycle ---------------------------------------------------------
+    def _load_base(self) -> PreTrainedModel:
+        model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=self.dtype)
+        return model.to(self.device)
+
+    def start(self, run_id: str, config: OptimizerConfig, restart: bool = False) -> Version:
+        """Make ``run_id`` the active run, resuming its checkpoint unless ``restart``."""
+        started = time.monotonic()
+        self.run_id, self.config = run_id, config
+        self.model = self._load_base()
+        if self.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.model.train()
+        self.reference = None
+        if config.loss.beta > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.version = self.last_step = 0
+        self.results = {}
+        ckpt = self.run_dir(run_id) / "checkpoint"
+        if restart and self.run_dir(run_id).exists():
+            shutil.rmtree(self.run_dir(run_id))
+        elif (ckpt / "state.json").exists():
+            self._load_checkpoint(ckpt)
+        log.info(
+            "run %s: policy at version %d (step %d), reference %s, %.1fs",
+            run_id, self.version, self.last_step, "loaded" if self.reference else "off (beta = 0)",
+            time.monotonic() - started,
+        )
+        return self.current()
+
+    # ---- one step ----------------------------------------------------------
+    def completion_logprobs(self, model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
+        out = model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            logits_to_keep=batch.completion_width + 1,
+            use_cache=False,
+        )
+        # Logits at column t predict token t + 1: drop the last one.
+        logits = out.logits[:, :-1, :].float()
+        return token_logprobs(logits, batch.completion_ids)
+
+    def train(self, step: int, policy_version: int, samples: list[Sample], max_completion_tokens: int) -> StepResult:
+        assert self.model is not None and self.optimizer is not None and self.run_id is not None
+        if step in self.results:
+            log.info("step %d already applied: returning its recorded result", step)
+            return self.results[step]
+        if step <= self.last_step:
+            raise StaleBatch(f"step: got {step}, run {self.run_id} is already past step {self.last_step}")
+        if policy_version != self.version:
+            raise StaleBatch(
+                f"policy_version: batch sampled by version {policy_version}, policy is at {self.version}"
+            )
+        started = time.monotonic()
+        pad_id = self.model.config.pad_token_id
+        if pad_id is None:
+            pad_id = self.model.config.eos_token_id if isinstance(self.model.config.eos_token_id, int) else 0
+        batch = pack(samples, pad_id).to(self.device)
+        max_len = max(max_completion_tokens, batch.completion_width)
+        with torch.no_grad():
+            old = batch.old_logprobs
+            if old is None:
+                old = self.completion_logprobs(self.model, batch)
+            ref = self.completion_logprobs(self.reference, batch) if self.reference is not None else None
+        losses, kls, clips, norms = [], [], [], []
+        for _ in range(self.config.updates_per_batch):
+            logprobs = self.completion_logprobs(self.model, batch)
+            loss, stats = policy_loss(
+                logprobs, old, batch.advantages, batch.completion_mask, self.config.loss, max_len, ref
+            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.optimizer.step()
+            losses.append(loss.item())
+            kls.append(stats.kl)
+            clips.append(stats.clip_ratio)
+            norms.append(float(norm))
+        train_seconds = time.monotonic() - started
+
+        started = time.monotonic()
+        self.version += 1
+        self.last_step = step
+        path = self.snapshot_path(self.run_id, self.version)
+        save_snapshot(self.model, self.base_dir, path)
+        prune_snapshots(path.parent, self.keep_snapshots)
+        if step % self.checkpoint_every == 0:
+            self._save_checkpoint(self.run_dir(self.run_id) / "checkpoint")
+        result = StepResult(
+            step=step,
+            version=self.current(),
+            loss=sum(losses) / len(losses),
+            kl=sum(kls) / len(kls),
+            clip_ratio=sum(clips) / len(clips),
+            grad_norm=sum(norms) / len(norms),
+            sequences=len(samples),
+            tokens=int(batch.completion_mask.sum().item()),
+            train_seconds=train_seconds,
+            snapshot_seconds=time.monotonic() - started,
+        )
+        self.results = {step: result}  # only the latest step can be retried
+        return result
+
+    # ---- checkpoints -------------------------------------------------------
+    def _save_checkpoint(self, path: Path) -> None:
+        assert self.model is not None and self.optimizer is not None
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp / "weights.pt"
+        )
+        state = {"version": self.version, "last_step": self.last_step, "config": asdict(self.config)}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+        log.info("checkpoint of step %d written to %s", self.last_step, path)
+
+    def _load_checkpoint(self, path: Path) -> None:
+        assert self.model is not None and self.optimizer is not None and self.run_id is not None
+        state = json.loads((path / "state.json").read_text())
+        blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(blobs["model"])
+        self.optimizer.load_state_dict(blobs["optimizer"])
+        self.version, self.last_step = state["version"], state["last_step"]
+        # Snapshots newer than the checkpoint were never confirmed: republish
+        # the checkpoint's weights so the version number means one thing.
+        if self.version > 0:
+            save_snapshot(self.model, self.base_dir, self.snapshot_path(self.run_id, self.version))

@@ -1,0 +1,106 @@
+"""The reward client service: ``Describe`` and ``Score``, nothing else.
+
+A thin gRPC shell around the evaluators: it validates each request, picks the
+first evaluator able to judge the question, and answers one float per
+candidate. Data and evaluator choice stay inside this process. Faults set in
+the configuration (``fault``, ``fault_delay_seconds``) are injected on purpose
+for tests and chaos runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import grpc
+
+from fedgrpo import serving
+from fedgrpo.v1 import reward_client_pb2 as pb
+from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
+
+from .config import RewardClientSettings
+from .evaluators import AnswerBasedEvaluator, Evaluator
+
+log = logging.getLogger(__name__)
+
+
+class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
+    def __init__(self, settings: RewardClientSettings, evaluators: list[Evaluator]) -> None:
+        self.settings = settings
+        self.evaluators = evaluators
+        self.calls = 0
+
+    def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:
+        return pb.DescribeResponse(
+            name=self.settings.name,
+            domains=self.settings.domains,
+            evaluator_kinds=[e.kind for e in self.evaluators],
+            reward_min=min(e.reward_min for e in self.evaluators),
+            reward_max=max(e.reward_max for e in self.evaluators),
+        )
+
+    def _validate(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> None:
+        s = self.settings
+        if not request.question_id:
+            serving.invalid(context, "question_id", "must not be empty")
+        if not request.question:
+            serving.invalid(context, "question", "must not be empty")
+        if not request.domain:
+            serving.invalid(context, "domain", "must not be empty")
+        n = len(request.candidates)
+        if not 1 <= n <= s.max_candidates:
+            serving.invalid(context, "candidates", f"got {n}, expected 1 to {s.max_candidates}")
+        for i, c in enumerate(request.candidates):
+            if len(c) > s.max_candidate_chars:
+                serving.invalid(
+                    context, f"candidates[{i}]", f"{len(c)} characters, at most {s.max_candidate_chars}"
+                )
+
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        self._validate(request, context)
+        self.calls += 1
+        evaluator = next((e for e in self.evaluators if e.can_judge(request.domain, request.question)), None)
+        if evaluator is None:
+            serving.not_found(
+                context,
+                f"question_id {request.question_id}: this client cannot judge this question "
+                f"of domain {request.domain!r}",
+            )
+        rewards = evaluator.score(request.domain, request.question, list(request.candidates))
+        return pb.ScoreResponse(rewards=self._inject_fault(rewards, context))
+
+    def _inject_fault(self, rewards: list[float], context: grpc.ServicerContext) -> list[float]:
+        s = self.settings
+        if s.fault_delay_seconds:
+            time.sleep(s.fault_delay_seconds)
+        if s.fault == "nan":
+            return [math.nan] * len(rewards)
+        if s.fault == "out_of_range":
+            return [r + 10.0 for r in rewards]
+        if s.fault == "wrong_count":
+            return rewards[:-1]
+        if s.fault == "error":
+            context.abort(grpc.StatusCode.INTERNAL, "injected fault")
+        return rewards
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fedgrpo.settings import load, setup_logging
+
+    settings = load(RewardClientSettings, argv)
+    setup_logging(settings.log_level, settings.name)
+    started = time.monotonic()
+    evaluator = AnswerBasedEvaluator(settings.domains, settings.bank_seed, settings.bank_size)
+    log.info(
+        "%s holds %d labelled questions of %s (%.1fs)",
+        settings.name, len(evaluator), ",".join(settings.domains), time.monotonic() - started,
+    )
+    if settings.fault != "none" or settings.fault_delay_seconds:
+        log.warning("fault injection on: %s, delay %.1fs", settings.fault, settings.fault_delay_seconds)
+    servicer = RewardClientServicer(settings, [evaluator])
+    serving.serve(
+        [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
+        settings.host,
+        settings.port,
+    )
