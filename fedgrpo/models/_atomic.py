@@ -1,0 +1,95 @@
+"""Atomic publication of model folders (internal helper).
+
+Contract:
+
+* :func:`staging_dir` creates a fresh, uniquely named hidden sibling of the
+  target (``<parent>/.<name>.tmp-<pid>-<rand>``), on the same filesystem so a
+  final ``rename`` is atomic.
+* :func:`publish_once` renames a finished staging folder to the target if the
+  target does not exist yet.  If another process published first, the staging
+  folder is deleted and the existing target is kept ("first writer wins").
+  Readers therefore never observe a half-written target.
+* :func:`publish_replace` renames a finished staging folder to the target,
+  replacing an existing target (the old folder is first renamed aside, then
+  deleted).  There is a short window where the target is absent, but never a
+  window where it is partially written.
+* :func:`is_complete` tells whether a folder holds all the given files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable
+
+__all__ = ["staging_dir", "publish_once", "publish_replace", "is_complete", "discard"]
+
+
+def _sibling(target: Path, tag: str) -> Path:
+    return target.parent / f".{target.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def staging_dir(target: Path) -> Path:
+    """Create and return an empty staging folder next to ``target``."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _sibling(target, "tmp")
+    tmp.mkdir()
+    return tmp
+
+
+def discard(path: Path) -> None:
+    """Remove ``path`` (folder or file) if it exists; never raises."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def is_complete(folder: Path, required: Iterable[str]) -> bool:
+    """True if ``folder`` is a directory containing every file in ``required``."""
+    folder = Path(folder)
+    return folder.is_dir() and all((folder / name).is_file() for name in required)
+
+
+def publish_once(staged: Path, target: Path) -> Path:
+    """Rename ``staged`` to ``target`` unless ``target`` already exists.
+
+    Returns ``target``.  When ``target`` exists (another writer won the race),
+    ``staged`` is deleted and the existing folder is returned unchanged.
+    """
+    staged, target = Path(staged), Path(target)
+    try:
+        # os.rename onto an existing non-empty directory fails atomically
+        # (ENOTEMPTY/EEXIST); onto an *empty* one it succeeds, which is fine.
+        os.rename(staged, target)
+    except OSError:
+        if target.is_dir():
+            discard(staged)
+            return target
+        raise
+    return target
+
+
+def publish_replace(staged: Path, target: Path) -> Path:
+    """Rename ``staged`` to ``target``, replacing any existing ``target``."""
+    staged, target = Path(staged), Path(target)
+    for _ in range(10):
+        old = None
+        if target.exists():
+            old = _sibling(target, "old")
+            try:
+                os.rename(target, old)
+            except FileNotFoundError:  # somebody else moved it meanwhile
+                old = None
+        try:
+            os.rename(staged, target)
+        except OSError:
+            if old is not None:
+                discard(old)
+            if target.exists():  # a concurrent writer re-created it; retry
+                continue
+            raise
+        if old is not None:
+            discard(old)
+        return target
+    raise RuntimeError(f"could not replace {target}: concurrent writers kept re-creating it")

@@ -1,0 +1,73 @@
+"""Pure parts of the orchestrator: run-spec validation, expert selection, question sampling."""
+
+import pytest
+
+from fedgrpo.tasks import DOMAINS
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from services.orchestrator.experts import ClientView, select_experts
+from services.orchestrator.questions import QuestionBank
+from services.orchestrator.spec import SpecError, resolve_spec, to_message
+
+
+def resolve(**fields):
+    return resolve_spec(pb.RunSpec(**fields), DOMAINS.keys(), "tiny-llama", client_count=3, max_model_len=512)
+
+
+def test_defaults_are_filled_in_and_echoed():
+    config = resolve(tasks=["add1"])
+    assert (config.candidates_per_question, config.experts_per_question, config.loss_type) == (8, 2, "bnpo")
+    assert config.model == "tiny-llama"
+    msg = to_message(config)
+    assert msg.HasField("steps") and msg.steps == config.steps
+    assert msg.scale_rewards is True
+
+
+def test_dr_grpo_does_not_scale_by_std_unless_asked():
+    assert resolve(tasks=["add1"], loss_type="dr_grpo").scale is False
+    assert resolve(tasks=["add1"], loss_type="dr_grpo", scale_rewards=True).scale is True
+
+
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ({"tasks": []}, "tasks", "at least 1"),
+        ({"tasks": ["nope"]}, "tasks", "known"),
+        ({"tasks": ["add1", "add1"]}, "tasks", "twice"),
+        ({"tasks": ["add1"], "candidates_per_question": 1}, "candidates_per_question", "greater than or equal to 2"),
+        ({"tasks": ["add1"], "experts_per_question": 0}, "experts_per_question", "greater than or equal to 1"),
+        ({"tasks": ["add1"], "experts_per_question": 4}, "experts_per_question", "3 reward client"),
+        ({"tasks": ["add1"], "steps": 0}, "steps", "greater than or equal to 1"),
+        ({"tasks": ["add1"], "learning_rate": 0.0}, "learning_rate", "greater than 0"),
+        ({"tasks": ["add1"], "learning_rate": -1.0}, "learning_rate", "greater than 0"),
+        ({"tasks": ["add1"], "loss_type": "ppo"}, "loss_type", "'grpo', 'bnpo', 'dr_grpo' or 'dapo'"),
+        ({"tasks": ["add1"], "model": "gpt-9"}, "model", "serves"),
+        ({"tasks": ["add1"], "max_tokens": 600}, "max_tokens", "max_model_len"),
+    ],
+)
+def test_invalid_specs_name_the_field_and_the_range(fields, field, words):
+    with pytest.raises(SpecError) as err:
+        resolve(**fields)
+    assert err.value.field.startswith(field)
+    assert words in str(err.value)
+
+
+def test_experts_prefer_domain_holders_then_name_order():
+    clients = [
+        ClientView("c", ("add1",)),
+        ClientView("a", ("mul1",)),
+        ClientView("b", ("add1", "sub1")),
+        ClientView("d", ("add1",), healthy=False),
+    ]
+    assert select_experts("add1", clients, 2) == ["b", "c"]
+    assert select_experts("add1", clients, 3) == ["b", "c", "a"]
+    assert select_experts("sub1", clients, 1) == ["b"]
+    assert select_experts("add1", clients, 10) == ["b", "c", "a"]  # the unhealthy one never
+
+
+def test_question_bank_is_deterministic_and_unlabelled():
+    bank = QuestionBank(bank_seed=0, bank_size=50)
+    a = bank.sample(["add1", "mul1"], step=3, count=6, seed=1)
+    assert a == bank.sample(["add1", "mul1"], step=3, count=6, seed=1)
+    assert a != bank.sample(["add1", "mul1"], step=4, count=6, seed=1)
+    assert {q.domain for q in a} == {"add1", "mul1"}
+    assert not hasattr(a[0], "entry")
