@@ -16,7 +16,7 @@ import pytest
 
 from fedgrpo import serving
 from fedgrpo.job.launcher import Federation
-from fedgrpo.models import build_tiny_model
+from fedgrpo.models import build_tiny_policy
 from fedgrpo.v1 import orchestrator_pb2_grpc, policy_trainer_pb2_grpc, reward_client_pb2_grpc
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,7 +26,7 @@ START_TIMEOUT = 240.0
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("models")
-    build_tiny_model(cache / "tiny-llama")
+    build_tiny_policy(cache / "tiny-policy")
     return cache
 
 
@@ -39,7 +39,7 @@ def federation(
     trainer: bool = True,
 ):
     """Yield (orchestrator stub, Federation, {name: Service}); clients are (domains, extra args)."""
-    common = ["--model", "tiny-llama", "--cache-dir", str(model_cache), "--log-level", "INFO"]
+    common = ["--model", "tiny-policy", "--cache-dir", str(model_cache), "--log-level", "INFO"]
     with Federation(tmp / "logs") as fed:
         services = {}
         if trainer:

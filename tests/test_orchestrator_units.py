@@ -10,13 +10,13 @@ from services.orchestrator.spec import SpecError, resolve_spec, to_message
 
 
 def resolve(**fields):
-    return resolve_spec(pb.RunSpec(**fields), DOMAINS.keys(), "tiny-llama", client_count=3, max_model_len=512)
+    return resolve_spec(pb.RunSpec(**fields), DOMAINS.keys(), "tiny-policy", client_count=3, max_model_len=512)
 
 
 def test_defaults_are_filled_in_and_echoed():
     config = resolve(tasks=["add1"])
     assert (config.candidates_per_question, config.experts_per_question, config.loss_type) == (8, 2, "bnpo")
-    assert config.model == "tiny-llama"
+    assert config.model == "tiny-policy"
     msg = to_message(config)
     assert msg.HasField("steps") and msg.steps == config.steps
     assert msg.scale_rewards is True

@@ -24,7 +24,7 @@ def trainer(tmp_path_factory, model_cache):
     with Federation(tmp / "logs") as fed:
         service = fed.start(
             "trainer", "trainer",
-            ["--model", "tiny-llama", "--cache-dir", str(model_cache), "--state-dir", str(tmp / "state"),
+            ["--model", "tiny-policy", "--cache-dir", str(model_cache), "--state-dir", str(tmp / "state"),
              "--checkpoint-every", "1", "--torch-threads", "1"],
         )
         fed.wait_healthy(service, START_TIMEOUT)

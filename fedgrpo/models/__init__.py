@@ -14,10 +14,12 @@ from .registry import KNOWN_MODELS, resolve_model
 from .smollm2 import prepare_smollm2
 from .snapshot import prune_snapshots, save_snapshot
 from .tiny import build_tiny_model
+from .tiny_policy import build_tiny_policy
 
 __all__ = [
     "KNOWN_MODELS",
     "build_tiny_model",
+    "build_tiny_policy",
     "prepare_smollm2",
     "prune_snapshots",
     "resolve_model",

@@ -14,6 +14,8 @@ Contract:
   deleted).  There is a short window where the target is absent, but never a
   window where it is partially written.
 * :func:`is_complete` tells whether a folder holds all the given files.
+* Published folders are world-readable (dirs 0755, files 0644): safetensors
+  writes its files 0600, which breaks readers running as another user.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ def is_complete(folder: Path, required: Iterable[str]) -> bool:
     return folder.is_dir() and all((folder / name).is_file() for name in required)
 
 
+def _make_readable(folder: Path) -> None:
+    os.chmod(folder, 0o755)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+
+
 def publish_once(staged: Path, target: Path) -> Path:
     """Rename ``staged`` to ``target`` unless ``target`` already exists.
 
@@ -58,6 +69,7 @@ def publish_once(staged: Path, target: Path) -> Path:
     ``staged`` is deleted and the existing folder is returned unchanged.
     """
     staged, target = Path(staged), Path(target)
+    _make_readable(staged)
     try:
         # os.rename onto an existing non-empty directory fails atomically
         # (ENOTEMPTY/EEXIST); onto an *empty* one it succeeds, which is fine.
@@ -73,6 +85,7 @@ def publish_once(staged: Path, target: Path) -> Path:
 def publish_replace(staged: Path, target: Path) -> Path:
     """Rename ``staged`` to ``target``, replacing any existing ``target``."""
     staged, target = Path(staged), Path(target)
+    _make_readable(staged)
     for _ in range(10):
         old = None
         if target.exists():

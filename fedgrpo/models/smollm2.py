@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import time
 from pathlib import Path
@@ -141,12 +142,10 @@ def _convert(gguf: Path, staged: Path) -> None:
     config.pad_token_id = tokenizer.pad_token_id
     config.save_pretrained(staged)
     cfg_path = staged / "config.json"
-    if "quantization_config" in cfg_path.read_text(encoding="utf-8"):
-        import json
-
-        data = json.loads(cfg_path.read_text(encoding="utf-8"))
-        data.pop("quantization_config", None)
-        cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    data = json.loads(cfg_path.read_text(encoding="utf-8"))
+    data.pop("quantization_config", None)
+    data.pop("_model_name_or_path", None)  # GGUF "general.name" artefact
+    cfg_path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     gen = getattr(model, "generation_config", None)
     if gen is not None:

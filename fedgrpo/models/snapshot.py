@@ -112,8 +112,11 @@ def save_snapshot(model, source_dir: Path, out_dir: Path) -> Path:
         cfg.dtype = _weights_dtype(state)
         if not getattr(cfg, "architectures", None):
             cfg.architectures = [type(model).__name__]
-        cfg_dict = cfg.to_dict()
+        # Same content as config.save_pretrained (only non-default values).
+        cfg_dict = json.loads(cfg.to_json_string(use_diff=True))
         cfg_dict.pop("quantization_config", None)
+        cfg_dict.pop("_name_or_path", None)
+        cfg_dict.pop("_model_name_or_path", None)
         (staged / "config.json").write_text(
             json.dumps(cfg_dict, indent=2, sort_keys=True) + "\n", encoding="utf-8"
         )

@@ -54,7 +54,9 @@ class OrchestratorSettings(BaseSettings):
         0.5, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may take (the trainer shares it)."
     )
     vllm_cpu_threads_bind: str = Field(
-        "all", description="CPU only: VLLM_CPU_OMP_THREADS_BIND, cores for vLLM's OpenMP threads."
+        "auto",
+        description="CPU only: VLLM_CPU_OMP_THREADS_BIND: auto, nobind, or cores such as 0-1 "
+        "(auto pins one core per worker and leaves the other to the trainer).",
     )
     torch_threads: int = Field(0, ge=0, description="torch CPU threads for the transformers backend; 0 = default.")
     bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")

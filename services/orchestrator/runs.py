@@ -91,7 +91,7 @@ class RunStore:
         with self.changed:
             self.records[run_id] = RunRecord(run)
             self._publish_state(run_id)
-        return run
+            return pb.Run.FromString(run.SerializeToString())
 
     def get(self, run_id: str) -> pb.Run | None:
         with self.changed:
@@ -122,7 +122,7 @@ class RunStore:
                 else:
                     setattr(run, name, value)
             self._publish_state(run_id)
-            return run
+            return pb.Run.FromString(run.SerializeToString())
 
     def add_step(self, run_id: str, metrics: pb.StepMetrics, policy: common_pb2.PolicyVersion) -> None:
         with self.changed:
@@ -145,7 +145,7 @@ class RunStore:
                 return self.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
             if record.run.state == pb.RUN_STATE_RUNNING:
                 record.cancel_requested = True
-            return record.run
+            return pb.Run.FromString(record.run.SerializeToString())
 
     def cancel_requested(self, run_id: str) -> bool:
         with self.changed:

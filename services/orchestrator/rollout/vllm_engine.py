@@ -29,7 +29,7 @@ class VllmEngine:
         seed: int = 0,
         kv_cache_gib: float = 1.0,
         gpu_memory_utilization: float = 0.5,
-        cpu_threads_bind: str = "all",
+        cpu_threads_bind: str = "auto",
         **_: object,
     ) -> None:
         if device == "cpu":
@@ -38,6 +38,8 @@ class VllmEngine:
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind)
         from vllm import LLM
 
+        from fedgrpo.models.vllm_ext import WORKER_EXTENSION
+
         started = time.monotonic()
         kwargs: dict = dict(
             model=str(model_dir),
@@ -45,6 +47,9 @@ class VllmEngine:
             max_model_len=max_model_len,
             seed=seed,
             enforce_eager=device == "cpu",
+            # Adds reload_policy_weights: reload_weights plus the re-packing of
+            # a tied LM head that the CPU backend otherwise misses.
+            worker_extension_cls=WORKER_EXTENSION,
         )
         if device == "cuda":
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
@@ -77,7 +82,9 @@ class VllmEngine:
         return groups
 
     def load_weights(self, weights_path: Path) -> None:
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": str(weights_path)})
+        self.llm.collective_rpc("reload_policy_weights", kwargs={"weights_path": str(weights_path)})
+        # KV blocks cached under the old weights must not serve new prompts.
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         try:

@@ -1,0 +1,172 @@
+"""The whole federation as processes, driven through the orchestrator's public API.
+
+Runs the tiny model with the transformers engine here (fast to start); the
+vLLM engine has its own end-to-end test in test_vllm_federation.py.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import grpc
+import pytest
+from transformers import AutoModelForCausalLM
+
+from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import orchestrator_pb2 as pb
+
+from .conftest import federation
+
+pytestmark = pytest.mark.integration
+
+SPEC = dict(
+    tasks=["add1"], steps=3, questions_per_step=2, candidates_per_question=6, experts_per_question=2,
+    learning_rate=1e-3, max_tokens=8, temperature=1.0, updates_per_batch=1, reward_timeout_seconds=5.0,
+)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("fed")
+    with federation(tmp, model_cache, [("add1,sub1", []), ("mul1,add1", [])]) as (stub, launcher, services):
+        yield stub, tmp
+
+
+def wait(stub, run_id):
+    events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=600))
+    return events, stub.GetRun(pb.GetRunRequest(run_id=run_id))
+
+
+def test_lists_reward_clients(fed):
+    stub, _ = fed
+    clients = stub.ListRewardClients(pb.ListRewardClientsRequest()).clients
+    assert [c.name for c in clients] == ["client-0", "client-1"]
+    assert all(c.healthy for c in clients)
+    assert list(clients[1].domains) == ["mul1", "add1"]
+    assert list(clients[0].evaluator_kinds) == [common_pb2.EVALUATOR_KIND_ANSWER_BASED]
+
+
+def test_a_short_run_trains_and_leaves_its_artifacts(fed):
+    stub, tmp = fed
+    run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**SPEC)))
+    assert run.state == pb.RUN_STATE_QUEUED and run.spec.loss_type == "bnpo"  # defaults echoed
+    events, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    steps = [e.step for e in events if e.HasField("step")]
+    states = [e.run.state for e in events if e.HasField("run")]
+    assert [s.step for s in steps] == [1, 2, 3]
+    assert states[0] == pb.RUN_STATE_QUEUED and states[-1] == pb.RUN_STATE_SUCCEEDED
+    for s in steps:
+        assert s.questions == 2 and s.completions == 12
+        # two experts x six candidates per question, every reward valid
+        assert s.rewards_received == 24 and s.rewards_dropped == 0
+        assert 0.0 <= s.reward_mean <= 1.0
+    # every trained step moved the policy on by exactly one version
+    trained = [s for s in steps if s.train_seconds > 0]
+    assert trained, "the tiny policy gave no group a learning signal"
+    assert run.policy.version == len(trained)
+    assert all(s.loss != 0 or s.clip_ratio >= 0 for s in trained)
+
+    artifacts = Path(run.artifacts_path)
+    rows = [json.loads(line) for line in (artifacts / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert {"policy_version", "reward_mean", "generate_seconds", "score_seconds", "train_seconds", "sync_seconds"} <= rows[0].keys()
+    AutoModelForCausalLM.from_pretrained(artifacts / "model")  # the final policy loads
+
+    # Generate serves the policy the run left loaded, stamped with its version.
+    reply = stub.Generate(pb.GenerateRequest(prompts=["What is 2 + 2?", "Hi"], max_tokens=4))
+    assert reply.policy.version == run.policy.version and reply.policy.run_id == run.run_id
+    assert len(reply.results) == 2 and all(len(r.completions) == 1 for r in reply.results)
+
+    listed = stub.ListRuns(pb.ListRunsRequest()).runs
+    assert run.run_id in [r.run_id for r in listed]
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"tasks": ["astrology"]}, "spec.tasks"),
+        ({"tasks": ["leg_counting"]}, "spec.tasks"),  # no client holds it
+        ({"candidates_per_question": 1}, "spec.candidates_per_question"),
+        ({"experts_per_question": 0}, "spec.experts_per_question"),
+        ({"experts_per_question": 3}, "spec.experts_per_question"),
+        ({"steps": 0}, "spec.steps"),
+        ({"learning_rate": 0.0}, "spec.learning_rate"),
+        ({"loss_type": "ppo"}, "spec.loss_type"),
+    ],
+)
+def test_invalid_run_specs_are_refused_and_create_nothing(fed, change, field):
+    stub, _ = fed
+    before = len(stub.ListRuns(pb.ListRunsRequest()).runs)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, **change})))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field), err.value.details()
+    assert len(stub.ListRuns(pb.ListRunsRequest()).runs) == before
+
+
+def test_unknown_run_is_not_found(fed):
+    stub, _ = fed
+    for call, request in [
+        (stub.GetRun, pb.GetRunRequest(run_id="nope")),
+        (stub.CancelRun, pb.CancelRunRequest(run_id="nope")),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.WatchRun(pb.WatchRunRequest(run_id="nope")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "request_fields, field",
+    [
+        ({"prompts": []}, "prompts"),
+        ({"prompts": [""]}, "prompts[0]"),
+        ({"prompts": ["hi"], "n": 0}, "n"),
+        ({"prompts": ["hi"], "temperature": -1.0}, "temperature"),
+        ({"prompts": ["hi"], "top_p": 0.0}, "top_p"),
+        ({"prompts": ["hi"], "max_tokens": 0}, "max_tokens"),
+    ],
+)
+def test_bad_generate_requests_name_the_field(fed, request_fields, field):
+    stub, _ = fed
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(pb.GenerateRequest(**request_fields))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field + ":")
+
+
+def test_cancel_stops_a_run_after_its_current_step(fed):
+    stub, _ = fed
+    run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, "steps": 500})))
+    for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=600):
+        if event.HasField("step"):
+            stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))
+            break
+    _, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_CANCELLED
+    assert run.steps_completed < 500
+
+
+def test_faulty_and_slow_reward_clients_are_excluded_not_zeroed(tmp_path, model_cache):
+    """One client answers NaN, one answers outside its range, one is slower than the deadline:
+    their rewards are dropped, the honest expert's rewards train the policy, no step stalls."""
+    clients = [
+        ("add1", []),  # honest
+        ("add1", ["--fault", "nan"]),
+        ("add1", ["--fault", "out_of_range"]),
+        ("add1", ["--fault-delay-seconds", "60"]),
+    ]
+    with federation(tmp_path, model_cache, clients) as (stub, _, _):
+        spec = pb.RunSpec(**{**SPEC, "tasks": ["add1"], "experts_per_question": 4, "steps": 2,
+                              "reward_timeout_seconds": 2.0})
+        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+        events, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    for s in (e.step for e in events if e.HasField("step")):
+        per_expert = s.completions
+        assert s.rewards_received == per_expert  # only the honest client's
+        assert s.rewards_dropped == 3 * per_expert
+        assert not math.isnan(s.reward_mean)
