@@ -215,7 +215,7 @@ def test_prune_snapshots(tmp_path):
 
 
 def test_resolve_model_names_and_paths(tiny_dir, tmp_path):
-    assert set(KNOWN_MODELS) == {"smollm2-135m-instruct", "tiny-llama"}
+    assert set(KNOWN_MODELS) == {"smollm2-135m-instruct", "tiny-llama", "tiny-policy"}
     assert all(isinstance(v, str) and v for v in KNOWN_MODELS.values())
     got = resolve_model("tiny-llama", tmp_path)
     assert got == tmp_path / "tiny-llama" and (got / "config.json").is_file()
