@@ -55,7 +55,7 @@ proto: $(STAMP)
 run: install
 	$(VENV)/bin/fedgrpo run $(RUN_ARGS)
 
-test: install
+test: install $(BUF)
 	$(PY) -m pytest $(TEST_ARGS)
 
 bench: install

@@ -6,7 +6,8 @@
     fedgrpo reward-client  one reward client (a domain organisation)
     fedgrpo bench          generation and step-time benchmark
     fedgrpo tasks          list the task domains
-    fedgrpo prepare-model  convert/cache a base model (smollm2-135m-instruct, tiny-llama)
+    fedgrpo prepare-model  convert/cache a base model (smollm2-135m-instruct, tiny-policy, tiny-llama)
+    fedgrpo health ADDR    exit 0 if the service at host:port reports SERVING (container health checks)
 
 `fedgrpo <command> --help` documents every option; each option can also be
 set by environment variable (shown in the service's config docs).
@@ -24,7 +25,24 @@ COMMANDS = {
     "bench": ("fedgrpo.bench", "generation and training-step benchmark"),
     "tasks": ("fedgrpo.cli", "list the task domains"),
     "prepare-model": ("fedgrpo.cli", "convert and cache a base model"),
+    "health": ("fedgrpo.cli", "check a service's gRPC health"),
 }
+
+
+def _health(argv: list[str]) -> None:
+    import argparse
+
+    from fedgrpo import serving
+
+    parser = argparse.ArgumentParser(prog="fedgrpo health", description="Exit 0 if host:port reports SERVING.")
+    parser.add_argument("address", help="host:port of a fedgrpo service")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    args = parser.parse_args(argv)
+    try:
+        serving.wait_healthy(args.address, args.timeout)
+    except TimeoutError as err:
+        raise SystemExit(f"unhealthy: {err}") from None
+    print(f"{args.address} SERVING")
 
 
 def _tasks(argv: list[str]) -> None:
@@ -61,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         return _tasks(rest)
     if command == "prepare-model":
         return _prepare_model(rest)
+    if command == "health":
+        return _health(rest)
     import importlib
 
     importlib.import_module(COMMANDS[command][0]).main(rest)

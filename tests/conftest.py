@@ -59,7 +59,6 @@ def federation(
             [*common, "--runs-dir", str(tmp / "runs"), "--trainer", trainer_address, "--backend", backend,
              "--max-model-len", "512", "--bank-size", "200", "--client-wait-seconds", "30",
              "--reward-clients", ",".join(s.address for n, s in services.items() if n.startswith("client"))],
-            env={"VLLM_CPU_KVCACHE_SPACE": "1"},
         )
         fed.wait_healthy(services["orchestrator"], START_TIMEOUT)
         with serving.channel(services["orchestrator"].address) as ch:

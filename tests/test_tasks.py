@@ -270,11 +270,13 @@ def test_score_specific_questions():
     assert score_completion("letter_counting", q.entry, "3") == 0.1
 
 
-def test_partial_credit_from_task_scorer():
-    """reasoning-gym gives len(oracle)/len(answer) when the oracle is a substring of a wrong answer."""
+def test_partial_credit_from_task_scorer_is_no_credit():
+    """reasoning-gym gives len(oracle)/len(answer) when the oracle is a substring of a wrong
+    answer; a wrong answer containing the right digits must earn nothing for correctness."""
     q = _first("add1", lambda q: q.answer == "5")
-    assert score_completion("add1", q.entry, "15") == pytest.approx(0.9 * 0.5 + 0.1)
-    assert score_completion("add1", q.entry, "-5") == pytest.approx(0.9 * 0.5 + 0.1)
+    assert score_completion("add1", q.entry, "15") == 0.1
+    assert score_completion("add1", q.entry, "-5") == 0.1
+    assert score_completion("add1", q.entry, "It is 15 I think") == 0.0
     assert not is_correct("add1", q.entry, "15")
 
 

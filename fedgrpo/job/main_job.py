@@ -60,7 +60,7 @@ class JobSettings(BaseSettings):
     beta: float = Field(0.0, ge=0, description="KL weight to the frozen reference (0: no reference).")
     temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
     max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
-    updates_per_batch: int = Field(2, ge=1, description="Optimiser steps per batch.")
+    updates_per_batch: int = Field(1, ge=1, description="Optimiser steps per batch.")
     seed: int = Field(0, description="Question sampling and engine seed.")
     eval_questions: int = Field(50, ge=1, description="Held-out questions per domain, before and after.")
     runs_dir: Path = Field(Path("runs"), description="Where runs/<run id>/ is written.")

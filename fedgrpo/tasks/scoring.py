@@ -7,19 +7,21 @@ Contract
 
     CORRECT_WEIGHT * correct + FORMAT_WEIGHT * concise      (0.9 and 0.1)
 
-* ``correct`` = the domain's own reasoning-gym ``score_answer(extract_answer(completion), entry)``
-  clamped to [0, 1]; 0 when no number can be extracted.
+* ``correct`` = 1 when the domain's own reasoning-gym
+  ``score_answer(extract_answer(completion), entry)`` is a full 1.0, else 0
+  (also 0 when no number can be extracted).
 * ``concise`` = ``is_concise(completion)`` (the reply is just the number).
 
 So: right and concise -> 1.0, right but verbose -> 0.9, concise but wrong -> 0.1,
 verbose and wrong / no number -> 0.0.
 
-Caveat: reasoning-gym's default ``score_answer`` (basic_arithmetic, letter_counting,
-leg_counting) and chain_sum's ``compute_decimal_reward`` give *partial credit*
-``len(oracle)/len(answer)`` when the oracle string is a substring of a wrong
-answer (oracle "4": "14" -> 0.5, "-4" -> 0.5; oracle "12": "-12" -> 0.67).
-Such rewards lie strictly between the values above and can reach
-``CORRECT_THRESHOLD``.  ``is_correct`` (for accuracy) requires a full 1.0.
+Why all-or-nothing: reasoning-gym's default ``score_answer`` (basic_arithmetic,
+letter_counting, leg_counting) and chain_sum's ``compute_decimal_reward`` give
+*partial credit* ``len(oracle)/len(answer)`` when the oracle string is a
+substring of a wrong answer (oracle "4": "14" -> 0.5, "-4" -> 0.5). A wrong
+answer that merely contains the right digits must not be rewarded, or the
+policy learns to pad answers. So rewards take exactly the four values above,
+and a reward >= ``CORRECT_THRESHOLD`` means right.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ def _scorer(domain: str):
 
 
 def answer_score(domain: str, entry: dict[str, Any], completion: str) -> float:
-    """The task's own score of the extracted answer, clamped to [0, 1] (0 if no number)."""
+    """1.0 if the task's own verifier fully accepts the extracted answer, else 0.0."""
     answer = extract_answer(completion)
     if answer is None:
         return 0.0
@@ -63,9 +65,7 @@ def answer_score(domain: str, entry: dict[str, Any], completion: str) -> float:
         s = float(_scorer(domain).score_answer(answer, entry))
     except Exception:
         return 0.0
-    if s != s:  # NaN
-        return 0.0
-    return min(1.0, max(0.0, s))
+    return 1.0 if s >= 1.0 else 0.0  # partial credit is no credit (see module doc)
 
 
 def score_completion(domain: str, entry: dict[str, Any], completion: str) -> float:

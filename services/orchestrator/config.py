@@ -47,8 +47,8 @@ class OrchestratorSettings(BaseSettings):
         "float32", description="Rollout engine dtype (bfloat16 on a GPU)."
     )
     max_model_len: int = Field(1024, ge=64, description="Longest prompt + completion, in tokens.")
-    vllm_kv_cache_gib: float = Field(
-        1.0, gt=0, description="CPU only: GiB reserved for vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    vllm_kv_cache_gib: int = Field(
+        1, ge=1, description="CPU only: GiB reserved for vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)."
     )
     vllm_gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may take (the trainer shares it)."

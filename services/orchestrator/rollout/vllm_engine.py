@@ -27,7 +27,7 @@ class VllmEngine:
         dtype: str = "float32",
         max_model_len: int = 1024,
         seed: int = 0,
-        kv_cache_gib: float = 1.0,
+        kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         cpu_threads_bind: str = "auto",
         **_: object,

@@ -1,0 +1,44 @@
+"""Services given a bad configuration refuse to start and say what to fix."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def start(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedgrpo.cli", *args], capture_output=True, text=True, timeout=180)
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["trainer", "--model", "gpt-9"], ["model", "unknown model 'gpt-9'", "tiny-policy"]),
+        (["trainer", "--device", "tpu"], ["device", "--device / FEDGRPO_TRAINER_DEVICE", "'cpu' or 'cuda'"]),
+        (["trainer", "--keep-snapshots", "0"], ["keep_snapshots", "greater than or equal to 1"]),
+        (["orchestrator", "--backend", "onnx"], ["backend", "'vllm' or 'transformers'"]),
+        (["orchestrator", "--model", "tiny-llama"], ["reward_clients", "--reward-clients"]),
+        (["orchestrator", "--vllm-kv-cache-gib", "0.5"], ["vllm_kv_cache_gib"]),
+    ],
+)
+def test_bad_configuration_is_refused_with_a_message(args, words):
+    proc = start(*args)
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    for w in words:
+        assert w in proc.stderr, proc.stderr
+
+
+def test_environment_variables_configure_services_too():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedgrpo.cli", "reward-client", "--domains", "add1"],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_PORT": "70000"},
+    )
+    assert proc.returncode != 0 and "FEDGRPO_REWARD_CLIENT_PORT" in proc.stderr
+
+
+def test_every_command_documents_its_options():
+    for command in ["run", "orchestrator", "trainer", "reward-client", "bench"]:
+        proc = start(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert "--" in proc.stdout and "usage" in proc.stdout.lower()
