@@ -41,14 +41,10 @@ class BenchSettings(BaseSettings):
 
 
 def _prompts(settings: BenchSettings, tokenizer) -> list[list[int]]:
+    from fedgrpo.models import chat_prompt_ids
     from fedgrpo.tasks import build_questions, user_message
 
-    qs = build_questions("add1", 7, settings.prompts)
-    return [
-        list(tokenizer.apply_chat_template([{"role": "user", "content": user_message(q.text)}],
-                                           add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
-        for q in qs
-    ]
+    return [chat_prompt_ids(tokenizer, user_message(q.text)) for q in build_questions("add1", 7, settings.prompts)]
 
 
 def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tuple[float, float]:

@@ -14,10 +14,19 @@ import logging
 import sys
 from typing import TypeVar
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings, CliApp
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service is configured with; subclasses set env_prefix and cli_prog_name."""
+
+    model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
+    log_level: str = Field("INFO", description="Python logging level.")
 
 
 class ConfigError(SystemExit):

@@ -133,7 +133,7 @@ def _follow(stub: pb_grpc.OrchestratorServiceStub, run: pb.Run, console: Console
                     1, sum(s["rewards_received"] for s in steps))
                 progress.update(
                     task, completed=event.step.step,
-                    figures=f"reward {event.step.reward_mean:.3f}  correct so far {acc:.3f}  v{event.step.policy_version + 1 if event.step.train_seconds else event.step.policy_version}  {event.step.step_seconds:.1f}s/step",
+                    figures=f"reward {event.step.reward_mean:.2f} | correct so far {acc:.2f} | {event.step.step_seconds:.0f}s/step",
                 )
             else:
                 run = event.run

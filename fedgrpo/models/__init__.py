@@ -10,6 +10,7 @@ All folder writes are atomic (temporary sibling + rename).  Importing this
 package is cheap: torch/transformers are imported only when a function runs.
 """
 
+from .chat import chat_prompt_ids
 from .registry import KNOWN_MODELS, resolve_model
 from .smollm2 import prepare_smollm2
 from .snapshot import prune_snapshots, save_snapshot
@@ -17,6 +18,7 @@ from .tiny import build_tiny_model
 from .tiny_policy import build_tiny_policy
 
 __all__ = [
+    "chat_prompt_ids",
     "KNOWN_MODELS",
     "build_tiny_model",
     "build_tiny_policy",

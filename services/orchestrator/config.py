@@ -12,21 +12,19 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fedgrpo.settings import ServiceSettings
 
 
-class OrchestratorSettings(BaseSettings):
+class OrchestratorSettings(ServiceSettings):
     """The orchestrator: public run API, rollouts, expert routing, advantages."""
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_ORCHESTRATOR_",
         cli_prog_name="fedgrpo orchestrator",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        extra="forbid",
     )
 
-    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     port: int = Field(50051, ge=1, le=65535, description="TCP port of the public API.")
     model: str = Field(
         "smollm2-135m-instruct",
@@ -54,9 +52,10 @@ class OrchestratorSettings(BaseSettings):
         0.5, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may take (the trainer shares it)."
     )
     vllm_cpu_threads_bind: str = Field(
-        "auto",
-        description="CPU only: VLLM_CPU_OMP_THREADS_BIND: auto, nobind, or cores such as 0-1 "
-        "(auto pins one core per worker and leaves the other to the trainer).",
+        "all",
+        description="CPU only: cores for vLLM's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND): "
+        "all (every core of this host; rollouts and training alternate, so they do not compete), "
+        "auto (vLLM's choice: one core per worker), nobind, or a range such as 0-3.",
     )
     torch_threads: int = Field(0, ge=0, description="torch CPU threads for the transformers backend; 0 = default.")
     bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")
@@ -65,4 +64,3 @@ class OrchestratorSettings(BaseSettings):
     client_wait_seconds: float = Field(
         120.0, ge=0, description="How long to wait at start for the trainer and reward clients."
     )
-    log_level: str = Field("INFO", description="Python logging level.")

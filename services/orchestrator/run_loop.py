@@ -22,7 +22,8 @@ from pathlib import Path
 
 import grpc
 
-from fedgrpo.tasks import Question, user_message
+from fedgrpo.models import chat_prompt_ids
+from fedgrpo.tasks import user_message
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
@@ -58,10 +59,7 @@ class Policy:
     def prompt_ids(self, text: str, raw: bool = False) -> list[int]:
         if raw:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
-        ids = self.tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-        )
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return chat_prompt_ids(self.tokenizer, text)
 
     def load(self, version: common_pb2.PolicyVersion) -> float:
         """Bring the engine to ``version``; returns the seconds it took (0 if current)."""

@@ -10,21 +10,19 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fedgrpo.settings import ServiceSettings
 
 
-class TrainerSettings(BaseSettings):
+class TrainerSettings(ServiceSettings):
     """The GPU trainer: holds the policy and its frozen reference, applies the loss."""
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_TRAINER_",
         cli_prog_name="fedgrpo trainer",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        extra="forbid",
     )
 
-    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     port: int = Field(50052, ge=1, le=65535, description="TCP port to listen on.")
     model: str = Field(
         "smollm2-135m-instruct",
@@ -45,4 +43,3 @@ class TrainerSettings(BaseSettings):
         5, ge=1, description="Write a resumable checkpoint (weights, optimizer, step) every N steps."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
-    log_level: str = Field("INFO", description="Python logging level.")

@@ -5,24 +5,22 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from fedgrpo.settings import ServiceSettings
 
 
-class RewardClientSettings(BaseSettings):
+class RewardClientSettings(ServiceSettings):
     """A reward client: private labelled data of some domains, served as rewards only."""
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_REWARD_CLIENT_",
         cli_prog_name="fedgrpo reward-client",
-        cli_kebab_case=True,
-        cli_implicit_flags=True,
-        extra="forbid",
     )
 
     name: str = Field(
         "reward-client", min_length=1, max_length=64, description="Name of this client in the federation."
     )
-    host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     port: int = Field(50061, ge=1, le=65535, description="TCP port to listen on.")
     domains: list[str] = Field(
         min_length=1, description="Task domains whose labelled data this client holds (see `fedgrpo tasks`)."
@@ -35,7 +33,6 @@ class RewardClientSettings(BaseSettings):
     )
     max_candidates: int = Field(256, ge=1, description="Most candidates accepted in one Score call.")
     max_candidate_chars: int = Field(16_384, ge=1, description="Longest candidate answer accepted.")
-    log_level: str = Field("INFO", description="Python logging level.")
     # Faults injected on purpose, for tests and chaos runs only.
     fault: Literal["none", "nan", "out_of_range", "wrong_count", "error"] = Field(
         "none", description="Test only: answer every Score call with this fault."

@@ -17,6 +17,14 @@ from .engine import Sampled, SamplingSettings
 log = logging.getLogger(__name__)
 
 
+def all_cores() -> str:
+    """The cores this process may run on, as vLLM's bind range; "auto" if not contiguous."""
+    cores = sorted(os.sched_getaffinity(0))
+    if cores == list(range(cores[0], cores[-1] + 1)):
+        return f"{cores[0]}-{cores[-1]}"
+    return "auto"
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -29,13 +37,16 @@ class VllmEngine:
         seed: int = 0,
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
-        cpu_threads_bind: str = "auto",
+        cpu_threads_bind: str = "all",
         **_: object,
     ) -> None:
         if device == "cpu":
             # vLLM reads these when its CPU worker starts; they must be set first.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", cpu_threads_bind)
+            # Measured on 2 cores (SmolLM2-135M, fp32): ~150 tok/s bound to both
+            # cores, ~80 with vLLM's "auto" (one core per worker).
+            bind = all_cores() if cpu_threads_bind == "all" else cpu_threads_bind
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
         from vllm import LLM
 
         from fedgrpo.models.vllm_ext import WORKER_EXTENSION

@@ -1,0 +1,517 @@
+"""Competence-based expert selection: the confidence graph (DESIGN.md section 1).
+
+Contract
+--------
+The server holds a small labelled auxiliary set, each item embedded by a frozen
+encoder. Every client is *probed* on every item: it scores candidate answers of
+known correctness, and the server records how well it *judged* them. For a
+training question the server takes the L auxiliary items nearest to the
+question's embedding (cosine similarity); a client's competence for the
+question is its mean judging accuracy over those neighbours (optionally
+similarity-weighted), multiplied by the client's online ``confidence``; the M
+most competent live clients are the question's experts.
+
+Rules that hold everywhere in this module:
+
+- Unknown is not competent: an item a client was never probed on counts as
+  accuracy 0, and a live client absent from the graph has competence 0.
+- Garbage from a client is never an exception: a probe with the wrong number
+  of rewards, a NaN / inf, or a value outside [low, high] records accuracy 0
+  for that item and ``record_probe`` returns a message describing the problem
+  (the caller logs it). Wrong arguments from the *server's own* code (shapes,
+  unknown items, bad rates) raise ``ValueError`` / ``KeyError`` naming the
+  field, the value and what was expected.
+- Every ordering is deterministic: nearest items tie-break by lower index,
+  experts tie-break by name.
+- Output contains only plain Python types (``float``, ``str``, ``list``,
+  ``dict``), so it can go to JSON, protobuf or GraphML as is.
+
+Pure functions hold the math (``cosine_similarities``, ``nearest_items``,
+``judging_accuracy``, ``competence``, ``select_top_m``, ``online_update``);
+``ConfidenceGraph`` holds the state: a ``networkx.Graph`` whose nodes are
+``("client", name)``, ``("item", item_id)`` and optionally
+``("question", question_id)``; client-item edges carry ``accuracy`` (and
+``problem``: "" for a valid probe, else why it was rejected), question-item
+edges carry ``similarity``. Item embeddings live in one numpy matrix on the
+class, not in the graph, since the graph is exported and they are bulky.
+
+A ``ConfidenceGraph`` is not thread-safe; the orchestrator serialises access.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+
+CLIENT = "client"
+ITEM = "item"
+QUESTION = "question"
+JSON_FORMAT = "fedgrpo.confidence_graph"
+JSON_VERSION = 1
+
+# Similarities equal up to this many decimals rank as ties (then lower index wins).
+# Without it, an item and a scaled copy of it (same direction) can differ by one
+# ulp and the tie-break rule would silently depend on float rounding.
+TIE_DECIMALS = 12
+
+
+# -- pure functions -------------------------------------------------------------
+
+
+def cosine_similarities(query: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Cosine similarity of ``query`` [d] with each row of ``items`` [n, d] -> [n].
+
+    A zero vector (query or item) has similarity 0 with everything: it carries
+    no direction, and 0 keeps NaN out of every later mean.
+    """
+    query = np.asarray(query, dtype=np.float64)
+    items = np.asarray(items, dtype=np.float64)
+    if query.ndim != 1:
+        raise ValueError(f"query must be a 1-d vector [d], got shape {query.shape}")
+    if items.ndim != 2 or items.shape[1] != query.shape[0]:
+        raise ValueError(
+            f"items must be a matrix [n, {query.shape[0]}] (query has d={query.shape[0]}), got shape {items.shape}"
+        )
+    if not np.all(np.isfinite(query)):
+        raise ValueError(f"query must be finite, got {query.tolist()}")
+    if not np.all(np.isfinite(items)):
+        bad_rows = np.flatnonzero(~np.isfinite(items).all(axis=1)).tolist()
+        raise ValueError(f"items must be finite, got non-finite values in rows {bad_rows}")
+    norms = np.linalg.norm(items, axis=1) * np.linalg.norm(query)
+    dots = items @ query
+    similarities = np.zeros(items.shape[0], dtype=np.float64)
+    nonzero = norms > 0
+    similarities[nonzero] = dots[nonzero] / norms[nonzero]
+    # Rounding can push |cos| a hair past 1.
+    return np.clip(similarities, -1.0, 1.0)
+
+
+def nearest_items(query: np.ndarray, items: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` rows of ``items`` most similar to ``query``, most similar first.
+
+    Ties (equal up to ``TIE_DECIMALS`` decimals) go to the lower index;
+    ``k`` larger than the number of items returns all of them.
+    """
+    _check_int("k", k, minimum=0)
+    ranked = np.round(cosine_similarities(query, items), TIE_DECIMALS)
+    # A stable sort keeps equal keys in index order: the lower index wins a tie.
+    order = np.argsort(-ranked, kind="stable")
+    return [int(i) for i in order[:k]]
+
+
+def judging_accuracy(judged: Sequence[float], truth: Sequence[bool], threshold: float) -> float | None:
+    """Fraction of candidates a client judged right: ``(judged[i] >= threshold) == truth[i]``.
+
+    Returns None when the judgement is unusable (length mismatch, no
+    candidates, a non-number, NaN or inf), so the caller can mark the client
+    incompetent on this item and log why. Range checks against the reward
+    bounds belong to the caller (``ConfidenceGraph.record_probe``).
+    """
+    threshold = _finite("threshold", threshold)
+    if len(judged) != len(truth) or len(judged) == 0:
+        return None
+    values = []
+    for reward in judged:
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(value):
+            return None
+        values.append(value)
+    right = sum((value >= threshold) == bool(correct) for value, correct in zip(values, truth))
+    return right / len(values)
+
+
+def competence(
+    item_accuracy: Mapping[str, float],
+    neighbours: Sequence[str],
+    weights: Sequence[float] | None = None,
+) -> float:
+    """A client's mean judging accuracy over a question's ``neighbours`` (auxiliary item ids).
+
+    An item missing from ``item_accuracy`` (never probed) counts 0: unknown is
+    not competent. With ``weights`` (one per neighbour, finite, >= 0; usually
+    the similarities) the mean is weighted; if they are all 0 it falls back to
+    the plain mean. No neighbours -> 0.
+    """
+    if not neighbours:
+        return 0.0
+    accuracies = [float(item_accuracy.get(item_id, 0.0)) for item_id in neighbours]
+    if weights is None:
+        return math.fsum(accuracies) / len(accuracies)
+    if len(weights) != len(neighbours):
+        raise ValueError(f"weights must have one entry per neighbour ({len(neighbours)}), got {len(weights)}")
+    for i, weight in enumerate(weights):
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weights[{i}] must be a finite number >= 0, got {weight!r}")
+    total = math.fsum(weights)
+    if total == 0:
+        return math.fsum(accuracies) / len(accuracies)
+    return math.fsum(w * a for w, a in zip(weights, accuracies)) / total
+
+
+def select_top_m(competences: Mapping[str, float], m: int, live: Collection[str]) -> list[str]:
+    """The ``m`` most competent clients among ``live``, most competent first, ties by name.
+
+    Clients not in ``live`` are never chosen; a live client missing from
+    ``competences`` counts 0. Fewer than ``m`` live clients -> all of them.
+    """
+    _check_int("m", m, minimum=0)
+    for name, value in competences.items():
+        if not math.isfinite(value):
+            raise ValueError(f"competences[{name!r}] must be finite, got {value!r}")
+    ranked = sorted(set(live), key=lambda name: (-float(competences.get(name, 0.0)), name))
+    return ranked[:m]
+
+
+def online_update(confidence: float, agreement: float, rate: float) -> float:
+    """Move ``confidence`` towards ``agreement`` by ``rate``: ``(1 - rate) * confidence + rate * agreement``.
+
+    ``agreement`` (how well the client's rewards agreed with the accepted ones)
+    is expected in [0, 1]; ``rate`` must be in [0, 1]. The result is clipped to
+    [0, 1], so a slightly out-of-range agreement saturates instead of pushing
+    the confidence out of range.
+    """
+    confidence = _finite("confidence", confidence)
+    agreement = _finite("agreement", agreement)
+    rate = _finite("rate", rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    updated = (1.0 - rate) * confidence + rate * agreement
+    return min(1.0, max(0.0, updated))
+
+
+# -- the graph ------------------------------------------------------------------
+
+
+class ConfidenceGraph:
+    """Clients, auxiliary items and (optionally) routed questions, with judging accuracies.
+
+    Node attributes: every node has ``kind`` and ``name`` (its id as a string);
+    items have ``domain``; clients have ``confidence`` (default 1.0), an online
+    multiplier on the client's competence, moved by ``update_online`` towards
+    how well its training rewards agreed with the accepted ones. A client whose
+    rewards keep disagreeing is thus demoted on every question without
+    rewriting its probed accuracies (which remain the record of the probes).
+    """
+
+    def __init__(self, keep_questions: bool = False) -> None:
+        self.keep_questions = keep_questions
+        self._graph = nx.Graph()
+        self._item_ids: list[str] = []
+        self._item_rows: dict[str, int] = {}
+        self._embeddings = np.zeros((0, 0), dtype=np.float64)
+
+    @property
+    def graph(self) -> nx.Graph:
+        """The underlying graph, for inspection; mutating it bypasses every check here."""
+        return self._graph
+
+    # -- building --
+
+    def add_items(self, item_ids: Sequence[str], domains: Sequence[str], embeddings: np.ndarray) -> None:
+        """Add auxiliary items with their domains and embeddings [n, d] (d fixed by the first call)."""
+        embeddings = np.asarray(embeddings, dtype=np.float64)
+        if len(domains) != len(item_ids):
+            raise ValueError(f"domains must have one entry per item ({len(item_ids)}), got {len(domains)}")
+        if embeddings.ndim != 2 or embeddings.shape[0] != len(item_ids):
+            raise ValueError(f"embeddings must be a matrix [{len(item_ids)}, d], got shape {embeddings.shape}")
+        if self._item_ids and embeddings.shape[1] != self._embeddings.shape[1]:
+            raise ValueError(
+                f"embeddings must have d={self._embeddings.shape[1]} like the items already added, "
+                f"got d={embeddings.shape[1]}"
+            )
+        if not np.all(np.isfinite(embeddings)):
+            raise ValueError("embeddings must be finite, got NaN or inf")
+        seen: set[str] = set()
+        for item_id, domain in zip(item_ids, domains):
+            if not isinstance(item_id, str) or not item_id:
+                raise ValueError(f"item_id must be a non-empty string, got {item_id!r}")
+            if not isinstance(domain, str):
+                raise ValueError(f"domain of item {item_id!r} must be a string, got {domain!r}")
+            if item_id in self._item_rows or item_id in seen:
+                raise ValueError(f"item_id must be unique, got {item_id!r} twice")
+            seen.add(item_id)
+        first_row = len(self._item_ids)
+        for offset, (item_id, domain) in enumerate(zip(item_ids, domains)):
+            self._graph.add_node((ITEM, item_id), kind=ITEM, name=item_id, domain=domain)
+            self._item_rows[item_id] = first_row + offset
+            self._item_ids.append(item_id)
+        self._embeddings = embeddings.copy() if first_row == 0 else np.vstack([self._embeddings, embeddings])
+
+    def add_client(self, name: str, confidence: float = 1.0) -> None:
+        """Register a client (no-op if known); it is incompetent everywhere until probed."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"client name must be a non-empty string, got {name!r}")
+        if (CLIENT, name) not in self._graph:
+            confidence = _finite("confidence", confidence)
+            if not 0.0 <= confidence <= 1.0:
+                raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
+            self._graph.add_node((CLIENT, name), kind=CLIENT, name=name, confidence=confidence)
+
+    def record_probe(
+        self,
+        client: str,
+        item_id: str,
+        judged_rewards: Sequence[float],
+        truth: Sequence[bool],
+        low: float,
+        high: float,
+        threshold: float,
+    ) -> str | None:
+        """Record how ``client`` judged ``item_id``'s candidates of known correctness ``truth``.
+
+        ``judged_rewards`` is what the client returned, one reward per
+        candidate. A reward >= ``threshold`` means "judged correct". A wrong
+        count, a non-number, NaN / inf or a reward outside [low, high] records
+        accuracy 0 and returns a message saying what was wrong; a valid probe
+        returns None. The latest probe of a (client, item) pair replaces any
+        earlier one. The client is registered if new.
+        """
+        if item_id not in self._item_rows:
+            raise KeyError(f"item_id must be an added auxiliary item, got {item_id!r}")
+        low, high, threshold = _finite("low", low), _finite("high", high), _finite("threshold", threshold)
+        if low > high:
+            raise ValueError(f"low must be <= high, got low={low!r}, high={high!r}")
+        self.add_client(client)
+        # _probe_problem checks everything judging_accuracy rejects, plus the range,
+        # so that a rejection always comes with a readable reason.
+        problem = _probe_problem(judged_rewards, truth, low, high)
+        accuracy = None if problem else judging_accuracy(judged_rewards, truth, threshold)
+        if accuracy is None:
+            problem = f"client {client!r}, item {item_id!r}: {problem or 'judged_rewards are unusable'}"
+            accuracy = 0.0
+        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=float(accuracy), problem=problem or "")
+        return problem
+
+    def remove_client(self, name: str) -> None:
+        """Forget a client and its probes."""
+        if (CLIENT, name) not in self._graph:
+            raise KeyError(f"name must be a known client, got {name!r}; known: {self.clients()}")
+        self._graph.remove_node((CLIENT, name))
+
+    def clients(self) -> list[str]:
+        """Known client names, sorted."""
+        return sorted(self._names(CLIENT))
+
+    def items(self) -> list[str]:
+        """Auxiliary item ids, in the order they were added (the embedding rows)."""
+        return list(self._item_ids)
+
+    # -- querying --
+
+    def competences(
+        self,
+        question_embedding: np.ndarray,
+        L: int = 20,
+        similarity_weighted: bool = False,
+    ) -> dict[str, float]:
+        """Each known client's competence for a question: confidence x mean accuracy over the L nearest items.
+
+        With ``similarity_weighted`` the mean is weighted by each neighbour's
+        cosine similarity to the question, negative similarities taken as 0 (an
+        item pointing away from the question says nothing about it).
+        """
+        neighbours, similarities = self._neighbours(question_embedding, L)
+        weights = [max(0.0, s) for s in similarities] if similarity_weighted else None
+        result = {}
+        for name in self.clients():
+            node = (CLIENT, name)
+            accuracy = {
+                self._graph.nodes[other]["name"]: data["accuracy"]
+                for other, data in self._graph.adj[node].items()
+                if other[0] == ITEM
+            }
+            result[name] = self._graph.nodes[node]["confidence"] * competence(accuracy, neighbours, weights)
+        return result
+
+    def route(
+        self,
+        question_embedding: np.ndarray,
+        m: int,
+        live: Collection[str],
+        L: int = 20,
+        similarity_weighted: bool = False,
+        question_id: str | None = None,
+    ) -> list[str]:
+        """The question's experts: the ``m`` most competent ``live`` clients, ties by name.
+
+        With ``keep_questions`` the question becomes a node (``question_id``
+        is then required) linked to its L nearest items by ``similarity``.
+        """
+        if self.keep_questions:
+            if not isinstance(question_id, str) or not question_id:
+                raise ValueError(
+                    f"question_id must be a non-empty string when keep_questions=True, got {question_id!r}"
+                )
+            neighbours, similarities = self._neighbours(question_embedding, L)
+            node = (QUESTION, question_id)
+            if node in self._graph:
+                self._graph.remove_node(node)  # re-routing replaces the old neighbourhood
+            self._graph.add_node(node, kind=QUESTION, name=question_id)
+            for item_id, similarity in zip(neighbours, similarities):
+                self._graph.add_edge(node, (ITEM, item_id), similarity=similarity)
+        return select_top_m(self.competences(question_embedding, L, similarity_weighted), m, live)
+
+    def update_online(self, client: str, agreement: float, rate: float) -> float:
+        """Move ``client``'s confidence towards ``agreement`` (see ``online_update``); returns the new value."""
+        node = (CLIENT, client)
+        if node not in self._graph:
+            raise KeyError(f"client must be a known client, got {client!r}; known: {self.clients()}")
+        attrs = self._graph.nodes[node]
+        attrs["confidence"] = online_update(attrs["confidence"], agreement, rate)
+        return attrs["confidence"]
+
+    def confidence(self, client: str) -> float:
+        """``client``'s current online confidence multiplier."""
+        node = (CLIENT, client)
+        if node not in self._graph:
+            raise KeyError(f"client must be a known client, got {client!r}; known: {self.clients()}")
+        return self._graph.nodes[node]["confidence"]
+
+    def client_domain_weights(self) -> dict[str, dict[str, float]]:
+        """Per client, per domain: mean judging accuracy over the domain's items (unprobed items count 0).
+
+        Raw probe accuracies, without the online confidence: what the probes
+        found, for plots and reports. Every client gets every domain.
+        """
+        domain_items: dict[str, list[str]] = {}
+        for item_id in self._item_ids:
+            domain_items.setdefault(self._graph.nodes[(ITEM, item_id)]["domain"], []).append(item_id)
+        result = {}
+        for name in self.clients():
+            node = (CLIENT, name)
+            accuracy = {
+                self._graph.nodes[other]["name"]: data["accuracy"]
+                for other, data in self._graph.adj[node].items()
+                if other[0] == ITEM
+            }
+            result[name] = {domain: competence(accuracy, ids) for domain, ids in sorted(domain_items.items())}
+        return result
+
+    # -- export --
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable snapshot: node-link data with string node ids ("kind:name") plus the embeddings."""
+        return {
+            "format": JSON_FORMAT,
+            "version": JSON_VERSION,
+            "keep_questions": self.keep_questions,
+            "graph": nx.node_link_data(self._string_graph(), edges="edges"),
+            "items": {
+                "ids": list(self._item_ids),
+                "embeddings": [[float(x) for x in row] for row in self._embeddings],
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ConfidenceGraph:
+        """Rebuild a graph written by ``to_json``."""
+        if data.get("format") != JSON_FORMAT or data.get("version") != JSON_VERSION:
+            raise ValueError(
+                f"data must be format {JSON_FORMAT!r} version {JSON_VERSION}, "
+                f"got format {data.get('format')!r} version {data.get('version')!r}"
+            )
+        restored = cls(keep_questions=bool(data["keep_questions"]))
+        loaded = nx.node_link_graph(data["graph"], edges="edges")
+        nodes = {node: (attrs["kind"], attrs["name"]) for node, attrs in loaded.nodes(data=True)}
+        domains = {name: loaded.nodes[node]["domain"] for node, (kind, name) in nodes.items() if kind == ITEM}
+        item_ids = list(data["items"]["ids"])
+        if set(item_ids) != set(domains):
+            raise ValueError(
+                f"items.ids must match the graph's item nodes, got {sorted(item_ids)} vs {sorted(domains)}"
+            )
+        if item_ids:
+            restored.add_items(item_ids, [domains[i] for i in item_ids], np.asarray(data["items"]["embeddings"]))
+        for node, (kind, name) in nodes.items():
+            if kind == CLIENT:
+                restored.add_client(name, float(loaded.nodes[node]["confidence"]))
+            elif kind == QUESTION:
+                restored._graph.add_node((QUESTION, name), kind=QUESTION, name=name)
+        for u, v, attrs in loaded.edges(data=True):
+            restored._graph.add_edge(nodes[u], nodes[v], **attrs)
+        return restored
+
+    def write_graphml(self, path: str | Path) -> None:
+        """Write the graph (without embeddings) as GraphML, node ids "kind:name"."""
+        nx.write_graphml(self._string_graph(), str(path))
+
+    # -- internals --
+
+    def _names(self, kind: str) -> list[str]:
+        return [node[1] for node in self._graph.nodes if node[0] == kind]
+
+    def _neighbours(self, question_embedding: np.ndarray, L: int) -> tuple[list[str], list[float]]:
+        """The L nearest item ids to the question and their cosine similarities."""
+        _check_int("L", L, minimum=1)
+        query = np.asarray(question_embedding, dtype=np.float64)
+        if not self._item_ids:
+            return [], []
+        if query.shape != (self._embeddings.shape[1],):
+            raise ValueError(f"question_embedding must have shape ({self._embeddings.shape[1]},), got {query.shape}")
+        similarities = cosine_similarities(query, self._embeddings)
+        rows = nearest_items(query, self._embeddings, L)
+        return [self._item_ids[r] for r in rows], [float(similarities[r]) for r in rows]
+
+    def _string_graph(self) -> nx.Graph:
+        """A copy with "kind:name" string ids and only str / float / int / bool attributes (GraphML and JSON safe)."""
+        out = nx.Graph()
+        for (kind, name), attrs in self._graph.nodes(data=True):
+            out.add_node(f"{kind}:{name}", **{key: _plain(value) for key, value in attrs.items()})
+        for u, v, attrs in self._graph.edges(data=True):
+            out.add_edge(f"{u[0]}:{u[1]}", f"{v[0]}:{v[1]}", **{key: _plain(value) for key, value in attrs.items()})
+        return out
+
+
+def _probe_problem(judged: Sequence[float], truth: Sequence[bool], low: float, high: float) -> str | None:
+    """Why a client's probe rewards are unusable, or None if they are fine."""
+    try:
+        count = len(judged)
+    except TypeError:
+        return f"judged_rewards must be a sequence of {len(truth)} rewards, got {judged!r}"
+    if count != len(truth):
+        return f"judged_rewards must hold {len(truth)} rewards (one per candidate), got {count}"
+    if count == 0:
+        return "judged_rewards must hold at least one reward, got none"
+    for i, reward in enumerate(judged):
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            return f"judged_rewards[{i}] must be a number in [{low}, {high}], got {reward!r}"
+        if not math.isfinite(value) or not low <= value <= high:
+            return f"judged_rewards[{i}] must be a finite number in [{low}, {high}], got {value!r}"
+    return None
+
+
+def _plain(value: Any) -> str | float | int | bool:
+    """Convert an attribute to a type GraphML and JSON accept (numpy scalars -> Python, None/other -> str)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, str):
+        return value
+    return "" if value is None else str(value)
+
+
+def _finite(field: str, value: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} must be a finite number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{field} must be a finite number, got {value!r}")
+    return number
+
+
+def _check_int(field: str, value: int, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
