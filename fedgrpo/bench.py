@@ -75,10 +75,14 @@ def _step_times(settings: BenchSettings) -> None:
 
     run_dir = settings.runs_dir / summary["run_id"]
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    print("\n== one training step (federation run, mean over steps) ==")
+    print(f"\n== one training step: {settings.model}, {job.questions_per_step} questions x "
+          f"{job.candidates_per_question} candidates, mean of {len(steps)} steps ==")
+    total = statistics.fmean(s["step_seconds"] for s in steps)
     for phase in ("generate", "score", "train", "sync", "step"):
         values = [s[f"{phase}_seconds"] for s in steps]
-        print(f"{phase + ' seconds':18s} {statistics.fmean(values):8.2f}  (per step: {', '.join(f'{v:.2f}' for v in values)})")
+        mean = statistics.fmean(values)
+        print(f"{phase + ' seconds':18s} {mean:8.2f}  {100 * mean / total:5.1f}% of a step  "
+              f"(per step: {', '.join(f'{v:.2f}' for v in values)})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = load(BenchSettings, argv)
     setup_logging("WARNING")
+    import os
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # figures, not engine chatter
     model_dir = resolve_model(settings.model, settings.cache_dir)
     if settings.step_runs:
         _step_times(settings)
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     engine = make_engine("vllm", model_dir, device=settings.device, dtype=settings.dtype)
     vllm_rate, vllm_s = _throughput(engine, prompts, settings)
-    print(f"vllm tokens/s         {vllm_rate:8.1f}  ({vllm_s:.2f}s per call)")
+    print(f"vllm tokens/s         {vllm_rate:8.1f}  ({vllm_s:.2f}s per call; "
+          f"CPU threads bound to {os.environ.get('VLLM_CPU_OMP_THREADS_BIND', '-')})")
     engine.close()
     print(f"generation speedup vllm/transformers: {vllm_rate / hf_rate:.2f}")
 
