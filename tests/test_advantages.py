@@ -191,3 +191,35 @@ def test_group_has_signal():
     assert group_has_signal([0.0, -0.1, NAN])
     assert group_has_signal(group_advantages([1.0, 2.0]))
     assert not group_has_signal(group_advantages([1.0, 1.0, NAN]))
+
+
+def test_question_advantages_consensus_averages_experts_then_normalises_over_the_group():
+    from services.orchestrator.advantages import question_advantages
+
+    nan = float("nan")
+    rows = [[1.0, 0.0, 1.0, nan], [1.0, 0.0, 0.0, nan]]
+    rewards, adv = question_advantages(rows, "consensus", scale_rewards=False, candidates=4)
+    assert rewards[:3] == [1.0, 0.0, 0.5] and math.isnan(rewards[3])
+    # mean of the valid rewards 0.5: advantages 0.5, -0.5, 0; the missing one stays excluded
+    assert adv[:3] == [0.5, -0.5, 0.0] and math.isnan(adv[3])
+
+
+def test_question_advantages_pooled_normalises_over_the_whole_block():
+    from services.orchestrator.advantages import question_advantages
+
+    # expert 0 scored block [1, 1], expert 1 block [0, 0]: no signal inside either
+    # block alone, but the pooled mean 0.5 gives +-0.5
+    rewards, adv = question_advantages([[1.0, 1.0], [0.0, 0.0]], "pooled", scale_rewards=False, candidates=4)
+    assert rewards == [1.0, 1.0, 0.0, 0.0]
+    assert adv == [0.5, 0.5, -0.5, -0.5]
+    with pytest.raises(ValueError):
+        question_advantages([[1.0], [0.0]], "pooled", scale_rewards=False, candidates=4)
+    with pytest.raises(ValueError):
+        question_advantages([[1.0]], "median", scale_rewards=False, candidates=1)
+
+
+def test_question_advantages_without_experts_excludes_everything():
+    from services.orchestrator.advantages import question_advantages
+
+    rewards, adv = question_advantages([], "consensus", scale_rewards=True, candidates=3)
+    assert all(math.isnan(x) for x in rewards + adv)

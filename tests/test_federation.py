@@ -82,9 +82,23 @@ def test_a_short_run_trains_and_leaves_its_artifacts(fed):
     assert run.run_id in [r.run_id for r in listed]
 
 
+def test_pooled_reading_gives_each_expert_its_own_block(fed):
+    stub, _ = fed
+    spec = pb.RunSpec(**{**SPEC, "steps": 2, "reward_reading": "pooled"})
+    run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+    assert run.spec.reward_reading == "pooled"
+    events, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    for s in (e.step for e in events if e.HasField("step")):
+        # M x G candidates per question, each scored by exactly one expert
+        assert s.completions == 2 * 2 * 6
+        assert s.rewards_received == s.completions and s.rewards_dropped == 0
+
+
 @pytest.mark.parametrize(
     "change, field",
     [
+        ({"reward_reading": "median"}, "spec.reward_reading"),
         ({"tasks": ["astrology"]}, "spec.tasks"),
         ({"tasks": ["leg_counting"]}, "spec.tasks"),  # no client holds it
         ({"candidates_per_question": 1}, "spec.candidates_per_question"),

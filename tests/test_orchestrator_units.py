@@ -22,6 +22,11 @@ def test_defaults_are_filled_in_and_echoed():
     assert msg.scale_rewards is True
 
 
+def test_pooled_reading_samples_a_block_per_expert():
+    assert resolve(tasks=["add1"]).samples_per_question == 8
+    assert resolve(tasks=["add1"], reward_reading="pooled", experts_per_question=3).samples_per_question == 24
+
+
 def test_dr_grpo_does_not_scale_by_std_unless_asked():
     assert resolve(tasks=["add1"], loss_type="dr_grpo").scale is False
     assert resolve(tasks=["add1"], loss_type="dr_grpo", scale_rewards=True).scale is True
@@ -41,6 +46,7 @@ def test_dr_grpo_does_not_scale_by_std_unless_asked():
         ({"tasks": ["add1"], "learning_rate": -1.0}, "learning_rate", "greater than 0"),
         ({"tasks": ["add1"], "loss_type": "ppo"}, "loss_type", "'grpo', 'bnpo', 'dr_grpo' or 'dapo'"),
         ({"tasks": ["add1"], "model": "gpt-9"}, "model", "serves"),
+        ({"tasks": ["add1"], "reward_reading": "median"}, "reward_reading", "'consensus' or 'pooled'"),
         ({"tasks": ["add1"], "max_tokens": 600}, "max_tokens", "max_model_len"),
     ],
 )

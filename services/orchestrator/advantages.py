@@ -146,3 +146,28 @@ def _sample_std(values: list[float], mean: float) -> float:
 def _check_epsilon(epsilon: float) -> None:
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
+
+
+def question_advantages(
+    rows: Sequence[Sequence[float]], reading: str, scale_rewards: bool, candidates: int
+) -> tuple[list[float], list[float]]:
+    """Per-candidate (rewards, advantages) of one question under a reward reading.
+
+    ``consensus``: rows[k] is expert k's reward for every candidate; a
+    candidate's reward is the experts' mean and advantages are relative to
+    the question's candidates. ``pooled``: rows[j] scores block j of the
+    candidates (block size ``candidates / len(rows)``); advantages are
+    relative to the pooled block. Both are flattened in candidate order; with
+    no expert rows at all every candidate is excluded (NaN).
+    """
+    if not rows:
+        return [math.nan] * candidates, [math.nan] * candidates
+    if reading == "consensus":
+        rewards = consensus_rewards(rows)
+        return rewards, group_advantages(rewards, scale_rewards=scale_rewards)
+    if reading == "pooled":
+        if sum(len(r) for r in rows) != candidates:
+            raise ValueError(f"rows: {sum(len(r) for r in rows)} rewards for {candidates} candidates")
+        blocks = pooled_advantages(rows, scale_rewards=scale_rewards)
+        return [r for row in rows for r in row], [a for block in blocks for a in block]
+    raise ValueError(f"reading: got {reading!r}, expected consensus or pooled")

@@ -161,15 +161,20 @@ class RewardClients:
         self,
         run_id: str,
         questions: Sequence[Question],
-        candidates: Sequence[list[str]],
+        candidates: Sequence[list[list[str]]],
         experts: Sequence[list[str]],
         timeout: float,
     ) -> list[ScoreOutcome]:
-        """Score every question's candidates with its experts, all calls in parallel."""
+        """Score with every question's experts, all calls in parallel.
+
+        ``candidates[q][k]`` are the candidates expert ``experts[q][k]`` scores:
+        all of the question's under the consensus reading, its own block under
+        the pooled one.
+        """
         clients = self.by_name()
         calls = {}
-        for qi, (q, cands, names) in enumerate(zip(questions, candidates, experts)):
-            for name in names:
+        for qi, (q, per_expert, names) in enumerate(zip(questions, candidates, experts)):
+            for name, cands in zip(names, per_expert):
                 calls[(qi, name)] = self.pool.submit(self._score_one, clients[name], run_id, q, cands, timeout)
         outcomes = []
         for qi, names in enumerate(experts):

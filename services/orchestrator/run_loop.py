@@ -29,7 +29,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
-from .advantages import consensus_rewards, group_advantages, group_has_signal
+from .advantages import group_has_signal, question_advantages
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .questions import QuestionBank
@@ -152,7 +152,7 @@ class RunExecutor:
         # question -> rollout
         questions = self.bank.sample(cfg.tasks, step, cfg.questions_per_step, cfg.seed)
         prompts = [self.policy.prompt_ids(user_message(q.text)) for q in questions]
-        sampling = SamplingSettings(cfg.candidates_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens)
+        sampling = SamplingSettings(cfg.samples_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens)
         t = time.monotonic()
         with self.policy.lock:
             m.sync_seconds += self.policy.load(version)
@@ -163,7 +163,7 @@ class RunExecutor:
         t = time.monotonic()
         views = self.clients.views()
         experts = [self.select(q.domain, views, cfg.experts_per_question) for q in questions]
-        texts = [[c.text for c in g] for g in groups]
+        texts = [self._assign(cfg, [c.text for c in g], names) for g, names in zip(groups, experts)]
         outcomes = self.clients.score_questions(run_id, questions, texts, experts, cfg.reward_timeout_seconds)
         m.score_seconds = time.monotonic() - t
 
@@ -176,11 +176,11 @@ class RunExecutor:
                 log.warning("run %s step %d question %s: dropped rewards: %s", run_id, step, q.question_id, problem)
             m.rewards_received += outcome.received
             m.rewards_dropped += outcome.dropped
-            candidate_rewards = consensus_rewards(outcome.rows) if outcome.rows else [math.nan] * len(group)
+            rows = self._rows(cfg, outcome.rows, len(group))
+            candidate_rewards, advantages = question_advantages(rows, cfg.reward_reading, cfg.scale, len(group))
             valid = [r for r in candidate_rewards if not math.isnan(r)]
             rewards += valid
             correct += sum(r >= threshold for r in valid)
-            advantages = group_advantages(candidate_rewards, scale_rewards=cfg.scale)
             if not group_has_signal(advantages):
                 m.zero_advantage_groups += 1
                 continue
@@ -219,6 +219,22 @@ class RunExecutor:
             log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
         m.step_seconds = time.monotonic() - started
         return m, version
+
+    @staticmethod
+    def _assign(cfg: RunConfig, texts: list[str], experts: list[str]) -> list[list[str]]:
+        """The candidates each expert scores: all (consensus) or its own block (pooled)."""
+        if cfg.reward_reading == "consensus":
+            return [texts] * len(experts)
+        g = cfg.candidates_per_question
+        return [texts[j * g : (j + 1) * g] for j in range(len(experts))]
+
+    @staticmethod
+    def _rows(cfg: RunConfig, rows: list[list[float]], candidates: int) -> list[list[float]]:
+        """Pooled blocks that no expert scored (fewer live experts than M) are excluded."""
+        if cfg.reward_reading == "pooled" and rows:
+            g = cfg.candidates_per_question
+            rows = rows + [[math.nan] * g for _ in range(candidates // g - len(rows))]
+        return rows
 
     def _correct_threshold(self, experts: Sequence[list[str]]) -> float:
         """A reward at or above the middle of the experts' declared range counts as correct."""

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+RewardReading = Literal["consensus", "pooled"]
 
 
 class SpecError(ValueError):
@@ -49,6 +50,13 @@ class RunConfig(BaseModel):
     reward_timeout_seconds: float = Field(10.0, gt=0, le=3600)
     scale_rewards: bool | None = None
     max_grad_norm: float = Field(1.0, ge=0, le=1e6)
+    reward_reading: RewardReading = "consensus"
+
+    @property
+    def samples_per_question(self) -> int:
+        """pooled gives each expert its own block of G candidates."""
+        pooled = self.reward_reading == "pooled"
+        return self.candidates_per_question * (self.experts_per_question if pooled else 1)
 
     @property
     def scale(self) -> bool:
