@@ -20,8 +20,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from services.orchestrator.confidence_graph import (
-    ConfidenceGraph,
+from services.orchestrator.competence import (
     competence,
     cosine_similarities,
     judging_accuracy,
@@ -29,6 +28,7 @@ from services.orchestrator.confidence_graph import (
     online_update,
     select_top_m,
 )
+from services.orchestrator.confidence_graph import ConfidenceGraph
 
 NAN = float("nan")
 INF = float("inf")

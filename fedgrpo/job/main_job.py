@@ -9,7 +9,6 @@ orchestrator; summary.json and reward_curve.png from here).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time

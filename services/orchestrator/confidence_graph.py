@@ -26,7 +26,7 @@ Rules that hold everywhere in this module:
 - Output contains only plain Python types (``float``, ``str``, ``list``,
   ``dict``), so it can go to JSON, protobuf or GraphML as is.
 
-Pure functions hold the math (``cosine_similarities``, ``nearest_items``,
+The math lives in ``competence.py`` (``cosine_similarities``, ``nearest_items``,
 ``judging_accuracy``, ``competence``, ``select_top_m``, ``online_update``);
 ``ConfidenceGraph`` holds the state: a ``networkx.Graph`` whose nodes are
 ``("client", name)``, ``("item", item_id)`` and optionally
@@ -48,147 +48,22 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
+from .competence import (
+    competence,
+    cosine_similarities,
+    judging_accuracy,
+    nearest_items,
+    online_update,
+    require_finite,
+    require_int,
+    select_top_m,
+)
+
 CLIENT = "client"
 ITEM = "item"
 QUESTION = "question"
 JSON_FORMAT = "fedgrpo.confidence_graph"
 JSON_VERSION = 1
-
-# Similarities equal up to this many decimals rank as ties (then lower index wins).
-# Without it, an item and a scaled copy of it (same direction) can differ by one
-# ulp and the tie-break rule would silently depend on float rounding.
-TIE_DECIMALS = 12
-
-
-# -- pure functions -------------------------------------------------------------
-
-
-def cosine_similarities(query: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Cosine similarity of ``query`` [d] with each row of ``items`` [n, d] -> [n].
-
-    A zero vector (query or item) has similarity 0 with everything: it carries
-    no direction, and 0 keeps NaN out of every later mean.
-    """
-    query = np.asarray(query, dtype=np.float64)
-    items = np.asarray(items, dtype=np.float64)
-    if query.ndim != 1:
-        raise ValueError(f"query must be a 1-d vector [d], got shape {query.shape}")
-    if items.ndim != 2 or items.shape[1] != query.shape[0]:
-        raise ValueError(
-            f"items must be a matrix [n, {query.shape[0]}] (query has d={query.shape[0]}), got shape {items.shape}"
-        )
-    if not np.all(np.isfinite(query)):
-        raise ValueError(f"query must be finite, got {query.tolist()}")
-    if not np.all(np.isfinite(items)):
-        bad_rows = np.flatnonzero(~np.isfinite(items).all(axis=1)).tolist()
-        raise ValueError(f"items must be finite, got non-finite values in rows {bad_rows}")
-    norms = np.linalg.norm(items, axis=1) * np.linalg.norm(query)
-    dots = items @ query
-    similarities = np.zeros(items.shape[0], dtype=np.float64)
-    nonzero = norms > 0
-    similarities[nonzero] = dots[nonzero] / norms[nonzero]
-    # Rounding can push |cos| a hair past 1.
-    return np.clip(similarities, -1.0, 1.0)
-
-
-def nearest_items(query: np.ndarray, items: np.ndarray, k: int) -> list[int]:
-    """Indices of the ``k`` rows of ``items`` most similar to ``query``, most similar first.
-
-    Ties (equal up to ``TIE_DECIMALS`` decimals) go to the lower index;
-    ``k`` larger than the number of items returns all of them.
-    """
-    _check_int("k", k, minimum=0)
-    ranked = np.round(cosine_similarities(query, items), TIE_DECIMALS)
-    # A stable sort keeps equal keys in index order: the lower index wins a tie.
-    order = np.argsort(-ranked, kind="stable")
-    return [int(i) for i in order[:k]]
-
-
-def judging_accuracy(judged: Sequence[float], truth: Sequence[bool], threshold: float) -> float | None:
-    """Fraction of candidates a client judged right: ``(judged[i] >= threshold) == truth[i]``.
-
-    Returns None when the judgement is unusable (length mismatch, no
-    candidates, a non-number, NaN or inf), so the caller can mark the client
-    incompetent on this item and log why. Range checks against the reward
-    bounds belong to the caller (``ConfidenceGraph.record_probe``).
-    """
-    threshold = _finite("threshold", threshold)
-    if len(judged) != len(truth) or len(judged) == 0:
-        return None
-    values = []
-    for reward in judged:
-        try:
-            value = float(reward)
-        except (TypeError, ValueError):
-            return None
-        if not math.isfinite(value):
-            return None
-        values.append(value)
-    right = sum((value >= threshold) == bool(correct) for value, correct in zip(values, truth))
-    return right / len(values)
-
-
-def competence(
-    item_accuracy: Mapping[str, float],
-    neighbours: Sequence[str],
-    weights: Sequence[float] | None = None,
-) -> float:
-    """A client's mean judging accuracy over a question's ``neighbours`` (auxiliary item ids).
-
-    An item missing from ``item_accuracy`` (never probed) counts 0: unknown is
-    not competent. With ``weights`` (one per neighbour, finite, >= 0; usually
-    the similarities) the mean is weighted; if they are all 0 it falls back to
-    the plain mean. No neighbours -> 0.
-    """
-    if not neighbours:
-        return 0.0
-    accuracies = [float(item_accuracy.get(item_id, 0.0)) for item_id in neighbours]
-    if weights is None:
-        return math.fsum(accuracies) / len(accuracies)
-    if len(weights) != len(neighbours):
-        raise ValueError(f"weights must have one entry per neighbour ({len(neighbours)}), got {len(weights)}")
-    for i, weight in enumerate(weights):
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weights[{i}] must be a finite number >= 0, got {weight!r}")
-    total = math.fsum(weights)
-    if total == 0:
-        return math.fsum(accuracies) / len(accuracies)
-    return math.fsum(w * a for w, a in zip(weights, accuracies)) / total
-
-
-def select_top_m(competences: Mapping[str, float], m: int, live: Collection[str]) -> list[str]:
-    """The ``m`` most competent clients among ``live``, most competent first, ties by name.
-
-    Clients not in ``live`` are never chosen; a live client missing from
-    ``competences`` counts 0. Fewer than ``m`` live clients -> all of them.
-    """
-    _check_int("m", m, minimum=0)
-    for name, value in competences.items():
-        if not math.isfinite(value):
-            raise ValueError(f"competences[{name!r}] must be finite, got {value!r}")
-    ranked = sorted(set(live), key=lambda name: (-float(competences.get(name, 0.0)), name))
-    return ranked[:m]
-
-
-def online_update(confidence: float, agreement: float, rate: float) -> float:
-    """Move ``confidence`` towards ``agreement`` by ``rate``: ``(1 - rate) * confidence + rate * agreement``.
-
-    ``agreement`` (how well the client's rewards agreed with the accepted ones)
-    is expected in [0, 1]; ``rate`` must be in [0, 1]. The result is clipped to
-    [0, 1], so a slightly out-of-range agreement saturates instead of pushing
-    the confidence out of range.
-    """
-    confidence = _finite("confidence", confidence)
-    agreement = _finite("agreement", agreement)
-    rate = _finite("rate", rate)
-    if not 0.0 <= rate <= 1.0:
-        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
-    updated = (1.0 - rate) * confidence + rate * agreement
-    return min(1.0, max(0.0, updated))
-
-
-# -- the graph ------------------------------------------------------------------
-
 
 class ConfidenceGraph:
     """Clients, auxiliary items and (optionally) routed questions, with judging accuracies.
@@ -250,7 +125,7 @@ class ConfidenceGraph:
         if not isinstance(name, str) or not name:
             raise ValueError(f"client name must be a non-empty string, got {name!r}")
         if (CLIENT, name) not in self._graph:
-            confidence = _finite("confidence", confidence)
+            confidence = require_finite("confidence", confidence)
             if not 0.0 <= confidence <= 1.0:
                 raise ValueError(f"confidence must be in [0, 1], got {confidence!r}")
             self._graph.add_node((CLIENT, name), kind=CLIENT, name=name, confidence=confidence)
@@ -276,7 +151,7 @@ class ConfidenceGraph:
         """
         if item_id not in self._item_rows:
             raise KeyError(f"item_id must be an added auxiliary item, got {item_id!r}")
-        low, high, threshold = _finite("low", low), _finite("high", high), _finite("threshold", threshold)
+        low, high, threshold = require_finite("low", low), require_finite("high", high), require_finite("threshold", threshold)
         if low > high:
             raise ValueError(f"low must be <= high, got low={low!r}, high={high!r}")
         self.add_client(client)
@@ -449,7 +324,7 @@ class ConfidenceGraph:
 
     def _neighbours(self, question_embedding: np.ndarray, L: int) -> tuple[list[str], list[float]]:
         """The L nearest item ids to the question and their cosine similarities."""
-        _check_int("L", L, minimum=1)
+        require_int("L", L, minimum=1)
         query = np.asarray(question_embedding, dtype=np.float64)
         if not self._item_ids:
             return [], []
@@ -500,18 +375,3 @@ def _plain(value: Any) -> str | float | int | bool:
     if isinstance(value, str):
         return value
     return "" if value is None else str(value)
-
-
-def _finite(field: str, value: float) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{field} must be a finite number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{field} must be a finite number, got {value!r}")
-    return number
-
-
-def _check_int(field: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{field} must be an integer >= {minimum}, got {value!r}")
