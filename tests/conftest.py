@@ -37,6 +37,7 @@ def federation(
     clients: list[tuple[str, list[str]]],
     backend: str = "transformers",
     trainer: bool = True,
+    orchestrator_args: list[str] | None = None,
 ):
     """Yield (orchestrator stub, Federation, {name: Service}); clients are (domains, extra args)."""
     common = ["--model", "tiny-policy", "--cache-dir", str(model_cache), "--log-level", "INFO"]
@@ -58,7 +59,8 @@ def federation(
             "orchestrator", "orchestrator",
             [*common, "--runs-dir", str(tmp / "runs"), "--trainer", trainer_address, "--backend", backend,
              "--max-model-len", "512", "--bank-size", "200", "--client-wait-seconds", "30",
-             "--reward-clients", ",".join(s.address for n, s in services.items() if n.startswith("client"))],
+             "--reward-clients", ",".join(s.address for n, s in services.items() if n.startswith("client")),
+             *(orchestrator_args or [])],
         )
         fed.wait_healthy(services["orchestrator"], START_TIMEOUT)
         with serving.channel(services["orchestrator"].address) as ch:

@@ -82,6 +82,27 @@ def test_a_short_run_trains_and_leaves_its_artifacts(fed):
     assert run.run_id in [r.run_id for r in listed]
 
 
+def test_confidence_graph_learns_who_judges_what_and_routes_by_it(fed):
+    stub, _ = fed
+    view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
+    accuracy = {(c.client, c.domain): c.accuracy for c in view.competences}
+    # client-0 holds add1 and sub1, client-1 holds mul1 and add1 (answer-based: exact judges)
+    assert accuracy[("client-0", "sub1")] == 1.0 and accuracy[("client-0", "mul1")] == 0.0
+    assert accuracy[("client-1", "mul1")] == 1.0 and accuracy[("client-1", "sub1")] == 0.0
+    graph = json.loads(view.graph_json)
+    assert len(graph["items"]["ids"]) == 100
+
+    spec = pb.RunSpec(**{**SPEC, "tasks": ["sub1", "mul1"], "steps": 2, "questions_per_step": 4,
+                         "experts_per_question": 1, "expert_selection": "confidence_graph"})
+    run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+    events, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    for s in (e.step for e in events if e.HasField("step")):
+        assert s.routing_precision == 1.0
+        assert s.rewards_dropped == 0  # every question went to a client holding its data
+    assert (Path(run.artifacts_path) / "confidence_graph.graphml").exists()
+
+
 def test_pooled_reading_gives_each_expert_its_own_block(fed):
     stub, _ = fed
     spec = pb.RunSpec(**{**SPEC, "steps": 2, "reward_reading": "pooled"})
@@ -99,6 +120,7 @@ def test_pooled_reading_gives_each_expert_its_own_block(fed):
     "change, field",
     [
         ({"reward_reading": "median"}, "spec.reward_reading"),
+        ({"expert_selection": "oracle"}, "spec.expert_selection"),
         ({"tasks": ["astrology"]}, "spec.tasks"),
         ({"tasks": ["leg_counting"]}, "spec.tasks"),  # no client holds it
         ({"candidates_per_question": 1}, "spec.candidates_per_question"),
@@ -173,7 +195,8 @@ def test_faulty_and_slow_reward_clients_are_excluded_not_zeroed(tmp_path, model_
         ("add1", ["--fault", "out_of_range"]),
         ("add1", ["--fault-delay-seconds", "60"]),
     ]
-    with federation(tmp_path, model_cache, clients) as (stub, _, _):
+    # No confidence graph: the slow client would only delay start-up by its probes' deadline.
+    with federation(tmp_path, model_cache, clients, orchestrator_args=["--no-confidence-graph"]) as (stub, _, _):
         spec = pb.RunSpec(**{**SPEC, "tasks": ["add1"], "experts_per_question": 4, "steps": 2,
                               "reward_timeout_seconds": 2.0})
         run = stub.CreateRun(pb.CreateRunRequest(spec=spec))

@@ -125,10 +125,15 @@ class RewardClients:
         return sum(c.healthy for c in self.clients)
 
     # ---- scoring -----------------------------------------------------------
-    def _score_one(
-        self, client: RewardClient, run_id: str, question: Question, candidates: list[str], timeout: float
+    def score_one(
+        self, client: RewardClient, run_id: str, question: Question, candidates: list[str], timeout: float,
+        count_failures: bool = True,
     ) -> tuple[list[float], int, str | None]:
-        """One expert's row of rewards, with the count dropped and why."""
+        """One expert's row of rewards, with the count dropped and why.
+
+        Three unanswered calls in a row mark a client unhealthy (it leaves
+        selection until it answers Describe again); probes do not count.
+        """
         n = len(candidates)
         request = pb.ScoreRequest(
             question_id=question.question_id, question=question.text, domain=question.domain,
@@ -137,7 +142,7 @@ class RewardClients:
         try:
             reply = client.stub.Score(request, timeout=timeout)
         except grpc.RpcError as err:
-            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if count_failures and err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 client.failures += 1
                 if client.failures >= 3 and client.healthy:
                     log.warning("reward client %s marked unhealthy after %d failures", client.address, client.failures)
@@ -175,7 +180,7 @@ class RewardClients:
         calls = {}
         for qi, (q, per_expert, names) in enumerate(zip(questions, candidates, experts)):
             for name, cands in zip(names, per_expert):
-                calls[(qi, name)] = self.pool.submit(self._score_one, clients[name], run_id, q, cands, timeout)
+                calls[(qi, name)] = self.pool.submit(self.score_one, clients[name], run_id, q, cands, timeout)
         outcomes = []
         for qi, names in enumerate(experts):
             outcome = ScoreOutcome(experts=list(names), rows=[])

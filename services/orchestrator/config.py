@@ -61,6 +61,14 @@ class OrchestratorSettings(ServiceSettings):
     bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")
     bank_size: int = Field(1000, ge=1, le=100_000, description="Questions per domain in the bank.")
     seed: int = Field(0, description="Global sampling seed of the rollout engine.")
+    confidence_graph: bool = Field(
+        True, description="Build the confidence graph at start (embed the auxiliary set, probe every client)."
+    )
+    auxiliary_size: int = Field(100, ge=1, le=10_000, description="Labelled auxiliary items (D_p) the server holds.")
+    auxiliary_domains: list[str] = Field(
+        default_factory=list, description="Domains of the auxiliary set; default: every domain a client declares."
+    )
+    neighbours: int = Field(20, ge=1, description="L: auxiliary items nearest a question that decide competence.")
     client_wait_seconds: float = Field(
         120.0, ge=0, description="How long to wait at start for the trainer and reward clients."
     )

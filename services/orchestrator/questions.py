@@ -22,12 +22,19 @@ def _domain_questions(domain: str, seed: int, size: int) -> tuple[Question, ...]
 
 
 class QuestionBank:
-    def __init__(self, bank_seed: int, bank_size: int) -> None:
+    def __init__(self, bank_seed: int, bank_size: int, reserved: frozenset[str] = frozenset()) -> None:
         self.bank_seed = bank_seed
         self.bank_size = bank_size
+        self.reserved = reserved  # the auxiliary set's ids: never training questions
 
     def questions(self, domain: str) -> tuple[Question, ...]:
-        return _domain_questions(domain, self.bank_seed, self.bank_size)
+        pool = _domain_questions(domain, self.bank_seed, self.bank_size)
+        if not self.reserved:
+            return pool
+        kept = tuple(q for q in pool if q.question_id not in self.reserved)
+        if not kept:
+            raise ValueError(f"bank_size: every {domain} question of the bank is reserved for the auxiliary set")
+        return kept
 
     def sample(self, tasks: Sequence[str], step: int, count: int, seed: int) -> list[Question]:
         rng = random.Random(f"{seed}:{step}")

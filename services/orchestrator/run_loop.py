@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import random
 import shutil
 import statistics
 import threading
@@ -23,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from fedgrpo.models import chat_prompt_ids
-from fedgrpo.tasks import user_message
+from fedgrpo.tasks import Question, user_message
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
@@ -33,6 +34,7 @@ from .advantages import group_has_signal, question_advantages
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .questions import QuestionBank
+from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
 from .spec import RunConfig
@@ -40,6 +42,15 @@ from .spec import RunConfig
 log = logging.getLogger(__name__)
 
 Selector = Callable[[str, Sequence[ClientView], int], list[str]]
+
+
+def routing_precision(
+    questions: Sequence[Question], experts: Sequence[list[str]], views: Sequence[ClientView]
+) -> float:
+    """Fraction of questions whose experts include a client declaring the question's domain."""
+    domains = {v.name: set(v.domains) for v in views}
+    hits = sum(any(q.domain in domains.get(name, ()) for name in names) for q, names in zip(questions, experts))
+    return hits / len(questions) if questions else math.nan
 
 
 class RunCancelled(Exception):
@@ -82,10 +93,11 @@ class RunExecutor:
         policy: Policy,
         trainer: tpb_grpc.PolicyTrainerServiceStub,
         bank: QuestionBank,
+        router: ExpertRouter | None = None,
         select: Selector = select_experts,
     ) -> None:
         self.store, self.clients, self.policy, self.trainer = store, clients, policy, trainer
-        self.bank, self.select = bank, select
+        self.bank, self.router, self.select = bank, router, select
         self.configs: dict[str, RunConfig] = {}
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
@@ -142,6 +154,8 @@ class RunExecutor:
                 metrics.train_seconds, metrics.sync_seconds,
             )
         self._export_model(run_id, version)
+        if self.router is not None:
+            self.router.export(self.store.run_dir(run_id))
 
     def _step(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
@@ -162,7 +176,8 @@ class RunExecutor:
         # -> experts -> rewards
         t = time.monotonic()
         views = self.clients.views()
-        experts = [self.select(q.domain, views, cfg.experts_per_question) for q in questions]
+        experts = self._experts(cfg, step, questions, views)
+        m.routing_precision = routing_precision(questions, experts, views)
         texts = [self._assign(cfg, [c.text for c in g], names) for g, names in zip(groups, experts)]
         outcomes = self.clients.score_questions(run_id, questions, texts, experts, cfg.reward_timeout_seconds)
         m.score_seconds = time.monotonic() - t
@@ -219,6 +234,20 @@ class RunExecutor:
             log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
         m.step_seconds = time.monotonic() - started
         return m, version
+
+    def _experts(
+        self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView]
+    ) -> list[list[str]]:
+        m = cfg.experts_per_question
+        live = sorted(v.name for v in views if v.healthy)
+        if cfg.expert_selection == "confidence_graph" and self.router is not None:
+            return self.router.select(questions, m)
+        if cfg.expert_selection == "random":
+            rng = random.Random(f"{cfg.seed}:{step}:experts")
+            return [sorted(rng.sample(live, min(m, len(live)))) for _ in questions]
+        if cfg.expert_selection == "all":
+            return [list(live) for _ in questions]
+        return [self.select(q.domain, views, m) for q in questions]
 
     @staticmethod
     def _assign(cfg: RunConfig, texts: list[str], experts: list[str]) -> list[list[str]]:

@@ -61,7 +61,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         try:
             config = resolve_spec(
                 request.spec, DOMAINS.keys(), self.served_model, self.clients.live_count(),
-                self.settings.max_model_len,
+                self.settings.max_model_len, graph_available=self.executor.router is not None,
             )
         except SpecError as err:
             serving.invalid(context, f"spec.{err.field}", str(err).split(": ", 1)[1])
@@ -136,6 +136,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         )
 
 
+    def GetConfidenceGraph(self, request: pb.GetConfidenceGraphRequest, context: grpc.ServicerContext) -> pb.ConfidenceGraphView:
+        router = self.executor.router
+        if router is None:
+            serving.failed_precondition(context, "this orchestrator runs without a confidence graph (--confidence-graph)")
+        router.probe_new_clients()
+        graph_json, weights = router.snapshot()
+        return pb.ConfidenceGraphView(
+            graph_json=graph_json,
+            competences=[
+                pb.DomainCompetence(client=c, domain=d, accuracy=a)
+                for c, per in sorted(weights.items()) for d, a in sorted(per.items())
+            ],
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     import threading
 
@@ -176,7 +191,27 @@ def main(argv: list[str] | None = None) -> None:
     clients.start_health_checks()
     store = RunStore(settings.runs_dir)
     trainer = tpb_grpc.PolicyTrainerServiceStub(serving.channel(settings.trainer))
-    executor = RunExecutor(store, clients, policy, trainer, QuestionBank(settings.bank_seed, settings.bank_size))
+    router = None
+    if settings.confidence_graph:
+        from .auxiliary import auxiliary_items
+        from .embedding import PolicyEmbedder
+        from .routing import ExpertRouter
+
+        started = time.monotonic()
+        domains = settings.auxiliary_domains or sorted({d for c in clients.clients for d in c.domains})
+        if not domains:
+            raise ConfigError("fedgrpo orchestrator: auxiliary_domains: no reward client declared a domain; list them")
+        embedder = PolicyEmbedder(model_dir, settings.device, settings.dtype)
+        items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
+        router = ExpertRouter(clients, embedder, items, settings.neighbours)
+        router.probe_new_clients()
+        log.info("confidence graph: %d auxiliary items over %s, built in %.1fs",
+                 settings.auxiliary_size, ",".join(domains), time.monotonic() - started)
+    executor = RunExecutor(
+        store, clients, policy, trainer,
+        QuestionBank(settings.bank_seed, settings.bank_size, frozenset(router.graph.items()) if router else frozenset()),
+        router,
+    )
     servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model)
 
     def stop() -> None:

@@ -18,6 +18,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RewardReading = Literal["consensus", "pooled"]
+ExpertSelection = Literal["confidence_graph", "domain", "random", "all"]
 
 
 class SpecError(ValueError):
@@ -51,6 +52,7 @@ class RunConfig(BaseModel):
     scale_rewards: bool | None = None
     max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     reward_reading: RewardReading = "consensus"
+    expert_selection: ExpertSelection = "domain"
 
     @property
     def samples_per_question(self) -> int:
@@ -78,6 +80,7 @@ def resolve_spec(
     served_model: str,
     client_count: int,
     max_model_len: int,
+    graph_available: bool = False,
 ) -> RunConfig:
     try:
         config = RunConfig.model_validate(_set_fields(msg))
@@ -97,6 +100,8 @@ def resolve_spec(
             "experts_per_question",
             f"{config.experts_per_question} experts asked for but {client_count} reward client(s) are live",
         )
+    if config.expert_selection == "confidence_graph" and not graph_available:
+        raise SpecError("expert_selection", "this orchestrator runs without a confidence graph (--confidence-graph)")
     if config.max_tokens >= max_model_len:
         raise SpecError("max_tokens", f"got {config.max_tokens}, must be below max_model_len {max_model_len}")
     return config.model_copy(update={"model": served_model})

@@ -86,19 +86,47 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
 
 
 def main(argv: list[str] | None = None) -> None:
-    from fedgrpo.settings import load, setup_logging
+    from fedgrpo.settings import ConfigError, load, setup_logging
+    from fedgrpo.v1 import common_pb2
 
     settings = load(RewardClientSettings, argv)
     setup_logging(settings.log_level, settings.name)
-    started = time.monotonic()
-    evaluator = AnswerBasedEvaluator(settings.domains, settings.bank_seed, settings.bank_size)
+    evaluators: list[Evaluator] = []
+    if not settings.ground_truth_free:
+        started = time.monotonic()
+        answer_based = AnswerBasedEvaluator(settings.domains, settings.bank_seed, settings.bank_size)
+        log.info(
+            "%s holds %d labelled questions of %s (%.1fs)",
+            settings.name, len(answer_based), ",".join(settings.domains), time.monotonic() - started,
+        )
+        evaluators.append(answer_based)
+    if settings.judge_model:
+        import torch
+
+        from fedgrpo.models import resolve_model
+
+        from .evaluators import ModelBasedEvaluator
+
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        started = time.monotonic()
+        try:
+            judge_dir = resolve_model(settings.judge_model, settings.cache_dir)
+        except ValueError as err:
+            raise ConfigError(f"fedgrpo reward-client: judge_model: {err}") from None
+        evaluators.append(ModelBasedEvaluator(judge_dir, settings.judge_max_tokens))
+        log.info(
+            "%s judges with its local model %s (%s, %d torch threads, %.1fs to load)",
+            settings.name, settings.judge_model, judge_dir, torch.get_num_threads(), time.monotonic() - started,
+        )
     log.info(
-        "%s holds %d labelled questions of %s (%.1fs)",
-        settings.name, len(evaluator), ",".join(settings.domains), time.monotonic() - started,
+        "evaluators on: %s%s",
+        ", ".join(common_pb2.EvaluatorKind.Name(e.kind) for e in evaluators),
+        " (ground-truth-free: labelled data not used)" if settings.ground_truth_free else "",
     )
     if settings.fault != "none" or settings.fault_delay_seconds:
         log.warning("fault injection on: %s, delay %.1fs", settings.fault, settings.fault_delay_seconds)
-    servicer = RewardClientServicer(settings, [evaluator])
+    servicer = RewardClientServicer(settings, evaluators)
     serving.serve(
         [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
         settings.host,

@@ -1,0 +1,99 @@
+"""Expert routing by the confidence graph: probe clients, then route questions.
+
+``ExpertRouter`` embeds the auxiliary set once, probes every reward client
+through its Score RPC when it first becomes healthy (answers of known
+correctness; garbage, errors and timeouts count as incompetent and are
+logged), and for each training question returns the M most competent live
+clients over its L nearest auxiliary items. Access is serialised by a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+
+from fedgrpo.tasks import LabelledQuestion, Question
+
+from .auxiliary import probe_candidates
+from .clients import RewardClient, RewardClients
+from .confidence_graph import ConfidenceGraph
+from .embedding import PolicyEmbedder
+
+log = logging.getLogger(__name__)
+
+
+class ExpertRouter:
+    def __init__(
+        self,
+        clients: RewardClients,
+        embedder: PolicyEmbedder,
+        items: Sequence[LabelledQuestion],
+        neighbours: int = 20,
+        probe_timeout: float = 10.0,
+    ) -> None:
+        self.clients, self.embedder, self.items = clients, embedder, list(items)
+        self.neighbours, self.probe_timeout = neighbours, probe_timeout
+        self.graph = ConfidenceGraph()
+        self.graph.add_items(
+            [i.question_id for i in self.items], [i.domain for i in self.items],
+            embedder.embed([i.text for i in self.items]),
+        )
+        self.probed: set[str] = set()
+        self.lock = threading.Lock()
+
+    def probe(self, client: RewardClient) -> int:
+        """Probe one client on every auxiliary item; returns how many probes were rejected."""
+        name = client.view().name
+        calls = []
+        for item in self.items:
+            candidates, truth = probe_candidates(item)
+            future = self.clients.pool.submit(
+                self.clients.score_one, client, "probe", item, candidates, self.probe_timeout, False
+            )
+            calls.append((item, truth, future))
+        threshold = (client.reward_min + client.reward_max) / 2
+        rejected = 0
+        with self.lock:
+            self.graph.add_client(name)
+            for item, truth, future in calls:
+                row, _, problem = future.result()
+                invalid = self.graph.record_probe(
+                    name, item.question_id, row, truth, client.reward_min, client.reward_max, threshold
+                )
+                rejected += invalid is not None
+                if problem and rejected <= 3:
+                    log.info("probe of %s on %s (%s): %s", name, item.question_id, item.domain, problem)
+            self.probed.add(name)
+        weights = self.graph.client_domain_weights().get(name, {})
+        log.info(
+            "probed %s on %d items (%d rejected): judging accuracy %s", name, len(self.items), rejected,
+            ", ".join(f"{d} {a:.2f}" for d, a in sorted(weights.items())),
+        )
+        return rejected
+
+    def probe_new_clients(self) -> None:
+        for client in self.clients.clients:
+            if client.healthy and client.view().name not in self.probed:
+                self.probe(client)
+
+    def select(self, questions: Sequence[Question], m: int) -> list[list[str]]:
+        self.probe_new_clients()
+        live = [v.name for v in self.clients.views() if v.healthy]
+        embeddings = self.embedder.embed([q.text for q in questions])
+        with self.lock:
+            return [self.graph.route(e, m, live, L=self.neighbours) for e in embeddings]
+
+    def snapshot(self) -> tuple[str, dict[str, dict[str, float]]]:
+        """The graph as JSON, and each client's judging accuracy per domain."""
+        with self.lock:
+            return json.dumps(self.graph.to_json()), self.graph.client_domain_weights()
+
+    def export(self, directory) -> None:
+        from pathlib import Path
+
+        directory = Path(directory)
+        with self.lock:
+            (directory / "confidence_graph.json").write_text(json.dumps(self.graph.to_json(), indent=1))
+            self.graph.write_graphml(directory / "confidence_graph.graphml")
