@@ -54,6 +54,10 @@ class JobSettings(BaseSettings):
     questions_per_step: int = Field(4, ge=1, description="Questions per step.")
     candidates_per_question: int = Field(8, ge=2, description="Candidates per question (G).")
     experts_per_question: int = Field(2, ge=1, description="Expert reward clients per question (M).")
+    expert_selection: Literal["confidence_graph", "domain", "random", "all"] = Field(
+        "confidence_graph", description="How each question's expert reward clients are chosen."
+    )
+    reward_reading: Literal["consensus", "pooled"] = Field("consensus", description="How expert rewards combine.")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="Loss aggregation.")
     beta: float = Field(0.0, ge=0, description="KL weight to the frozen reference (0: no reference).")
@@ -159,6 +163,7 @@ def run_job(s: JobSettings) -> dict:
             candidates_per_question=s.candidates_per_question, experts_per_question=s.experts_per_question,
             learning_rate=s.learning_rate, loss_type=s.loss_type, beta=s.beta, temperature=s.temperature,
             max_tokens=s.max_tokens, updates_per_batch=s.updates_per_batch, seed=s.seed,
+            expert_selection=s.expert_selection, reward_reading=s.reward_reading,
         )
         run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
@@ -176,6 +181,7 @@ def run_job(s: JobSettings) -> dict:
         f"mean reward: first quarter {summary['reward_mean_first_quarter']:.3f} -> "
         f"last quarter {summary['reward_mean_last_quarter']:.3f}"
     )
+    console.print(f"routing precision (questions whose experts hold their domain): {summary['routing_precision']:.3f}")
     console.print(f"artifacts: {run_dir} (metrics.jsonl, summary.json, reward_curve.png, model/)")
     console.print(f"total time {time.monotonic() - started:.0f}s; service logs in {log_dir}")
     return summary

@@ -30,6 +30,7 @@ def write_summary(path: Path, run: dict, before: Accuracy, after: Accuracy, step
                            "policy_version": after.policy_version, "questions": after.questions},
         "reward_mean_first_quarter": first,
         "reward_mean_last_quarter": last,
+        "routing_precision": sum(s.get("routing_precision", 0.0) for s in steps) / max(1, len(steps)),
         "seconds_per_step": sum(s.get("step_seconds", 0.0) for s in steps) / max(1, len(steps)),
     }
     path.write_text(json.dumps(summary, indent=2))
