@@ -101,6 +101,7 @@ def test_confidence_graph_learns_who_judges_what_and_routes_by_it(fed):
         assert s.routing_precision == 1.0
         assert s.rewards_dropped == 0  # every question went to a client holding its data
     assert (Path(run.artifacts_path) / "confidence_graph.graphml").exists()
+    assert (Path(run.artifacts_path) / "confidence_graph.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_pooled_reading_gives_each_expert_its_own_block(fed):

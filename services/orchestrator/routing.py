@@ -97,3 +97,7 @@ class ExpertRouter:
         with self.lock:
             (directory / "confidence_graph.json").write_text(json.dumps(self.graph.to_json(), indent=1))
             self.graph.write_graphml(directory / "confidence_graph.graphml")
+            weights = self.graph.client_domain_weights()
+        from .graph_plot import draw
+
+        draw(weights, directory / "confidence_graph.png")
