@@ -14,19 +14,26 @@ Contract:
   deleted).  There is a short window where the target is absent, but never a
   window where it is partially written.
 * :func:`is_complete` tells whether a folder holds all the given files.
+* :func:`build_folder` is the whole pattern: write into a staging folder,
+  check it is complete, publish it (replacing an incomplete target left by
+  something else), and discard the staging folder if anything fails.
 * Published folders are world-readable (dirs 0755, files 0644): safetensors
   writes its files 0600, which breaks readers running as another user.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["staging_dir", "publish_once", "publish_replace", "is_complete", "discard"]
+__all__ = ["staging_dir", "publish_once", "publish_replace", "is_complete", "discard", "build_folder"]
+
+log = logging.getLogger(__name__)
 
 
 def _sibling(target: Path, tag: str) -> Path:
@@ -106,3 +113,22 @@ def publish_replace(staged: Path, target: Path) -> Path:
             discard(old)
         return target
     raise RuntimeError(f"could not replace {target}: concurrent writers kept re-creating it")
+
+
+def build_folder(target: Path, required: Iterable[str], write: Callable[[Path], None], what: str) -> Path:
+    """Run ``write(staged)`` and publish the staged folder at ``target``; returns ``target``."""
+    target, required = Path(target), tuple(required)
+    staged = staging_dir(target)
+    try:
+        write(staged)
+        if not is_complete(staged, required):
+            raise RuntimeError(f"{what} in {staged} is missing files")
+        if target.exists() and not is_complete(target, required):
+            # A stale, incomplete folder (never one of ours: we only rename
+            # complete folders into place): replace it.
+            log.warning("replacing incomplete model folder %s", target)
+            return publish_replace(staged, target)
+        return publish_once(staged, target)
+    except BaseException:
+        discard(staged)
+        raise

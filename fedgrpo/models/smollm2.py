@@ -28,7 +28,7 @@ import logging
 import time
 from pathlib import Path
 
-from ._atomic import discard, is_complete, publish_once, publish_replace, staging_dir
+from ._atomic import build_folder, is_complete
 
 __all__ = [
     "prepare_smollm2",
@@ -170,15 +170,4 @@ def prepare_smollm2(cache_dir: Path) -> Path:
         if is_complete(out_dir, SMOLLM2_REQUIRED_FILES):  # another process did it
             return out_dir
         log.info("SmolLM2: converting %s into %s", gguf, out_dir)
-        staged = staging_dir(out_dir)
-        try:
-            _convert(gguf, staged)
-            if not is_complete(staged, SMOLLM2_REQUIRED_FILES):
-                raise RuntimeError(f"SmolLM2 conversion in {staged} is missing files")
-            if out_dir.exists():
-                log.warning("replacing incomplete model folder %s", out_dir)
-                return publish_replace(staged, out_dir)
-            return publish_once(staged, out_dir)
-        except BaseException:
-            discard(staged)
-            raise
+        return build_folder(out_dir, SMOLLM2_REQUIRED_FILES, lambda staged: _convert(gguf, staged), "SmolLM2 conversion")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ._atomic import discard, is_complete, publish_once, publish_replace, staging_dir
+from ._atomic import build_folder, is_complete
 
 __all__ = [
     "build_tiny_model",
@@ -149,20 +149,9 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     if is_complete(out_dir, TINY_REQUIRED_FILES):
         return out_dir
 
-    staged = staging_dir(out_dir)
-    try:
+    def write(staged: Path) -> None:
         tokenizer = _build_tokenizer()
-        model = _build_model(tokenizer, seed)
-        model.save_pretrained(staged, safe_serialization=True)
+        _build_model(tokenizer, seed).save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
-        if not is_complete(staged, TINY_REQUIRED_FILES):  # pragma: no cover
-            raise RuntimeError(f"tiny model build in {staged} is missing files")
-        if out_dir.exists() and not is_complete(out_dir, TINY_REQUIRED_FILES):
-            # A stale, incomplete folder (not produced by this function, which
-            # only ever renames complete folders into place): replace it.
-            log.warning("replacing incomplete model folder %s", out_dir)
-            return publish_replace(staged, out_dir)
-        return publish_once(staged, out_dir)
-    except BaseException:
-        discard(staged)
-        raise
+
+    return build_folder(out_dir, TINY_REQUIRED_FILES, write, "tiny model build")

@@ -17,7 +17,7 @@ import logging
 import time
 from pathlib import Path
 
-from ._atomic import discard, is_complete, publish_once, staging_dir
+from ._atomic import build_folder, is_complete
 from .tiny import TINY_REQUIRED_FILES, _build_model, _build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -70,13 +70,10 @@ def build_tiny_policy(out_dir: Path, seed: int = 0, steps: int = 120, per_domain
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    staged = staging_dir(out_dir)
-    try:
+    def write(staged: Path) -> None:
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
-        published = publish_once(staged, out_dir)
-    except BaseException:
-        discard(staged)
-        raise
+
+    published = build_folder(out_dir, TINY_REQUIRED_FILES, write, "tiny policy build")
     log.info("tiny policy warmed up in %d steps (final loss %.3f), %.1fs", steps, loss.item(), time.monotonic() - started)
     return published

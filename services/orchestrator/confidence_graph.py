@@ -198,13 +198,17 @@ class ConfidenceGraph:
         result = {}
         for name in self.clients():
             node = (CLIENT, name)
-            accuracy = {
-                self._graph.nodes[other]["name"]: data["accuracy"]
-                for other, data in self._graph.adj[node].items()
-                if other[0] == ITEM
-            }
+            accuracy = self._item_accuracy(node)
             result[name] = self._graph.nodes[node]["confidence"] * competence(accuracy, neighbours, weights)
         return result
+
+    def _item_accuracy(self, client_node: tuple[str, str]) -> dict[str, float]:
+        """The client's probed judging accuracy per auxiliary item id."""
+        return {
+            self._graph.nodes[other]["name"]: data["accuracy"]
+            for other, data in self._graph.adj[client_node].items()
+            if other[0] == ITEM
+        }
 
     def route(
         self,
@@ -262,11 +266,7 @@ class ConfidenceGraph:
         result = {}
         for name in self.clients():
             node = (CLIENT, name)
-            accuracy = {
-                self._graph.nodes[other]["name"]: data["accuracy"]
-                for other, data in self._graph.adj[node].items()
-                if other[0] == ITEM
-            }
+            accuracy = self._item_accuracy(node)
             result[name] = {domain: competence(accuracy, ids) for domain, ids in sorted(domain_items.items())}
         return result
 
