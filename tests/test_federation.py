@@ -208,3 +208,56 @@ def test_faulty_and_slow_reward_clients_are_excluded_not_zeroed(tmp_path, model_
         assert s.rewards_received == per_expert  # only the honest client's
         assert s.rewards_dropped == 3 * per_expert
         assert not math.isnan(s.reward_mean)
+
+
+def test_a_run_uses_only_the_reward_clients_it_names(fed):
+    stub, _ = fed
+    spec = pb.RunSpec(**{**SPEC, "tasks": ["mul1"], "steps": 1, "experts_per_question": 1,
+                         "reward_clients": ["client-1"]})
+    run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+    assert list(run.spec.reward_clients) == ["client-1"]
+    events, run = wait(stub, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    step = next(e.step for e in events if e.HasField("step"))
+    assert step.rewards_received == step.completions and step.routing_precision == 1.0
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"reward_clients": ["client-9"]}, "spec.reward_clients"),
+        ({"reward_clients": ["client-1", "client-1"]}, "spec.reward_clients"),
+        ({"reward_clients": ["client-1"], "experts_per_question": 2}, "spec.experts_per_question"),
+        ({"reward_clients": ["client-1"], "experts_per_question": 1, "tasks": ["sub1"]}, "spec.tasks"),
+        ({"confidence_update_rate": 1.5}, "spec.confidence_update_rate"),
+    ],
+)
+def test_run_specs_naming_unusable_clients_are_refused(fed, change, field):
+    stub, _ = fed
+    with pytest.raises(grpc.RpcError) as err:
+        stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, **change})))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith(field), err.value.details()
+
+
+def test_an_expert_that_leaves_mid_run_is_replaced_by_the_next_one(tmp_path, model_cache):
+    """client-0 is every question's first choice; it is killed after step 1. The step that finds it
+    gone re-scores with client-1 instead, so no reward is lost, and later steps route to client-1."""
+    clients = [("add1", []), ("add1", [])]
+    with federation(tmp_path, model_cache, clients, orchestrator_args=["--no-confidence-graph"]) as (
+        stub, fed, services,
+    ):
+        spec = pb.RunSpec(**{**SPEC, "steps": 4, "experts_per_question": 1})
+        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+        steps = []
+        for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=600):
+            if event.HasField("step"):
+                steps.append(event.step)
+                if event.step.step == 1:
+                    fed.stop(services["client-0"], grace=0.0)
+        run = stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
+        listed = {c.name: c.healthy for c in stub.ListRewardClients(pb.ListRewardClientsRequest()).clients}
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    assert sum(s.experts_replaced for s in steps) >= 1
+    assert all(s.rewards_dropped == 0 and s.rewards_received == s.completions for s in steps)
+    assert listed == {"client-0": False, "client-1": True}

@@ -16,6 +16,8 @@ caller can drop them from the policy batch.
   experts each score their own block of G candidates; the statistics run over
   the pooled M x G block and the result keeps the block shape.
 - ``group_has_signal``: whether a group can produce any gradient at all.
+- ``agreement``: how far one expert's right/wrong calls match the accepted
+  rewards (the online confidence update's input).
 
 Standard deviation convention: the sample std (n - 1 denominator), as TRL's
 ``GRPOTrainer`` computes ``rewards.view(-1, G).std(dim=1)`` with torch's
@@ -148,13 +150,28 @@ def _check_epsilon(epsilon: float) -> None:
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
 
 
+def agreement(row: Sequence[float], accepted: Sequence[float], threshold: float) -> float | None:
+    """How far one expert's rewards agree with the accepted ones: the fraction of candidates
+    both scored on the same side of ``threshold`` (right vs wrong). None when no candidate
+    has both rewards valid. Feeds the confidence graph's online update.
+    """
+    if len(row) != len(accepted):
+        raise ValueError(f"row has {len(row)} rewards for {len(accepted)} accepted ones")
+    pairs = [(r, a) for r, a in zip(row, accepted) if math.isfinite(r) and math.isfinite(a)]
+    if not pairs:
+        return None
+    return sum((r >= threshold) == (a >= threshold) for r, a in pairs) / len(pairs)
+
+
 def question_advantages(
-    rows: Sequence[Sequence[float]], reading: str, scale_rewards: bool, candidates: int
+    rows: Sequence[Sequence[float]], reading: str, scale_rewards: bool, candidates: int,
+    weights: Sequence[float] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per-candidate (rewards, advantages) of one question under a reward reading.
 
     ``consensus``: rows[k] is expert k's reward for every candidate; a
-    candidate's reward is the experts' mean and advantages are relative to
+    candidate's reward is the experts' mean, weighted by ``weights`` (one per
+    row, e.g. competences; uniform when None), and advantages are relative to
     the question's candidates. ``pooled``: rows[j] scores block j of the
     candidates (block size ``candidates / len(rows)``); advantages are
     relative to the pooled block. Both are flattened in candidate order; with
@@ -163,7 +180,7 @@ def question_advantages(
     if not rows:
         return [math.nan] * candidates, [math.nan] * candidates
     if reading == "consensus":
-        rewards = consensus_rewards(rows)
+        rewards = consensus_rewards(rows, weights)
         return rewards, group_advantages(rewards, scale_rewards=scale_rewards)
     if reading == "pooled":
         if sum(len(r) for r in rows) != candidates:

@@ -15,7 +15,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -115,8 +115,12 @@ class RewardClients:
         self._stop.set()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def views(self) -> list[ClientView]:
-        return [c.view() for c in self.clients]
+    def usable(self, names: Collection[str] = ()) -> list[RewardClient]:
+        """The clients a run may use: those named, or all when ``names`` is empty."""
+        return [c for c in self.clients if not names or c.view().name in names]
+
+    def views(self, names: Collection[str] = ()) -> list[ClientView]:
+        return [c.view() for c in self.usable(names)]
 
     def by_name(self) -> dict[str, RewardClient]:
         return {c.view().name: c for c in self.clients}
@@ -142,6 +146,10 @@ class RewardClients:
         try:
             reply = client.stub.Score(request, timeout=timeout)
         except grpc.RpcError as err:
+            if count_failures and err.code() == grpc.StatusCode.UNAVAILABLE and client.healthy:
+                # Nobody listens any more: the client has left. It rejoins when Describe answers again.
+                log.warning("reward client %s (%s) left: %s", client.name, client.address, err.details())
+                client.healthy = False
             if count_failures and err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 client.failures += 1
                 if client.failures >= 3 and client.healthy:

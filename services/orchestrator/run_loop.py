@@ -17,7 +17,7 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
-from .advantages import group_has_signal, question_advantages
+from .advantages import agreement, group_has_signal, question_advantages
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .questions import QuestionBank
@@ -175,24 +175,35 @@ class RunExecutor:
 
         # -> experts -> rewards
         t = time.monotonic()
-        views = self.clients.views()
-        experts = self._experts(cfg, step, questions, views)
+        views = self.clients.views(cfg.reward_clients)
+        chosen = self._experts(cfg, step, questions, views)
+        experts = [[name for name, _ in c] for c in chosen]
+        weights = [[w for _, w in c] for c in chosen]
         m.routing_precision = routing_precision(questions, experts, views)
         texts = [self._assign(cfg, [c.text for c in g], names) for g, names in zip(groups, experts)]
         outcomes = self.clients.score_questions(run_id, questions, texts, experts, cfg.reward_timeout_seconds)
+        m.experts_replaced = self._replace_departed(run_id, cfg, step, questions, groups, outcomes, weights)
         m.score_seconds = time.monotonic() - t
 
         # -> advantages
         sequences, rewards = [], []
         threshold = self._correct_threshold(experts)
         correct = 0
-        for q, prompt, group, outcome in zip(questions, prompts, groups, outcomes):
+        agreements: dict[str, list[float]] = {}
+        for q, prompt, group, outcome, w in zip(questions, prompts, groups, outcomes, weights):
             for problem in outcome.problems:
                 log.warning("run %s step %d question %s: dropped rewards: %s", run_id, step, q.question_id, problem)
             m.rewards_received += outcome.received
             m.rewards_dropped += outcome.dropped
             rows = self._rows(cfg, outcome.rows, len(group))
-            candidate_rewards, advantages = question_advantages(rows, cfg.reward_reading, cfg.scale, len(group))
+            candidate_rewards, advantages = question_advantages(
+                rows, cfg.reward_reading, cfg.scale, len(group), weights=w
+            )
+            if cfg.reward_reading == "consensus" and len(rows) > 1:
+                for name, row in zip(outcome.experts, rows):
+                    a = agreement(row, candidate_rewards, threshold)
+                    if a is not None:
+                        agreements.setdefault(name, []).append(a)
             valid = [r for r in candidate_rewards if not math.isnan(r)]
             rewards += valid
             correct += sum(r >= threshold for r in valid)
@@ -207,6 +218,12 @@ class RunExecutor:
                             completion_logprobs=sample.logprobs, advantage=adv,
                         )
                     )
+        if cfg.confidence_update_rate > 0 and self.router is not None and agreements:
+            updated = self.router.update_confidence(
+                {n: statistics.fmean(a) for n, a in agreements.items()}, cfg.confidence_update_rate
+            )
+            log.info("run %s step %d: confidence %s", run_id, step,
+                     ", ".join(f"{n} {c:.3f}" for n, c in sorted(updated.items())))
         m.questions = len(questions)
         m.completions = sum(len(g) for g in groups)
         m.completion_tokens_mean = statistics.fmean(len(s.token_ids) for g in groups for s in g)
@@ -236,18 +253,64 @@ class RunExecutor:
         return m, version
 
     def _experts(
-        self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView]
-    ) -> list[list[str]]:
+        self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView],
+        exclude: Sequence[Collection[str]] = (),
+    ) -> list[list[tuple[str, float]]]:
+        """Each question's experts with their consensus weight (competence; 1.0 when not graph-routed).
+
+        ``exclude[i]``: clients question i must not get (its current experts,
+        when looking for a replacement).
+        """
         m = cfg.experts_per_question
+        if exclude:
+            views = [v for v in views if v.name not in set().union(*exclude)]
+            m = 1
         live = sorted(v.name for v in views if v.healthy)
         if cfg.expert_selection == "confidence_graph" and self.router is not None:
-            return self.router.select(questions, m)
+            return self.router.select(questions, m, {v.name for v in views})
         if cfg.expert_selection == "random":
-            rng = random.Random(f"{cfg.seed}:{step}:experts")
-            return [sorted(rng.sample(live, min(m, len(live)))) for _ in questions]
+            rng = random.Random(f"{cfg.seed}:{step}:experts:{len(exclude)}")
+            return [[(n, 1.0) for n in sorted(rng.sample(live, min(m, len(live))))] for _ in questions]
         if cfg.expert_selection == "all":
-            return [list(live) for _ in questions]
-        return [self.select(q.domain, views, m) for q in questions]
+            return [[(n, 1.0) for n in live] for _ in questions]
+        return [[(n, 1.0) for n in self.select(q.domain, views, m)] for q in questions]
+
+    def _replace_departed(
+        self, run_id: str, cfg: RunConfig, step: int, questions: Sequence[Question], groups: Sequence,
+        outcomes: list, weights: list[list[float]],
+    ) -> int:
+        """Re-score with the next most competent live client wherever an expert left mid-step.
+
+        An expert has left when its call failed and the client is no longer
+        live. Its row is replaced in place (rewards, name and weight); with
+        no live client left to ask, the row stays missing (excluded).
+        """
+        by_name = self.clients.by_name()
+        replaced = 0
+        for qi, outcome in enumerate(outcomes):
+            for k, name in enumerate(outcome.experts):
+                client = by_name[name]
+                if client.healthy or not all(math.isnan(r) for r in outcome.rows[k]):
+                    continue
+                views = self.clients.views(cfg.reward_clients)
+                pick = self._experts(cfg, step, [questions[qi]], views, exclude=[set(outcome.experts)])[0]
+                if not pick:
+                    continue
+                new_name, new_weight = pick[0]
+                cands = self._assign(cfg, [c.text for c in groups[qi]], outcome.experts)[k]
+                row, dropped, problem = self.clients.score_one(
+                    by_name[new_name], run_id, questions[qi], cands, cfg.reward_timeout_seconds
+                )
+                log.warning("run %s step %d question %s: expert %s left; replaced by %s",
+                            run_id, step, questions[qi].question_id, name, new_name)
+                # The departed row counted len(row) dropped; the new one counts for itself.
+                outcome.received += len(row) - dropped
+                outcome.dropped += dropped - len(row)
+                outcome.rows[k], outcome.experts[k], weights[qi][k] = row, new_name, new_weight
+                if problem:
+                    outcome.problems.append(problem)
+                replaced += 1
+        return replaced
 
     @staticmethod
     def _assign(cfg: RunConfig, texts: list[str], experts: list[str]) -> list[list[str]]:

@@ -60,15 +60,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
         try:
             config = resolve_spec(
-                request.spec, DOMAINS.keys(), self.served_model, self.clients.live_count(),
+                request.spec, DOMAINS.keys(), self.served_model, {v.name: v.healthy for v in self.clients.views()},
                 self.settings.max_model_len, graph_available=self.executor.router is not None,
             )
         except SpecError as err:
             serving.invalid(context, f"spec.{err.field}", str(err).split(": ", 1)[1])
-        covered = {d for c in self.clients.views() if c.healthy for d in c.domains}
-        missing = [t for t in config.tasks if t not in covered]
-        if missing:
-            serving.invalid(context, "spec.tasks", f"no live reward client holds the data of {missing}")
+        usable = [c for c in self.clients.usable(config.reward_clients) if c.healthy]
+        if not any(common_pb2.EVALUATOR_KIND_MODEL_BASED in c.evaluator_kinds for c in usable):
+            # Without a model-based judge, a task needs a client holding its labels.
+            covered = {d for c in usable for d in c.domains}
+            missing = [t for t in config.tasks if t not in covered]
+            if missing:
+                serving.invalid(context, "spec.tasks", f"no live reward client holds the data of {missing}")
         run = self.store.create(to_message(config))
         self.executor.submit(run.run_id, config)
         log.info("run %s created: %s", run.run_id, config.model_dump_json())
@@ -194,14 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     router = None
     if settings.confidence_graph:
         from .auxiliary import auxiliary_items
-        from .embedding import PolicyEmbedder
+        from .embedding import make_embedder
         from .routing import ExpertRouter
 
         started = time.monotonic()
         domains = settings.auxiliary_domains or sorted({d for c in clients.clients for d in c.domains})
         if not domains:
             raise ConfigError("fedgrpo orchestrator: auxiliary_domains: no reward client declared a domain; list them")
-        embedder = PolicyEmbedder(model_dir, settings.device, settings.dtype)
+        try:
+            embedder = make_embedder(settings.embedding, model_dir, settings.device, settings.dtype)
+        except ValueError as err:
+            raise ConfigError(f"fedgrpo orchestrator: embedding: {err}") from None
         items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
         router = ExpertRouter(clients, embedder, items, settings.neighbours)
         router.probe_new_clients()

@@ -9,7 +9,7 @@ resolved config back, so callers see every default that was applied.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +53,8 @@ class RunConfig(BaseModel):
     max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     reward_reading: RewardReading = "consensus"
     expert_selection: ExpertSelection = "domain"
+    reward_clients: list[str] = Field(default_factory=list)
+    confidence_update_rate: float = Field(0.0, ge=0, le=1)
 
     @property
     def samples_per_question(self) -> int:
@@ -67,7 +69,7 @@ class RunConfig(BaseModel):
 
 
 def _set_fields(msg: pb.RunSpec) -> dict:
-    values: dict = {"model": msg.model, "tasks": list(msg.tasks)}
+    values: dict = {"model": msg.model, "tasks": list(msg.tasks), "reward_clients": list(msg.reward_clients)}
     for f in pb.RunSpec.DESCRIPTOR.fields:
         if f.has_presence and f.name not in values and msg.HasField(f.name):
             values[f.name] = getattr(msg, f.name)
@@ -78,10 +80,11 @@ def resolve_spec(
     msg: pb.RunSpec,
     known_tasks: Collection[str],
     served_model: str,
-    client_count: int,
+    client_count: int | Mapping[str, bool],
     max_model_len: int,
     graph_available: bool = False,
 ) -> RunConfig:
+    """``client_count``: how many reward clients are live, or each client's name -> live."""
     try:
         config = RunConfig.model_validate(_set_fields(msg))
     except ValidationError as err:
@@ -95,11 +98,26 @@ def resolve_spec(
         raise SpecError("tasks", "a task is listed twice")
     if config.model and config.model != served_model:
         raise SpecError("model", f"this orchestrator serves {served_model!r}; got {config.model!r}")
-    if config.experts_per_question > client_count:
+    if isinstance(client_count, Mapping):
+        unknown = [n for n in config.reward_clients if n not in client_count]
+        if unknown:
+            raise SpecError(
+                "reward_clients", f"no reward client named {unknown}; known: {', '.join(sorted(client_count))}"
+            )
+        if len(set(config.reward_clients)) != len(config.reward_clients):
+            raise SpecError("reward_clients", "a client is listed twice")
+        usable = config.reward_clients or list(client_count)
+        client_count = sum(bool(client_count[n]) for n in usable)
+    elif config.reward_clients:
+        raise SpecError("reward_clients", "client names cannot be checked here")
+    if config.experts_per_question > client_count and config.expert_selection != "all":
         raise SpecError(
             "experts_per_question",
-            f"{config.experts_per_question} experts asked for but {client_count} reward client(s) are live",
+            f"{config.experts_per_question} experts asked for but {client_count} reward client(s) are live"
+            + (" among reward_clients" if config.reward_clients else ""),
         )
+    if client_count == 0:
+        raise SpecError("reward_clients", "no live reward client" + (" among those named" if config.reward_clients else ""))
     if config.expert_selection == "confidence_graph" and not graph_available:
         raise SpecError("expert_selection", "this orchestrator runs without a confidence graph (--confidence-graph)")
     if config.max_tokens >= max_model_len:
