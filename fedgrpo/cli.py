@@ -1,6 +1,7 @@
 """The `fedgrpo` command.
 
     fedgrpo run            the main job: a whole federation on this machine
+    fedgrpo experiment     FedGRPO vs its baselines over seeds: report.md, report.json, plots
     fedgrpo orchestrator   the orchestrator service (public API, rollouts)
     fedgrpo trainer        the policy trainer service
     fedgrpo reward-client  one reward client (a domain organisation)
@@ -19,6 +20,7 @@ import sys
 
 COMMANDS = {
     "run": ("fedgrpo.job.main_job", "the main job: a whole federation on this machine"),
+    "experiment": ("fedgrpo.job.experiment", "FedGRPO against its baselines, with a report"),
     "orchestrator": ("services.orchestrator.server", "the orchestrator service"),
     "trainer": ("services.policy_trainer.server", "the policy trainer service"),
     "reward-client": ("services.reward_client.server", "one reward client"),

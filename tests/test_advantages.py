@@ -10,6 +10,8 @@ import math
 import pytest
 
 from services.orchestrator.advantages import (
+    agreement,
+    question_advantages,
     consensus_rewards,
     group_advantages,
     group_has_signal,
@@ -223,3 +225,21 @@ def test_question_advantages_without_experts_excludes_everything():
 
     rewards, adv = question_advantages([], "consensus", scale_rewards=True, candidates=3)
     assert all(math.isnan(x) for x in rewards + adv)
+
+
+def test_consensus_weighs_experts_by_competence():
+    # expert 0 (competence 1.0) says right/wrong; expert 1 (competence 0.5) says the opposite
+    rows = [[1.0, 0.0], [0.0, 1.0]]
+    rewards, advantages = question_advantages(rows, "consensus", False, 2, weights=[1.0, 0.5])
+    assert rewards == pytest.approx([2 / 3, 1 / 3])
+    assert advantages == pytest.approx([1 / 6, -1 / 6])
+    plain, _ = question_advantages(rows, "consensus", False, 2)
+    assert plain == pytest.approx([0.5, 0.5])
+
+
+def test_agreement_counts_same_side_of_the_threshold():
+    accepted = [0.9, 0.1, 0.6, math.nan]
+    assert agreement([1.0, 0.0, 0.0, 1.0], accepted, 0.5) == pytest.approx(2 / 3)  # last pair excluded
+    assert agreement([math.nan] * 4, accepted, 0.5) is None
+    with pytest.raises(ValueError, match="4 accepted"):
+        agreement([1.0], accepted, 0.5)

@@ -19,6 +19,14 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["orchestrator", "--backend", "onnx"], ["backend", "'vllm' or 'transformers'"]),
         (["orchestrator", "--model", "tiny-llama"], ["reward_clients", "--reward-clients"]),
         (["orchestrator", "--vllm-kv-cache-gib", "0.5"], ["vllm_kv_cache_gib"]),
+        *[  # a client with no domain can only judge with its own model
+            (["reward-client", *domains], ["no domains", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
+                                           "--judge-model", "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL"])
+            for domains in ([], ["--domains", ""], ["--domains", " , "])
+        ],
+        (["reward-client", "--domains", "[add1"], ["domains", "comma-separated"]),
+        (["reward-client", "--judge-model", "tiny-policy", "--judge-cache", "/dev/null/judge.sqlite"],
+         ["judge_cache", "--judge-cache", "/dev/null/judge.sqlite"]),
     ],
 )
 def test_bad_configuration_is_refused_with_a_message(args, words):
@@ -35,6 +43,16 @@ def test_environment_variables_configure_services_too():
         capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_PORT": "70000"},
     )
     assert proc.returncode != 0 and "FEDGRPO_REWARD_CLIENT_PORT" in proc.stderr
+
+
+def test_reward_client_domains_are_comma_separated_in_the_environment_too():
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedgrpo.cli", "reward-client"],
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_DOMAINS": "add1,astrology"},
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "unknown domain(s) ['astrology']" in proc.stderr, proc.stderr
 
 
 def test_every_command_documents_its_options():

@@ -118,10 +118,13 @@ def _start_federation(fed: Federation, s: JobSettings, console: Console) -> str:
     return orchestrator.address
 
 
-def _follow(stub: pb_grpc.OrchestratorServiceStub, run: pb.Run, console: Console) -> tuple[pb.Run, list[dict]]:
+def follow_run(
+    stub: pb_grpc.OrchestratorServiceStub, run: pb.Run, console: Console, label: str = "training"
+) -> tuple[pb.Run, list[dict]]:
+    """Watch a run to its end with a live progress bar; returns the final run and every step's metrics."""
     steps: list[dict] = []
     columns = [
-        TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"),
+        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"),
         TimeElapsedColumn(), TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console) as progress:
@@ -167,7 +170,7 @@ def run_job(s: JobSettings) -> dict:
         )
         run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
-        run, steps = _follow(stub, run, console)
+        run, steps = follow_run(stub, run, console)
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error} (logs: {log_dir})")
         console.log("held-out accuracy after training ...")

@@ -2,17 +2,25 @@
 
 A client holds the labelled data of its ``domains`` (answer-based evaluator)
 and, with ``judge_model`` set, its own small local model that judges any
-other question (model-based evaluator). In ``ground_truth_free`` mode it
-judges every question with that model only and its labelled data is not used.
+other question (model-based evaluator). A client may hold no domain at all
+(a Dirichlet split of domains over clients leaves some empty-handed): it then
+judges with its model only, so it needs ``judge_model``. In
+``ground_truth_free`` mode it judges every question with that model only and
+its labelled data is not used.
+
+``domains`` is a comma-separated list on the command line and in the
+environment (``--domains add1,sub1``, ``FEDGRPO_REWARD_CLIENT_DOMAINS=add1,sub1``;
+a JSON list works too); an empty value (``--domains ""``) means no domain.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from fedgrpo.settings import ServiceSettings
 
@@ -29,8 +37,11 @@ class RewardClientSettings(ServiceSettings):
         "reward-client", min_length=1, max_length=64, description="Name of this client in the federation."
     )
     port: int = Field(50061, ge=1, le=65535, description="TCP port to listen on.")
-    domains: list[str] = Field(
-        min_length=1, description="Task domains whose labelled data this client holds (see `fedgrpo tasks`)."
+    # NoDecode: the raw flag or environment value reaches _split_domains (comma-separated or JSON).
+    domains: Annotated[list[str], NoDecode] = Field(
+        [],
+        description="Task domains whose labelled data this client holds, comma-separated (see `fedgrpo tasks`); "
+        "empty: none, the client judges with its judge_model only.",
     )
     bank_seed: int = Field(
         0, description="Seed of the federation's question bank; must match the orchestrator's."
@@ -45,6 +56,12 @@ class RewardClientSettings(ServiceSettings):
         "empty: no model-based evaluator.",
     )
     cache_dir: Path = Field(Path(".cache/models"), description="Where prepared judge models are cached.")
+    judge_cache: Path | None = Field(
+        None,
+        description="SQLite file where the judge model's own answers are shared by clients running the same "
+        "judge on one machine (a simulation speed-up); answers are keyed by judge model, max tokens and "
+        "question and are exactly what the client would compute; empty: no sharing.",
+    )
     ground_truth_free: bool = Field(
         False,
         description="Judge every question with the model-based evaluator only; the labelled data of "
@@ -66,6 +83,28 @@ class RewardClientSettings(ServiceSettings):
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."
     )
 
+    @field_validator("domains", mode="before")
+    @classmethod
+    def _split_domains(cls, value: Any) -> Any:
+        """``"add1,sub1"``, ``'["add1","sub1"]'`` or a list; blank entries dropped (``""``: no domain)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"not a JSON list ({err}); write the domains comma-separated: add1,sub1") from None
+            else:
+                value = text.split(",")
+        if isinstance(value, (list, tuple)):
+            return [v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip())]
+        return value
+
+    @field_validator("judge_cache", mode="before")
+    @classmethod
+    def _no_cache_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("domains")
     @classmethod
     def _known_domains(cls, domains: list[str]) -> list[str]:
@@ -78,6 +117,11 @@ class RewardClientSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _judge_needed(self) -> RewardClientSettings:
+        if not self.domains and not self.judge_model:
+            raise ValueError(
+                "a client with no domains can only judge with its own model: set domains (--domains add1,sub1 / "
+                "FEDGRPO_REWARD_CLIENT_DOMAINS) or judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+            )
         if self.ground_truth_free and not self.judge_model:
             raise ValueError(
                 "ground_truth_free needs a judge model: set judge_model (--judge-model / "

@@ -2,7 +2,8 @@
 
 A thin gRPC shell around the evaluators: it validates each request, picks the
 first evaluator able to judge the question, and answers one float per
-candidate. Data and evaluator choice stay inside this process. Faults set in
+candidate. Data and evaluator choice stay inside this process. A client that
+holds no domain has only its model-based evaluator. Faults set in
 the configuration (``fault``, ``fault_delay_seconds``) are injected on purpose
 for tests and chaos runs.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 
 import grpc
@@ -92,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = load(RewardClientSettings, argv)
     setup_logging(settings.log_level, settings.name)
     evaluators: list[Evaluator] = []
-    if not settings.ground_truth_free:
+    if not settings.domains:
+        log.info("%s holds no domain: no labelled data, it judges with its own model only", settings.name)
+    elif not settings.ground_truth_free:  # ground-truth-free: its labelled data is not used (said below)
         started = time.monotonic()
         answer_based = AnswerBasedEvaluator(settings.domains, settings.bank_seed, settings.bank_size)
         log.info(
@@ -105,8 +109,16 @@ def main(argv: list[str] | None = None) -> None:
 
         from fedgrpo.models import resolve_model
 
-        from .evaluators import ModelBasedEvaluator
+        from .evaluators import ModelBasedEvaluator, SharedReplyCache
 
+        if settings.judge_cache is not None:
+            try:  # open it once before loading the model, to refuse a bad path at once
+                SharedReplyCache(settings.judge_cache).close()
+            except (sqlite3.Error, OSError) as err:
+                raise ConfigError(
+                    "fedgrpo reward-client: judge_cache (--judge-cache / FEDGRPO_REWARD_CLIENT_JUDGE_CACHE): "
+                    f"cannot use {str(settings.judge_cache)!r}: {err}"
+                ) from None
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         started = time.monotonic()
@@ -114,13 +126,21 @@ def main(argv: list[str] | None = None) -> None:
             judge_dir = resolve_model(settings.judge_model, settings.cache_dir)
         except ValueError as err:
             raise ConfigError(f"fedgrpo reward-client: judge_model: {err}") from None
-        evaluators.append(ModelBasedEvaluator(judge_dir, settings.judge_max_tokens))
+        evaluators.append(
+            ModelBasedEvaluator(judge_dir, settings.judge_max_tokens, shared_cache=settings.judge_cache)
+        )
         log.info(
             "%s judges with its local model %s (%s, %d torch threads, %.1fs to load)",
             settings.name, settings.judge_model, judge_dir, torch.get_num_threads(), time.monotonic() - started,
         )
+        if settings.judge_cache is not None:
+            log.info("judge answers shared with the machine's other clients through %s", settings.judge_cache)
+    elif settings.judge_cache is not None:
+        log.warning("judge_cache %s unused: this client has no judge_model", settings.judge_cache)
     log.info(
-        "evaluators on: %s%s",
+        "%s: domains %s; evaluators on: %s%s",
+        settings.name,
+        ",".join(settings.domains) or "none",
         ", ".join(common_pb2.EvaluatorKind.Name(e.kind) for e in evaluators),
         " (ground-truth-free: labelled data not used)" if settings.ground_truth_free else "",
     )

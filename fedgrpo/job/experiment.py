@@ -1,0 +1,266 @@
+"""`fedgrpo experiment`: FedGRPO against its baselines on one heterogeneous federation.
+
+One federation serves every method, so all see the same questions, seeds and
+step budget: K reward clients get domains by a Dirichlet(alpha) split (each
+an answer-based expert on its domains, a model-based judge elsewhere), K more
+run the same split ground-truth-free (model-based only), and one ``central``
+client holds every domain's labels (centralised GRPO: the server-side upper
+bound). Each run names the clients it may use (``RunSpec.reward_clients``).
+Every client sits behind a byte-counting relay, so traffic is counted on the
+wire. Methods:
+
+    zero_shot      the base policy, no training (greedy: one evaluation)
+    fedgrpo        confidence-graph selection of M experts, consensus reading
+    random         M experts drawn at random (FedGRPO's released code)
+    all            every client, rewards averaged, no selection
+    centralised    the ground truth of every domain (the upper bound)
+    gt_free        FedGRPO with model-based judging only (paper Table 2)
+
+Each training method runs once per seed; after each run the policy is
+evaluated greedily on the same held-out questions. ``experiment_report``
+turns the records into report.md, report.json and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from google.protobuf import json_format
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from rich.console import Console
+
+from fedgrpo import serving
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
+
+from .evaluate import held_out_accuracy
+from .experiment_report import MethodRun, write_report
+from .launcher import Federation
+from .main_job import follow_run
+from .split import dirichlet_split
+from .wire import ByteCountingRelay
+
+log = logging.getLogger(__name__)
+
+Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free"]
+METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free")
+
+# --scale presets; an option given explicitly always wins over its preset.
+SCALES: dict[str, dict] = {
+    "default": dict(clients=5, steps=12, eval_questions=40,
+                    domains=["add1", "sub1", "mul1", "chain3", "letter_counting"]),
+    "large": dict(clients=10, steps=40, eval_questions=100,
+                  domains=["add1", "sub1", "mul1", "add2", "chain3", "letter_counting", "leg_counting",
+                           "leg_counting2"]),
+}
+
+
+class ExperimentSettings(BaseSettings):
+    """The experiment; defaults (``--scale default``) take about 50 minutes on a 2-core CPU with SmolLM2-135M."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FEDGRPO_EXPERIMENT_", cli_prog_name="fedgrpo experiment", cli_kebab_case=True,
+        cli_implicit_flags=True, extra="forbid",
+    )
+
+    scale: Literal["default", "large"] = Field(
+        "default", description="Preset of clients, steps, eval questions and domains: default (~50 min on "
+        "2 CPU cores) or large (10 clients, 8 domains, 40 steps: hours on a CPU, minutes on a GPU).",
+    )
+    methods: list[Method] = Field(list(METHODS), description="Methods to run (JSON list or comma-separated).")
+    model: str = Field("smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-policy or a HF folder.")
+    judge_model: str = Field(
+        "smollm2-135m-instruct", description="Each client's own small model, judging questions it has no labels for."
+    )
+    domains: list[str] = Field(default_factory=list, description="Task domains (default: the scale's).")
+    clients: int = Field(5, ge=2, le=20, description="K: reward clients sharing the domains (default: the scale's).")
+    alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of the domain split (paper: 0.1).")
+    split_seed: int = Field(0, description="Seed of the Dirichlet split (the federation is the same for every seed).")
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds: question order and sampling.")
+    steps: int = Field(12, ge=1, description="Training steps per run (default: the scale's).")
+    questions_per_step: int = Field(4, ge=1, description="Questions per step.")
+    candidates_per_question: int = Field(8, ge=2, description="G: candidates per question.")
+    experts_per_question: int = Field(2, ge=1, description="M: expert clients per question.")
+    reward_reading: Literal["consensus", "pooled"] = Field("consensus", description="How expert rewards combine.")
+    confidence_update_rate: float = Field(0.0, ge=0, le=1, description="Online confidence update (0: off).")
+    embedding: Literal["policy", "minilm"] = Field("policy", description="phi of the confidence graph.")
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="Loss aggregation.")
+    max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
+    judge_max_tokens: int = Field(16, ge=1, description="Longest reply of a client's judge model.")
+    eval_questions: int = Field(40, ge=1, description="Held-out questions per domain (default: the scale's).")
+    backend: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine.")
+    device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (bfloat16 on a GPU).")
+    out_dir: Path = Field(Path("runs/experiments"), description="Where <experiment id>/report.md and the rest go.")
+    cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
+    start_timeout: float = Field(600.0, gt=0, description="Seconds each service may take to become healthy.")
+    log_level: str = Field("INFO", description="Logging level of the services.")
+
+    @model_validator(mode="after")
+    def _apply_scale(self) -> ExperimentSettings:
+        from fedgrpo.tasks import DOMAINS
+
+        for name, value in SCALES[self.scale].items():
+            if name not in self.model_fields_set or (name == "domains" and not self.domains):
+                object.__setattr__(self, name, value)
+        unknown = [d for d in self.domains if d not in DOMAINS]
+        if unknown:
+            raise ValueError(f"domains: unknown {unknown}; known: {sorted(DOMAINS)}")
+        if self.experts_per_question > self.clients:
+            raise ValueError(f"experts_per_question {self.experts_per_question} > clients {self.clients}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: a seed is listed twice: {self.seeds}")
+        return self
+
+
+def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, list[str]]) -> pb.RunSpec:
+    """The run spec of one training method: the same budget for all, different experts."""
+    selection, clients, m = {
+        "fedgrpo": ("confidence_graph", names["federated"], s.experts_per_question),
+        "random": ("random", names["federated"], s.experts_per_question),
+        "all": ("all", names["federated"], s.experts_per_question),
+        "centralised": ("all", names["central"], 1),
+        "gt_free": ("confidence_graph", names["gt_free"], s.experts_per_question),
+    }[method]
+    return pb.RunSpec(
+        tasks=s.domains, steps=s.steps, questions_per_step=s.questions_per_step,
+        candidates_per_question=s.candidates_per_question, experts_per_question=m,
+        learning_rate=s.learning_rate, loss_type=s.loss_type, max_tokens=s.max_tokens, updates_per_batch=1,
+        temperature=1.0, seed=seed, expert_selection=selection, reward_clients=clients,
+        reward_reading=s.reward_reading if method != "all" else "consensus",
+        confidence_update_rate=s.confidence_update_rate if selection == "confidence_graph" else 0.0,
+        reward_timeout_seconds=120.0,
+    )
+
+
+class _Experiment:
+    def __init__(self, s: ExperimentSettings, out: Path, console: Console) -> None:
+        self.s, self.out, self.console = s, out, console
+        self.relays: dict[str, ByteCountingRelay] = {}
+        self.names: dict[str, list[str]] = {"federated": [], "gt_free": [], "central": []}
+        self.split = dirichlet_split(s.domains, s.clients, s.alpha, s.split_seed)
+
+    # ---- the federation ------------------------------------------------------
+    def start(self, fed: Federation) -> pb_grpc.OrchestratorServiceStub:
+        s = self.s
+        common = ["--log-level", s.log_level]
+        trainer = fed.start("trainer", "trainer", [*common, "--model", s.model, "--cache-dir", str(s.cache_dir),
+                                                    "--state-dir", str(self.out / "trainer"), "--device", s.device,
+                                                    "--dtype", s.dtype])
+        judge = ["--judge-model", s.judge_model, "--judge-max-tokens", str(s.judge_max_tokens),
+                 "--judge-cache", str(self.out / "judge_answers.sqlite"), "--cache-dir", str(s.cache_dir)]
+        wanted = set(s.methods)
+        clients = []
+        if wanted & {"fedgrpo", "random", "all"}:
+            for k, held in enumerate(self.split.holdings):
+                clients.append((f"client-{k}", [*judge, "--domains", ",".join(held)], "federated"))
+        if "gt_free" in wanted:
+            for k, held in enumerate(self.split.holdings):
+                clients.append((f"gtfree-{k}", [*judge, "--domains", ",".join(held), "--ground-truth-free"],
+                                "gt_free"))
+        if "centralised" in wanted:
+            clients.append(("central", ["--domains", ",".join(s.domains)], "central"))
+        started = [fed.start(name, "reward-client", [*common, "--name", name, *args]) for name, args, _ in clients]
+        for (name, _, group), service in zip(clients, started):
+            self.names[group].append(name)
+        for service in [trainer, *started]:
+            fed.wait_healthy(service, s.start_timeout)
+        for (name, _, _), service in zip(clients, started):
+            self.relays[name] = ByteCountingRelay(service.address)
+            self.relays[name].start()
+        self.console.log(f"trainer and {len(started)} reward clients up; building the confidence graph ...")
+        orchestrator = fed.start(
+            "orchestrator", "orchestrator",
+            [*common, "--model", s.model, "--cache-dir", str(s.cache_dir), "--runs-dir", str(self.out / "runs"),
+             "--trainer", trainer.address, "--backend", s.backend, "--device", s.device, "--dtype", s.dtype,
+             "--reward-clients", ",".join(r.address for r in self.relays.values()),
+             "--auxiliary-domains", ",".join(s.domains), "--embedding", s.embedding],
+        )
+        fed.wait_healthy(orchestrator, s.start_timeout)
+        self.console.log(f"orchestrator up at {orchestrator.address}")
+        return pb_grpc.OrchestratorServiceStub(serving.channel(orchestrator.address))
+
+    def wire(self) -> dict[str, tuple[int, int]]:
+        return {name: relay.snapshot() for name, relay in self.relays.items()}
+
+    # ---- the methods -----------------------------------------------------------
+    def run_method(self, stub, method: str, seed: int) -> MethodRun:
+        s = self.s
+        spec = method_spec(s, method, seed, self.names)
+        before, started = self.wire(), time.monotonic()
+        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+        self.console.log(f"{method} seed {seed}: run {run.run_id}")
+        run, steps = follow_run(stub, run, self.console, label=f"{method} s{seed}")
+        if run.state != pb.RUN_STATE_SUCCEEDED:
+            raise SystemExit(f"{method} seed {seed}: run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error}")
+        train_seconds = time.monotonic() - started
+        after = self.wire()
+        accuracy = held_out_accuracy(stub, s.domains, s.eval_questions, s.max_tokens)
+        used = list(spec.reward_clients)
+        wire = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in used}
+        self.console.log(
+            f"{method} seed {seed}: held-out accuracy {accuracy.overall:.3f} "
+            f"({', '.join(f'{d} {a:.2f}' for d, a in accuracy.per_domain.items())}), {train_seconds:.0f}s"
+        )
+        return MethodRun(method, seed, run.run_id, accuracy.per_domain, accuracy.overall, steps,
+                         wire, len(steps), train_seconds)
+
+    def zero_shot(self, stub) -> MethodRun:
+        started = time.monotonic()
+        accuracy = held_out_accuracy(stub, self.s.domains, self.s.eval_questions, self.s.max_tokens)
+        self.console.log(f"zero-shot held-out accuracy {accuracy.overall:.3f}")
+        return MethodRun("zero_shot", -1, "", accuracy.per_domain, accuracy.overall, [], {}, 0,
+                         time.monotonic() - started)
+
+
+def run_experiment(s: ExperimentSettings) -> Path:
+    console = Console()
+    started = time.monotonic()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from fedgrpo.models import resolve_model
+
+    out = s.out_dir / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    console.log(f"experiment in {out}: methods {', '.join(s.methods)}; seeds {s.seeds}; {s.steps} steps; "
+                f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha})")
+    for model in {s.model, s.judge_model}:
+        console.log(f"preparing model {model} ...")
+        resolve_model(model, s.cache_dir)
+    exp = _Experiment(s, out, console)
+    for k, held in enumerate(exp.split.holdings):
+        console.log(f"client-{k} holds {', '.join(held) or 'no domain (judges with its model only)'}")
+    records: list[MethodRun] = []
+    with Federation(out / "logs") as fed:
+        stub = exp.start(fed)
+        probe_wire = exp.wire()
+        graph = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
+        if "zero_shot" in s.methods:
+            records.append(exp.zero_shot(stub))
+        for seed in s.seeds:
+            for method in [m for m in METHODS if m in s.methods and m != "zero_shot"]:
+                records.append(exp.run_method(stub, method, seed))
+                (out / "records.jsonl").open("a").write(json.dumps(records[-1].to_json()) + "\n")
+        graph = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
+    graph_dict = json_format.MessageToDict(graph, preserving_proto_field_name=True)
+    path = write_report(
+        out, s.model_dump(mode="json"), exp.split, exp.names, records, graph_dict, probe_wire,
+        wall_seconds=time.monotonic() - started,
+    )
+    console.print(path.read_text())
+    console.print(f"report: {path} (report.json and plots beside it); total {time.monotonic() - started:.0f}s")
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    from fedgrpo.settings import load, setup_logging
+
+    settings = load(ExperimentSettings, argv)
+    setup_logging("WARNING")
+    run_experiment(settings)
