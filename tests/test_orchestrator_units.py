@@ -77,3 +77,21 @@ def test_question_bank_is_deterministic_and_unlabelled():
     assert a != bank.sample(["add1", "mul1"], step=4, count=6, seed=1)
     assert {q.domain for q in a} == {"add1", "mul1"}
     assert not hasattr(a[0], "entry")
+
+
+def test_expert_selection_defaults_to_the_confidence_graph_when_there_is_one():
+    spec = pb.RunSpec(tasks=["add1"])
+    with_graph = resolve_spec(spec, DOMAINS.keys(), "tiny-policy", 3, 512, graph_available=True)
+    without = resolve_spec(spec, DOMAINS.keys(), "tiny-policy", 3, 512, graph_available=False)
+    assert (with_graph.expert_selection, without.expert_selection) == ("confidence_graph", "domain")
+    assert to_message(with_graph).expert_selection == "confidence_graph"
+
+
+def test_named_reward_clients_must_exist_and_be_enough():
+    spec = dict(tasks=["add1"], experts_per_question=2)
+    live = {"a": True, "b": False, "c": True}
+    assert resolve_spec(pb.RunSpec(**spec, reward_clients=["a", "c"]), DOMAINS.keys(), "m", live, 512).reward_clients == ["a", "c"]
+    for names, field in [(["a", "zz"], "reward_clients"), (["a", "b"], "experts_per_question")]:
+        with pytest.raises(SpecError) as err:
+            resolve_spec(pb.RunSpec(**spec, reward_clients=names), DOMAINS.keys(), "m", live, 512)
+        assert err.value.field == field

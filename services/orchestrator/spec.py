@@ -52,7 +52,7 @@ class RunConfig(BaseModel):
     scale_rewards: bool | None = None
     max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     reward_reading: RewardReading = "consensus"
-    expert_selection: ExpertSelection = "domain"
+    expert_selection: ExpertSelection | None = None  # confidence_graph when the graph is on, else domain
     reward_clients: list[str] = Field(default_factory=list)
     confidence_update_rate: float = Field(0.0, ge=0, le=1)
 
@@ -118,6 +118,8 @@ def resolve_spec(
         )
     if client_count == 0:
         raise SpecError("reward_clients", "no live reward client" + (" among those named" if config.reward_clients else ""))
+    if config.expert_selection is None:
+        config = config.model_copy(update={"expert_selection": "confidence_graph" if graph_available else "domain"})
     if config.expert_selection == "confidence_graph" and not graph_available:
         raise SpecError("expert_selection", "this orchestrator runs without a confidence graph (--confidence-graph)")
     if config.max_tokens >= max_model_len:
