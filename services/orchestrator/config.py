@@ -69,6 +69,12 @@ class OrchestratorSettings(ServiceSettings):
         default_factory=list, description="Domains of the auxiliary set; default: every domain a client declares."
     )
     neighbours: int = Field(20, ge=1, description="L: auxiliary items nearest a question that decide competence.")
+    probe_timeout_seconds: float = Field(
+        300.0, gt=0,
+        description="Deadline of one probe call. A client answers its probes one model call at a time when it "
+        "judges with its own model, so this must cover the whole auxiliary set (~1 s per item for SmolLM2 on a "
+        "CPU core); an unanswered probe counts as incompetent.",
+    )
     embedding: Literal["policy", "minilm"] = Field(
         "policy",
         description="phi, the encoder that finds a question's nearest auxiliary items: "
