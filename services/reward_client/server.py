@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
 
         from fedgrpo.models import resolve_model
 
-        from .evaluators import ModelBasedEvaluator, SharedReplyCache
+        from .evaluators import ModelBasedEvaluator
+        from .judge_cache import SharedReplyCache
 
         if settings.judge_cache is not None:
             try:  # open it once before loading the model, to refuse a bad path at once
