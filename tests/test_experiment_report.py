@@ -72,7 +72,7 @@ def test_markdown_has_the_table_and_the_claims():
 
 def test_scale_presets_apply_unless_an_option_is_given():
     default = ExperimentSettings()
-    assert (default.clients, default.steps) == (5, 8) and "letter_counting" in default.domains
+    assert (default.clients, default.steps) == (5, 14) and "letter_counting" in default.domains
     large = ExperimentSettings(scale="large", steps=7)
     assert large.clients == 10 and large.steps == 7 and len(large.domains) == 8
 
@@ -97,7 +97,7 @@ def test_methods_differ_only_in_their_experts():
     names = {"federated": ["client-0", "client-1"], "gt_free": ["gtfree-0", "gtfree-1"], "central": ["central"]}
     specs = {m: method_spec(s, m, 3, names) for m in ("fedgrpo", "random", "all", "centralised", "gt_free")}
     assert {(sp.steps, sp.seed, sp.questions_per_step, tuple(sp.tasks)) for sp in specs.values()} == {
-        (8, 3, 4, tuple(s.domains))
+        (14, 3, 2, tuple(s.domains))
     }
     assert specs["fedgrpo"].expert_selection == "confidence_graph" and list(specs["fedgrpo"].reward_clients) == [
         "client-0", "client-1"]

@@ -53,7 +53,7 @@ METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralise
 
 # --scale presets; an option given explicitly always wins over its preset.
 SCALES: dict[str, dict] = {
-    "default": dict(clients=5, steps=8, eval_questions=30,
+    "default": dict(clients=5, steps=14, eval_questions=30,
                     domains=["add1", "sub1", "mul1", "chain3", "letter_counting"]),
     "large": dict(clients=10, steps=40, eval_questions=100,
                   domains=["add1", "sub1", "mul1", "add2", "chain3", "letter_counting", "leg_counting",
@@ -83,19 +83,22 @@ class ExperimentSettings(BaseSettings):
     alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of the domain split (paper: 0.1).")
     split_seed: int = Field(0, description="Seed of the Dirichlet split (the federation is the same for every seed).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds: question order and sampling.")
-    steps: int = Field(8, ge=1, description="Training steps per run (default: the scale's).")
-    questions_per_step: int = Field(4, ge=1, description="Questions per step.")
+    steps: int = Field(14, ge=1, description="Training steps per run (default: the scale's).")
+    questions_per_step: int = Field(
+        2, ge=1, description="Questions per step (2: twice the updates of `fedgrpo run`'s 4 for the same compute)."
+    )
     candidates_per_question: int = Field(8, ge=2, description="G: candidates per question.")
     experts_per_question: int = Field(2, ge=1, description="M: expert clients per question.")
     reward_reading: Literal["consensus", "pooled"] = Field("consensus", description="How expert rewards combine.")
     confidence_update_rate: float = Field(0.0, ge=0, le=1, description="Online confidence update (0: off).")
     embedding: Literal["policy", "minilm"] = Field("policy", description="phi of the confidence graph.")
-    learning_rate: float = Field(
-        4e-5, gt=0, description="AdamW learning rate (twice `fedgrpo run`'s: the default budget has a third of its steps)."
-    )
+    learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="Loss aggregation.")
     max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
-    judge_max_tokens: int = Field(16, ge=1, description="Longest reply of a client's judge model.")
+    judge_max_tokens: int = Field(
+        32, ge=1, description="Longest reply of a client's judge model (cut shorter, its last number is often a "
+        "step of its working, which candidates cut at the same place then match).",
+    )
     eval_questions: int = Field(30, ge=1, description="Held-out questions per domain (default: the scale's).")
     backend: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
