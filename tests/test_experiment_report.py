@@ -104,3 +104,13 @@ def test_methods_differ_only_in_their_experts():
     assert specs["random"].expert_selection == "random"
     assert list(specs["centralised"].reward_clients) == ["central"] and specs["centralised"].experts_per_question == 1
     assert list(specs["gt_free"].reward_clients) == ["gtfree-0", "gtfree-1"]
+
+
+def test_records_round_trip_for_resume(tmp_path):
+    from fedgrpo.job.experiment import _record, _recorded
+
+    records = []
+    _record(tmp_path, records, run("fedgrpo", 0, 0.5, 0.3, wire={"a": (10, 2)}), started=0.0, earlier=100.0)
+    back, elapsed = _recorded(tmp_path)
+    assert elapsed > 100.0 and len(back) == 1
+    assert summarise(back) == summarise(records)

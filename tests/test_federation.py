@@ -261,3 +261,22 @@ def test_an_expert_that_leaves_mid_run_is_replaced_by_the_next_one(tmp_path, mod
     assert sum(s.experts_replaced for s in steps) >= 1
     assert all(s.rewards_dropped == 0 and s.rewards_received == s.completions for s in steps)
     assert listed == {"client-0": False, "client-1": True}
+
+
+def test_online_update_lowers_the_confidence_of_a_client_that_disagrees(tmp_path, model_cache):
+    """client-0 holds add1's labels; client-1 holds none and judges with the weak tiny model. Both
+    judge every add1 question (M = 2); with the online update on, client-1's confidence falls
+    where its calls disagree with the accepted rewards, while client-0, whose weight dominates
+    the consensus, keeps full confidence."""
+    judge = ["--judge-model", "tiny-policy", "--cache-dir", str(model_cache)]
+    with federation(tmp_path, model_cache, [("add1", []), ("", judge)]) as (stub, _, _):
+        spec = pb.RunSpec(**{**SPEC, "steps": 3, "questions_per_step": 4, "expert_selection": "confidence_graph",
+                             "confidence_update_rate": 0.5})
+        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+        assert run.spec.confidence_update_rate == 0.5
+        events, run = wait(stub, run.run_id)
+        graph = json.loads(stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest()).graph_json)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    confidence = {n["name"]: n["confidence"] for n in graph["graph"]["nodes"] if n["kind"] == "client"}
+    assert confidence["client-0"] == 1.0
+    assert 0.0 <= confidence["client-1"] < 1.0

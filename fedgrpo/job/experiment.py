@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -104,6 +105,13 @@ class ExperimentSettings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (bfloat16 on a GPU).")
     out_dir: Path = Field(Path("runs/experiments"), description="Where <experiment id>/report.md and the rest go.")
+    resume: Path | None = Field(
+        None, description="An earlier experiment's folder: runs recorded in its records.jsonl are kept, the rest "
+        "are run (same settings), and the report covers all.",
+    )
+    keep_models: bool = Field(
+        False, description="Keep each run's exported policy (~0.5 GB for SmolLM2); by default only figures are kept.",
+    )
     cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
     start_timeout: float = Field(600.0, gt=0, description="Seconds each service may take to become healthy.")
     log_level: str = Field("INFO", description="Logging level of the services.")
@@ -208,6 +216,7 @@ class _Experiment:
         train_seconds = time.monotonic() - started
         after = self.wire()
         accuracy = held_out_accuracy(stub, s.domains, s.eval_questions, s.max_tokens)
+        self._free_disk(run)
         used = list(spec.reward_clients)
         wire = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in used}
         self.console.log(
@@ -216,6 +225,13 @@ class _Experiment:
         )
         return MethodRun(method, seed, run.run_id, accuracy.per_domain, accuracy.overall, steps,
                          wire, len(steps), train_seconds)
+
+    def _free_disk(self, run: pb.Run) -> None:
+        """A run's trainer state (snapshots, optimizer checkpoint: ~2.6 GB for SmolLM2) is not needed once it
+        is evaluated; 15 runs of it filled a 60 GB disk. The exported policy goes too unless --keep-models."""
+        shutil.rmtree(self.out / "trainer" / "runs" / run.run_id, ignore_errors=True)
+        if not self.s.keep_models:
+            shutil.rmtree(Path(run.artifacts_path) / "model", ignore_errors=True)
 
     def zero_shot(self, stub) -> MethodRun:
         started = time.monotonic()
@@ -231,8 +247,12 @@ def run_experiment(s: ExperimentSettings) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedgrpo.models import resolve_model
 
-    out = s.out_dir / time.strftime("%Y%m%d-%H%M%S")
+    out = s.resume or s.out_dir / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
+    records, earlier_seconds = _recorded(out) if s.resume else ([], 0.0)
+    done = {(r.method, r.seed) for r in records}
+    if s.resume:
+        console.log(f"resuming {out}: {len(records)} runs recorded ({earlier_seconds / 60:.1f} min)")
     console.log(f"experiment in {out}: methods {', '.join(s.methods)}; seeds {s.seeds}; {s.steps} steps; "
                 f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha})")
     for model in {s.model, s.judge_model}:
@@ -241,26 +261,42 @@ def run_experiment(s: ExperimentSettings) -> Path:
     exp = _Experiment(s, out, console)
     for k, held in enumerate(exp.split.holdings):
         console.log(f"client-{k} holds {', '.join(held) or 'no domain (judges with its model only)'}")
-    records: list[MethodRun] = []
-    with Federation(out / "logs") as fed:
+    with Federation(out / "logs" / time.strftime("%H%M%S")) as fed:
         stub = exp.start(fed)
         probe_wire = exp.wire()
         graph = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
-        if "zero_shot" in s.methods:
-            records.append(exp.zero_shot(stub))
+        if "zero_shot" in s.methods and ("zero_shot", -1) not in done:
+            _record(out, records, exp.zero_shot(stub), started, earlier_seconds)
         for seed in s.seeds:
             for method in [m for m in METHODS if m in s.methods and m != "zero_shot"]:
-                records.append(exp.run_method(stub, method, seed))
-                (out / "records.jsonl").open("a").write(json.dumps(records[-1].to_json()) + "\n")
+                if (method, seed) not in done:
+                    _record(out, records, exp.run_method(stub, method, seed), started, earlier_seconds)
         graph = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
     graph_dict = json_format.MessageToDict(graph, preserving_proto_field_name=True)
     path = write_report(
         out, s.model_dump(mode="json"), exp.split, exp.names, records, graph_dict, probe_wire,
-        wall_seconds=time.monotonic() - started,
+        wall_seconds=earlier_seconds + time.monotonic() - started, resumed=bool(s.resume),
     )
     console.print(path.read_text())
     console.print(f"report: {path} (report.json and plots beside it); total {time.monotonic() - started:.0f}s")
     return path
+
+
+def _record(out: Path, records: list[MethodRun], record: MethodRun, started: float, earlier: float) -> None:
+    """Append a finished run to records.jsonl, with the experiment's elapsed time so far (for --resume)."""
+    records.append(record)
+    line = {**record.to_json(), "elapsed_seconds": earlier + time.monotonic() - started}
+    with (out / "records.jsonl").open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def _recorded(out: Path) -> tuple[list[MethodRun], float]:
+    path = out / "records.jsonl"
+    if not path.exists():
+        raise SystemExit(f"fedgrpo experiment: resume: {path} does not exist")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elapsed = max((r.pop("elapsed_seconds", 0.0) for r in rows), default=0.0)
+    return [MethodRun(**r) for r in rows], elapsed
 
 
 def main(argv: list[str] | None = None) -> None:

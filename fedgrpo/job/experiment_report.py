@@ -135,7 +135,8 @@ def render_markdown(report: Mapping) -> str:
         f"{s['steps']} steps of {s['questions_per_step']} questions x {s['candidates_per_question']} candidates, "
         f"M = {s['experts_per_question']}, {s['reward_reading']} reading, {s['loss_type']}, lr {s['learning_rate']}; "
         f"seeds {s['seeds']}; held-out: {s['eval_questions']} questions per domain, greedy, the same for every "
-        f"method. Wall time {report['wall_seconds'] / 60:.1f} min on this machine.",
+        f"method. Wall time {report['wall_seconds'] / 60:.1f} min on this machine"
+        + (" (resumed: the sum of the sessions, each with its own start-up)." if report.get("resumed") else "."),
         "",
         "## Held-out accuracy (mean ± sample std over seeds)",
         "",
@@ -245,6 +246,7 @@ def write_report(
     graph: Mapping,
     probe_wire: Mapping[str, tuple[int, int]],
     wall_seconds: float,
+    resumed: bool = False,
 ) -> Path:
     from services.orchestrator.graph_plot import draw
 
@@ -259,6 +261,7 @@ def write_report(
     report = {
         "settings": dict(settings),
         "wall_seconds": wall_seconds,
+        "resumed": resumed,
         "methods": summary,
         "claims": claims(summary, settings["experts_per_question"], settings["clients"]),
         "holdings": holdings,
