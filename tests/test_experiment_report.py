@@ -114,3 +114,12 @@ def test_records_round_trip_for_resume(tmp_path):
     back, elapsed = _recorded(tmp_path)
     assert elapsed > 100.0 and len(back) == 1
     assert summarise(back) == summarise(records)
+
+
+def test_a_difference_within_the_seed_spread_is_called_not_significant():
+    summary = summarise([
+        run("fedgrpo", 0, 0.6, 0.4), run("fedgrpo", 1, 0.8, 0.6),  # average 0.6 +- 0.141
+        run("random", 0, 0.55, 0.45), run("random", 1, 0.55, 0.45),  # average 0.5 +- 0
+    ])
+    claim = claims(summary, 2, 5)[1]
+    assert claim["holds"] and "not significant" in claim["numbers"]

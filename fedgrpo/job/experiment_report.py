@@ -104,15 +104,24 @@ def claims(summary: Mapping[str, dict], experts: int, clients: int) -> list[dict
     if {"fedgrpo", "random"} <= summary.keys():
         f, r = avg("fedgrpo"), avg("random")
         result.append({"claim": "FedGRPO beats random expert selection", "holds": f > r,
-                       "numbers": f"FedGRPO {f:.3f} vs random {r:.3f} ({100 * (f - r):+.1f} points)"})
+                       "numbers": f"FedGRPO {f:.3f} vs random {r:.3f} ({100 * (f - r):+.1f} points)",
+                       "methods": ("fedgrpo", "random")})
     if {"fedgrpo", "centralised"} <= summary.keys():
         f, c = avg("fedgrpo"), avg("centralised")
         result.append({"claim": "FedGRPO within 3 points of centralised GRPO", "holds": f >= c - 0.03,
-                       "numbers": f"FedGRPO {f:.3f} vs centralised {c:.3f} ({100 * (f - c):+.1f} points)"})
+                       "numbers": f"FedGRPO {f:.3f} vs centralised {c:.3f} ({100 * (f - c):+.1f} points)",
+                       "methods": ("fedgrpo", "centralised")})
     if {"gt_free", "zero_shot"} <= summary.keys():
         g, z = avg("gt_free"), avg("zero_shot")
         result.append({"claim": "ground-truth-free FedGRPO beats zero-shot", "holds": g > z,
-                       "numbers": f"ground-truth-free {g:.3f} vs zero-shot {z:.3f} ({100 * (g - z):+.1f} points)"})
+                       "numbers": f"ground-truth-free {g:.3f} vs zero-shot {z:.3f} ({100 * (g - z):+.1f} points)",
+                       "methods": ("gt_free", "zero_shot")})
+    for c in result:
+        if "methods" in c:
+            a, b = (summary[m]["average"] for m in c.pop("methods"))
+            spread = max(a["std"], b["std"])
+            if abs(a["mean"] - b["mean"]) <= spread:
+                c["numbers"] += f"; the difference is within the seed spread (std up to {spread:.3f}): not significant"
     return result
 
 
