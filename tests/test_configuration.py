@@ -27,6 +27,12 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["reward-client", "--domains", "[add1"], ["domains", "comma-separated"]),
         (["reward-client", "--judge-model", "tiny-policy", "--judge-cache", "/dev/null/judge.sqlite"],
          ["judge_cache", "--judge-cache", "/dev/null/judge.sqlite"]),
+        (["reward-client", "--domains", "astrology"], ["invalid configuration", "unknown domain"]),
+        (["reward-client", "--domains", "add1", "--port", "0"], ["invalid configuration", "port"]),
+        (["reward-client", "--domains", "add1", "--bank-size", "-3"], ["invalid configuration", "bank_size"]),
+        (["reward-client", "--domains", "add1", "--ground-truth-free"], ["invalid configuration", "judge_model"]),
+        (["reward-client", "--domains", "add1", "--judge-max-tokens", "0"],
+         ["invalid configuration", "judge_max_tokens"]),
     ],
 )
 def test_bad_configuration_is_refused_with_a_message(args, words):

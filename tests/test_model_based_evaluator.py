@@ -319,22 +319,6 @@ def test_a_client_with_no_domain_judges_with_its_model_only(domainless, judge):
 
 
 @integration
-@pytest.mark.parametrize(
-    "args, words",
-    [
-        (["--domains", "add1", "--ground-truth-free"], "judge_model"),
-        (["--domains", "add1", "--judge-max-tokens", "0"], "judge_max_tokens"),
-    ],
-)
-def test_bad_judge_configuration_refuses_to_start(args, words):
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedgrpo.cli", "reward-client", *args], capture_output=True, text=True, timeout=120
-    )
-    assert proc.returncode != 0
-    assert "invalid configuration" in proc.stderr and words in proc.stderr
-
-
-@integration
 def test_unknown_judge_model_refuses_to_start(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "fedgrpo.cli", "reward-client", "--domains", "add1", "--port", "1",
