@@ -1,25 +1,39 @@
-"""Run records and their event streams, kept on disk under ``runs/<run id>/``.
+"""Run records and their event streams, kept in SQLite and mirrored under ``runs/<run id>/``.
 
 ``RunStore`` owns every ``RunRecord``: its spec, state, progress and the list
 of events (step metrics and state changes) that ``WatchRun`` replays and then
-follows. Each change is written to ``run.json`` and each step appended to
-``metrics.jsonl`` before watchers are woken, so what a caller saw is on disk.
-A run found RUNNING or QUEUED at start-up was interrupted by a restart and is
-marked FAILED with that reason.
+follows. The database (``runs/orchestrator.sqlite3`` unless told otherwise) is
+the source of truth: each change is committed there (WAL, synchronous=FULL)
+before watchers are woken, then mirrored to ``run.json`` and, for a step, one
+line of ``metrics.jsonl``, the files users read.
+
+What crash recovery needs is kept too: ``begin_step`` logs a step's batch
+before it goes to the trainer (write-ahead), ``add_step`` marks it completed
+at most once (``DuplicateStep`` otherwise), ``completed_batches`` gives back
+what a trainer that lost steps must be replayed, and the reward ledger, the
+confidence graph and the clients' details survive restarts.
+
+At start-up the records and their events are rebuilt from the database. A run
+found RUNNING or QUEUED was interrupted by the restart: it keeps its state and
+``interrupted()`` returns it (running ones first) so the executor resumes it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedgrpo.v1 import common_pb2
@@ -28,12 +42,59 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 log = logging.getLogger(__name__)
 
 TERMINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    run BLOB NOT NULL,                      -- pb.Run
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    batch BLOB,                             -- tpb.TrainBatch, NULL if the step trained nothing
+    partial BLOB NOT NULL,                  -- pb.StepMetrics known before training
+    metrics BLOB,                           -- final pb.StepMetrics, NULL until completed
+    policy BLOB,                            -- common_pb2.PolicyVersion after the step
+    completed INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS rewards (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    question_id TEXT NOT NULL,
+    client TEXT NOT NULL,
+    rewards TEXT NOT NULL,                  -- JSON list, NaN (no reward) as null
+    accepted_at REAL NOT NULL,
+    PRIMARY KEY (run_id, step, question_id, client)
+);
+CREATE TABLE IF NOT EXISTS confidence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    graph_json TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS clients (
+    name TEXT PRIMARY KEY,
+    info TEXT NOT NULL,                     -- JSON object
+    updated_at REAL NOT NULL
+);
+"""
 
 
 def now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
     return ts
+
+
+def copy(run: pb.Run) -> pb.Run:
+    return pb.Run.FromString(run.SerializeToString())
+
+
+class DuplicateStep(ValueError):
+    def __init__(self, run_id: str, step: int) -> None:
+        super().__init__(f"run {run_id}: step {step} is already completed; a step is recorded once")
+        self.run_id, self.step = run_id, step
 
 
 @dataclass
@@ -43,35 +104,106 @@ class RunRecord:
     cancel_requested: bool = False
 
 
+@dataclass
+class PendingStep:
+    """A step logged by ``begin_step`` whose completion was never recorded."""
+
+    step: int
+    batch: bytes | None
+    partial: pb.StepMetrics
+
+
 class RunStore:
-    def __init__(self, runs_dir: Path) -> None:
+    def __init__(self, runs_dir: Path, db_path: Path | None = None) -> None:
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = Path(db_path) if db_path is not None else self.runs_dir / "orchestrator.sqlite3"
+        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, RunRecord] = {}
         self.changed = threading.Condition()
-        self._load()
+        self._interrupted: list[str] = []
+        self.db = sqlite3.connect(self.db_path, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        with self.changed:
+            self._migrate()
+            self._load()
 
-    def _load(self) -> None:
+    # ---- the database -------------------------------------------------------
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            yield self.db
+
+    def _migrate(self) -> None:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.db_path}: schema version {version}, this orchestrator knows up to {SCHEMA_VERSION}"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            self._import_legacy(db)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _import_legacy(self, db: sqlite3.Connection) -> None:
+        """Take in the runs an orchestrator without a database left as files, once, when the database is new."""
         for path in sorted(self.runs_dir.glob("*/run.json")):
             try:
                 run = json_format.Parse(path.read_text(), pb.Run())
-            except (json_format.ParseError, OSError) as err:
-                log.warning("skipping unreadable %s: %s", path, err)
+                metrics = path.parent / "metrics.jsonl"
+                lines = metrics.read_text().splitlines() if metrics.exists() else []
+                steps = [json_format.ParseDict(json.loads(line), pb.StepMetrics(), ignore_unknown_fields=True)
+                         for line in lines]
+            except (json_format.ParseError, ValueError, OSError) as err:
+                log.warning("not importing unreadable %s: %s", path.parent, err)
                 continue
-            if run.state not in TERMINAL:
+            if run.state not in TERMINAL:  # without a write-ahead log there is nothing to resume from
                 run.state = pb.RUN_STATE_FAILED
                 run.error = "interrupted: the orchestrator restarted during the run"
                 run.end_time.CopyFrom(now())
-            record = RunRecord(run)
-            metrics = path.parent / "metrics.jsonl"
-            if metrics.exists():
-                for line in metrics.read_text().splitlines():
-                    step = json_format.ParseDict(json.loads(line), pb.StepMetrics(), ignore_unknown_fields=True)
-                    record.events.append(pb.RunEvent(run_id=run.run_id, step=step))
-            record.events.append(pb.RunEvent(run_id=run.run_id, run=run))
-            self.records[run.run_id] = record
-            self._write(run)
+            db.execute("INSERT OR IGNORE INTO runs (run_id, run) VALUES (?, ?)", (run.run_id, run.SerializeToString()))
+            for m in steps:
+                db.execute(
+                    "INSERT OR IGNORE INTO steps (run_id, step, partial, metrics, completed) VALUES (?, ?, ?, ?, 1)",
+                    (run.run_id, m.step, m.SerializeToString(), m.SerializeToString()),
+                )
+            log.info("imported run %s (%d steps) from %s", run.run_id, len(steps), path.parent)
 
+    def _load(self) -> None:
+        rows = self.db.execute("SELECT run_id, run, cancel_requested FROM runs ORDER BY run_id").fetchall()
+        for run_id, blob, cancel in rows:
+            try:
+                run = pb.Run.FromString(blob)
+                steps = [
+                    pb.StepMetrics.FromString(m) for (m,) in self.db.execute(
+                        "SELECT metrics FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step", (run_id,)
+                    )
+                ]
+            except DecodeError as err:
+                log.warning("skipping run %s: unreadable row: %s", run_id, err)
+                continue
+            record = RunRecord(run, cancel_requested=bool(cancel))
+            record.events = [pb.RunEvent(run_id=run_id, step=m) for m in steps]
+            record.events.append(pb.RunEvent(run_id=run_id, run=copy(run)))
+            self.records[run_id] = record
+            if run.state in (pb.RUN_STATE_RUNNING, pb.RUN_STATE_QUEUED):
+                self._interrupted.append(run_id)
+            self._mirror(run, steps)
+
+    def _record(self, run_id: str) -> RunRecord:
+        record = self.records.get(run_id)
+        if record is None:
+            raise KeyError(f"run_id {run_id!r}: no such run")
+        return record
+
+    # ---- the files users read ---------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
@@ -82,6 +214,27 @@ class RunStore:
         tmp.write_text(json_format.MessageToJson(run, preserving_proto_field_name=True))
         tmp.replace(d / "run.json")
 
+    @staticmethod
+    def _metrics_line(metrics: pb.StepMetrics) -> str:
+        row = json_format.MessageToDict(
+            metrics, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        return json.dumps(row) + "\n"
+
+    def _mirror(self, run: pb.Run, steps: list[pb.StepMetrics]) -> None:
+        """Bring the files back in line with the database (a crash may have come between the two)."""
+        try:
+            self._write(run)
+            path = self.run_dir(run.run_id) / "metrics.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            if len(lines) != len(steps):
+                tmp = path.with_suffix(".jsonl.tmp")
+                tmp.write_text("".join(self._metrics_line(m) for m in steps))
+                tmp.replace(path)
+        except OSError as err:
+            log.warning("run %s: could not rewrite its files: %s", run.run_id, err)
+
+    # ---- runs --------------------------------------------------------------------
     def create(self, spec: pb.RunSpec) -> pb.Run:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         run = pb.Run(
@@ -89,67 +242,64 @@ class RunStore:
             artifacts_path=str(self.run_dir(run_id).resolve()),
         )
         with self.changed:
+            with self._tx() as db:
+                db.execute("INSERT INTO runs (run_id, run) VALUES (?, ?)", (run_id, run.SerializeToString()))
             self.records[run_id] = RunRecord(run)
             self._publish_state(run_id)
-            return pb.Run.FromString(run.SerializeToString())
+            return copy(run)
 
     def get(self, run_id: str) -> pb.Run | None:
         with self.changed:
             record = self.records.get(run_id)
-            return pb.Run.FromString(record.run.SerializeToString()) if record else None
+            return copy(record.run) if record else None
 
     def list(self) -> list[pb.Run]:
         with self.changed:
-            return [self.get(r) for r in sorted(self.records)]  # type: ignore[misc]
+            return [copy(self.records[r].run) for r in sorted(self.records)]
+
+    def interrupted(self) -> list[pb.Run]:
+        """Runs found RUNNING or QUEUED at start-up and not ended since: running first, each by create time."""
+        with self.changed:
+            runs = [copy(self.records[r].run) for r in self._interrupted]
+        runs = [r for r in runs if r.state in (pb.RUN_STATE_RUNNING, pb.RUN_STATE_QUEUED)]
+        return sorted(runs, key=lambda r: (r.state != pb.RUN_STATE_RUNNING, r.create_time.seconds, r.create_time.nanos))
 
     def _publish_state(self, run_id: str) -> None:
         record = self.records[run_id]
-        self._write(record.run)
-        snapshot = pb.Run()
-        snapshot.CopyFrom(record.run)
-        record.events.append(pb.RunEvent(run_id=run_id, run=snapshot))
+        record.events.append(pb.RunEvent(run_id=run_id, run=copy(record.run)))
         self.changed.notify_all()
+        self._write(record.run)
 
     def update(self, run_id: str, **changes: object) -> pb.Run:
         """Set fields of the run (state, error, policy, ...) and publish the change."""
         with self.changed:
-            run = self.records[run_id].run
+            record = self._record(run_id)
+            run = copy(record.run)
             for name, value in changes.items():
-                if name == "policy":
-                    run.policy.CopyFrom(value)  # type: ignore[arg-type]
-                elif name in ("start_time", "end_time"):
+                if name in ("policy", "start_time", "end_time"):
                     getattr(run, name).CopyFrom(value)
                 else:
                     setattr(run, name, value)
+            with self._tx() as db:
+                db.execute("UPDATE runs SET run = ? WHERE run_id = ?", (run.SerializeToString(), run_id))
+            record.run = run
             self._publish_state(run_id)
-            return pb.Run.FromString(run.SerializeToString())
-
-    def add_step(self, run_id: str, metrics: pb.StepMetrics, policy: common_pb2.PolicyVersion) -> None:
-        with self.changed:
-            record = self.records[run_id]
-            with open(self.run_dir(run_id) / "metrics.jsonl", "a") as f:
-                row = json_format.MessageToDict(
-                    metrics, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                f.write(json.dumps(row) + "\n")
-            record.run.steps_completed = metrics.step
-            record.run.policy.CopyFrom(policy)
-            self._write(record.run)
-            record.events.append(pb.RunEvent(run_id=run_id, step=metrics))
-            self.changed.notify_all()
+            return copy(run)
 
     def request_cancel(self, run_id: str) -> pb.Run:
         with self.changed:
-            record = self.records[run_id]
+            record = self._record(run_id)
             if record.run.state == pb.RUN_STATE_QUEUED:
                 return self.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
             if record.run.state == pb.RUN_STATE_RUNNING:
+                with self._tx() as db:
+                    db.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
                 record.cancel_requested = True
-            return pb.Run.FromString(record.run.SerializeToString())
+            return copy(record.run)
 
     def cancel_requested(self, run_id: str) -> bool:
         with self.changed:
-            return self.records[run_id].cancel_requested
+            return self._record(run_id).cancel_requested
 
     def follow(self, run_id: str, alive: callable) -> Iterator[pb.RunEvent]:  # type: ignore[valid-type]
         """Every event of the run from the first, then new ones until it ends."""
@@ -165,3 +315,128 @@ class RunStore:
             sent += len(pending)
             if (done and sent == len(record.events)) or not alive():
                 return
+
+    # ---- steps -------------------------------------------------------------------
+    def _completed(self, run_id: str, step: int) -> bool:
+        row = self.db.execute("SELECT completed FROM steps WHERE run_id = ? AND step = ?", (run_id, step)).fetchone()
+        return bool(row and row[0])
+
+    def begin_step(self, run_id: str, step: int, batch: bytes | None, partial: pb.StepMetrics) -> None:
+        """Log a step about to be trained (before the Train call), replacing an earlier unfinished log of it."""
+        with self.changed:
+            self._record(run_id)
+            if self._completed(run_id, step):
+                raise DuplicateStep(run_id, step)
+            with self._tx() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO steps (run_id, step, batch, partial, completed) VALUES (?, ?, ?, ?, 0)",
+                    (run_id, step, batch, partial.SerializeToString()),
+                )
+
+    def add_step(self, run_id: str, metrics: pb.StepMetrics, policy: common_pb2.PolicyVersion) -> None:
+        """Record step ``metrics.step`` as completed with the policy it produced; once only."""
+        with self.changed:
+            record = self._record(run_id)
+            if self._completed(run_id, metrics.step):
+                raise DuplicateStep(run_id, metrics.step)
+            run = copy(record.run)
+            run.steps_completed = metrics.step
+            run.policy.CopyFrom(policy)
+            blob = metrics.SerializeToString()
+            with self._tx() as db:
+                db.execute(
+                    "INSERT INTO steps (run_id, step, partial, metrics, policy, completed) VALUES (?, ?, ?, ?, ?, 1)"
+                    " ON CONFLICT (run_id, step) DO UPDATE SET"
+                    " metrics = excluded.metrics, policy = excluded.policy, completed = 1",
+                    (run_id, metrics.step, blob, blob, policy.SerializeToString()),
+                )
+                db.execute("UPDATE runs SET run = ? WHERE run_id = ?", (run.SerializeToString(), run_id))
+            record.run = run
+            record.events.append(pb.RunEvent(run_id=run_id, step=metrics))
+            self.changed.notify_all()
+            self.run_dir(run_id).mkdir(parents=True, exist_ok=True)
+            with open(self.run_dir(run_id) / "metrics.jsonl", "a") as f:
+                f.write(self._metrics_line(metrics))
+            self._write(run)
+
+    def pending_step(self, run_id: str) -> PendingStep | None:
+        """The highest step logged by ``begin_step`` and not completed, if any."""
+        with self.changed:
+            row = self.db.execute(
+                "SELECT step, batch, partial FROM steps WHERE run_id = ? AND completed = 0 ORDER BY step DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return PendingStep(row[0], row[1], pb.StepMetrics.FromString(row[2]))
+
+    def completed_batches(self, run_id: str, after_step: int) -> list[tuple[int, bytes]]:
+        """Batches of the completed steps after ``after_step``, in order: what a trainer that lost them must replay."""
+        with self.changed:
+            return self.db.execute(
+                "SELECT step, batch FROM steps WHERE run_id = ? AND completed = 1 AND batch IS NOT NULL AND step > ?"
+                " ORDER BY step",
+                (run_id, after_step),
+            ).fetchall()
+
+    def completed_steps(self, run_id: str) -> list[int]:
+        with self.changed:
+            rows = self.db.execute(
+                "SELECT step FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step", (run_id,)
+            ).fetchall()
+        return [step for (step,) in rows]
+
+    # ---- the reward ledger ---------------------------------------------------------
+    def record_rewards(self, run_id: str, step: int, question_id: str, client: str, rewards: Sequence[float]) -> bool:
+        """Keep one client's rewards for one question of a step; False if they were already kept."""
+        row = json.dumps([None if math.isnan(r) else r for r in rewards])
+        with self.changed:
+            with self._tx() as db:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO rewards (run_id, step, question_id, client, rewards, accepted_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, step, question_id, client, row, time.time()),
+                )
+            return cursor.rowcount == 1
+
+    def rewards_of(self, run_id: str, step: int) -> list[tuple[str, str, list[float]]]:
+        """(question id, client, rewards) kept for a step, in the order they were accepted; null is NaN again."""
+        with self.changed:
+            rows = self.db.execute(
+                "SELECT question_id, client, rewards FROM rewards WHERE run_id = ? AND step = ? ORDER BY rowid",
+                (run_id, step),
+            ).fetchall()
+        return [(q, c, [math.nan if r is None else r for r in json.loads(text)]) for q, c, text in rows]
+
+    def ledger_size(self, run_id: str) -> int:
+        with self.changed:
+            return self.db.execute("SELECT COUNT(*) FROM rewards WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    # ---- the federation's state --------------------------------------------------
+    def save_confidence(self, graph_json: str) -> None:
+        with self.changed, self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO confidence (id, graph_json, updated_at) VALUES (1, ?, ?)",
+                (graph_json, time.time()),
+            )
+
+    def load_confidence(self) -> str | None:
+        with self.changed:
+            row = self.db.execute("SELECT graph_json FROM confidence WHERE id = 1").fetchone()
+        return row[0] if row else None
+
+    def save_client(self, name: str, info: dict) -> None:
+        text = json.dumps(info, sort_keys=True)
+        with self.changed, self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO clients (name, info, updated_at) VALUES (?, ?, ?)", (name, text, time.time())
+            )
+
+    def load_clients(self) -> dict[str, dict]:
+        with self.changed:
+            rows = self.db.execute("SELECT name, info FROM clients ORDER BY name").fetchall()
+        return {name: json.loads(info) for name, info in rows}
+
+    def close(self) -> None:
+        with self.changed:
+            self.db.close()

@@ -1,0 +1,233 @@
+"""Transport security and request guards shared by every fedgrpo service.
+
+Each service is either given an identity (``--tls-cert``, ``--tls-key`` and
+the federation CA ``--tls-ca``; ``make certs`` writes a development CA) or
+runs with ``--plaintext``, an explicit development setting that is refused on
+anything but a loopback address. With an identity, servers speak TLS and, on
+service-to-service ports, require the peer's certificate (mutual TLS); the
+peer's identity is the certificate's common name (``peer_identity``).
+
+``Guard`` is the server interceptor that bounds every request before a
+servicer sees it, in this order: a bearer token where the endpoint asks for
+one (UNAUTHENTICATED), the peer's identity against an allow-list
+(PERMISSION_DENIED), a request rate per peer (RESOURCE_EXHAUSTED, via the
+``limits`` package), and a request that does not decode as its message
+(INVALID_ARGUMENT). Health checks and reflection are exempt from tokens and
+rates so orchestration tools can probe a service. Oversized messages are
+refused by gRPC itself (RESOURCE_EXHAUSTED) from the size options of
+``serving``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import ipaddress
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+log = logging.getLogger(__name__)
+
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+AUTHORIZATION = "authorization"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A service's certificate, its key and the federation CA, read from PEM files."""
+
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    @classmethod
+    def load(cls, cert: Path, key: Path, ca: Path) -> Identity:
+        return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes())
+
+    def server_credentials(self, client_auth: bool) -> grpc.ServerCredentials:
+        """TLS with this identity; ``client_auth`` requires a CA-signed client certificate (mTLS)."""
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=client_auth
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert)
+
+
+def peer_identity(context: grpc.ServicerContext) -> str | None:
+    """The common name of the peer's verified certificate, or None (plaintext / no certificate)."""
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else None
+
+
+def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == AUTHORIZATION and isinstance(value, str) and value.startswith("Bearer "):
+            return value[len("Bearer "):]
+    return None
+
+
+def read_tokens(path: Path) -> frozenset[str]:
+    """Tokens of a tokens file: one per line; blank lines and '#' comments ignored."""
+    lines = (line.strip() for line in Path(path).read_text().splitlines())
+    tokens = frozenset(line for line in lines if line and not line.startswith("#"))
+    if not tokens:
+        raise ValueError(f"{path} holds no token")
+    short = [t for t in tokens if len(t) < 16]
+    if short:
+        raise ValueError(f"{path}: tokens must be at least 16 characters ({len(short)} shorter)")
+    return tokens
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the method's message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as err:  # protobuf raises DecodeError; anything else is as malformed
+            return _Undecodable(err)
+
+    return decode
+
+
+class Guard(grpc.ServerInterceptor):
+    """Refuses unauthenticated, unauthorised, too frequent and undecodable requests."""
+
+    def __init__(
+        self,
+        *,
+        tokens: Collection[str] = (),
+        allowed_peers: Collection[str] = (),
+        rate_limit: str = "",
+        service_label: str = "",
+    ) -> None:
+        self.tokens = tuple(tokens)
+        self.allowed_peers = frozenset(allowed_peers)
+        self.limits = parse_many(rate_limit) if rate_limit else []
+        self.limiter = MovingWindowRateLimiter(MemoryStorage()) if self.limits else None
+        self.label = service_label
+
+    def _token_ok(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
+        token = bearer_token(metadata)
+        return token is not None and any(hmac.compare_digest(token, t) for t in self.tokens)
+
+    def check(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        """Abort the call unless it may proceed."""
+        exempt = method.startswith(EXEMPT_PREFIXES)
+        if self.tokens and not exempt and not self._token_ok(context.invocation_metadata()):
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "authorization: missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
+            )
+        peer = peer_identity(context)
+        if self.allowed_peers and not exempt and peer not in self.allowed_peers:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {peer!r} is not a member of this federation")
+        if self.limiter is not None and not exempt:
+            key = peer or context.peer().rsplit(":", 1)[0]
+            if not all(self.limiter.hit(limit, self.label, key) for limit in self.limits):
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"rate limit {'; '.join(str(x) for x in self.limits)} exceeded for {key}; slow down and retry",
+                )
+        if isinstance(request, _Undecodable):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request: not a valid message for {method} ({type(request.error).__name__})",
+            )
+
+    def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        check = self.check
+        deserializer = _tolerant(handler.request_deserializer)
+        serializer = handler.response_serializer
+        if handler.unary_unary:
+            inner_uu = handler.unary_unary
+
+            def unary_unary(request, context):  # type: ignore[no-untyped-def]
+                check(method, request, context)
+                return inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, deserializer, serializer)
+        if handler.unary_stream:
+            inner_us = handler.unary_stream
+
+            def unary_stream(request, context):  # type: ignore[no-untyped-def]
+                check(method, request, context)
+                yield from inner_us(request, context)
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, deserializer, serializer)
+        if handler.stream_unary:
+            inner_su = handler.stream_unary
+
+            def stream_unary(requests, context):  # type: ignore[no-untyped-def]
+                check(method, None, context)
+                return inner_su(requests, context)
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, serializer)
+        inner_ss = handler.stream_stream
+
+        def stream_stream(requests, context):  # type: ignore[no-untyped-def]
+            check(method, None, context)
+            yield from inner_ss(requests, context)
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, serializer)
+
+
+class _CallDetails(
+    collections.namedtuple("_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    grpc.ClientCallDetails,
+):
+    pass
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel (plaintext or TLS)."""
+
+    def __init__(self, token: str) -> None:
+        self.metadata = (AUTHORIZATION, f"Bearer {token}")
+
+    def _details(self, d):  # type: ignore[no-untyped-def]
+        return _CallDetails(
+            d.method, d.timeout, [*(d.metadata or ()), self.metadata], d.credentials,
+            getattr(d, "wait_for_ready", None), getattr(d, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._details(client_call_details), request)
+
+
+def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """``channel`` sending ``token`` as a bearer token on every call (unchanged when None)."""
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
