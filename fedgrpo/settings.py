@@ -6,18 +6,44 @@ environment variable (``<env_prefix><FIELD>``, e.g. ``FEDGRPO_TRAINER_PORT``),
 and flags win over the environment. ``load()`` validates once, at start, and
 turns a bad configuration into a message that names each field, how to set
 it, and what was wrong, instead of a traceback.
+
+Every service also shares the transport settings: an identity for TLS
+(``tls_cert``, ``tls_key``, ``tls_ca``) or ``plaintext`` (development on
+loopback only), the request bounds (``max_message_bytes``, ``rate_limit``),
+and observability (``metrics_port``, ``log_format``).
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import sys
-from typing import TypeVar
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError
-from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def split_commas(value: Any) -> Any:
+    """``"a,b"`` (flag or environment), ``'["a","b"]'`` or a list -> a list; blank entries dropped."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"not a JSON list ({err}); write the values comma-separated: a,b") from None
+        else:
+            value = text.split(",")
+    if isinstance(value, (list, tuple)):
+        return [v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip())]
+    return value
+
+
+# A list option written comma-separated, on the command line and in the environment alike.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
 class ServiceSettings(BaseSettings):
@@ -27,6 +53,89 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line (for log collectors)."
+    )
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: no endpoint."
+    )
+    plaintext: bool = Field(
+        False,
+        description="Development only: no TLS and no certificates. Refused unless host and every address "
+        "this service dials are loopback.",
+    )
+    tls_cert: Path | None = Field(None, description="This service's certificate (PEM); its common name is its identity.")
+    tls_key: Path | None = Field(None, description="The private key of tls_cert (PEM).")
+    tls_ca: Path | None = Field(
+        None, description="The federation's CA certificate (PEM): peers must present a certificate it signed."
+    )
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest gRPC message accepted or sent; a larger one is refused with RESOURCE_EXHAUSTED.",
+    )
+    rate_limit: str = Field(
+        "1000/second",
+        description="Requests accepted per peer (identity, else address), in the `limits` notation, e.g. "
+        "'100/second;5000/minute'; more are refused with RESOURCE_EXHAUSTED. Health checks are exempt.",
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parse_rate(cls, value: str) -> str:
+        if value.strip():
+            from limits import parse_many
+
+            try:
+                parse_many(value)
+            except ValueError as err:
+                raise ValueError(f"{err}; write e.g. 100/second or 100/second;5000/minute") from None
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> ServiceSettings:
+        from fedgrpo.security import is_loopback
+
+        files = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "tls_ca": self.tls_ca}
+        if self.plaintext:
+            if any(files.values()):
+                raise ValueError("plaintext is set together with TLS files: choose one (drop --plaintext to use TLS)")
+            if not is_loopback(self.host):
+                raise ValueError(
+                    f"plaintext is for development on loopback only, but host is {self.host!r}: give "
+                    "--tls-cert, --tls-key and --tls-ca (`make certs` writes a development CA), or --host 127.0.0.1"
+                )
+            for field, address in self.dialed_addresses():
+                if not is_loopback(address.rsplit(":", 1)[0]):
+                    raise ValueError(
+                        f"plaintext is for development on loopback only, but {field} {address!r} is not loopback: "
+                        "give --tls-cert, --tls-key and --tls-ca"
+                    )
+            return self
+        missing = [name for name, path in files.items() if path is None]
+        if missing:
+            raise ValueError(
+                f"no transport security: give --tls-cert, --tls-key and --tls-ca (missing {', '.join(missing)}; "
+                "`make certs` writes a development CA and identities to .cache/certs), or --plaintext for "
+                "development on loopback"
+            )
+        for name, path in files.items():
+            if not path.is_file():  # type: ignore[union-attr]
+                raise ValueError(f"{name}: {str(path)!r} is not a readable file")
+            if b"-----BEGIN" not in path.read_bytes()[:4096]:  # type: ignore[union-attr]
+                raise ValueError(f"{name}: {str(path)!r} is not a PEM file")
+        return self
+
+    def dialed_addresses(self) -> list[tuple[str, str]]:
+        """(field, host:port) of every service this one connects to; subclasses list theirs."""
+        return []
+
+    def identity(self):  # type: ignore[no-untyped-def]
+        """This service's TLS identity, or None with plaintext."""
+        from fedgrpo.security import Identity
+
+        if self.plaintext:
+            return None
+        return Identity.load(self.tls_cert, self.tls_key, self.tls_ca)  # type: ignore[arg-type]
 
 
 class ConfigError(SystemExit):
@@ -37,10 +146,14 @@ def describe_errors(cls: type[BaseSettings], err: ValidationError) -> str:
     prefix = cls.model_config.get("env_prefix", "")
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(config)"
-        top = str(e["loc"][0]) if e["loc"] else ""
-        how = f"--{top.replace('_', '-')} / {prefix}{top.upper()}" if top else ""
-        lines.append(f"  {field} ({how}): {e['msg']} (got {e.get('input')!r})")
+        message = e["msg"].removeprefix("Value error, ")
+        if not e["loc"]:  # a rule across fields: the message names them
+            lines.append(f"  {message}")
+            continue
+        field = ".".join(str(p) for p in e["loc"])
+        top = str(e["loc"][0])
+        how = f"--{top.replace('_', '-')} / {prefix}{top.upper()}"
+        lines.append(f"  {field} ({how}): {message} (got {e.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -53,9 +166,7 @@ def load(cls: type[S], argv: list[str] | None = None) -> S:
         raise ConfigError(f"{name}: invalid configuration, refusing to start:\n{describe_errors(cls, err)}")
 
 
-def setup_logging(level: str = "INFO", name: str = "") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format=f"%(asctime)s %(levelname)s {name + ' ' if name else ''}%(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "INFO", name: str = "", fmt: str = "text") -> None:
+    from fedgrpo.observability import setup_logging as setup
+
+    setup(level, name, fmt)  # type: ignore[arg-type]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -38,14 +39,24 @@ def federation(
     backend: str = "transformers",
     trainer: bool = True,
     orchestrator_args: list[str] | None = None,
+    joined: list[tuple[str, list[str]]] = (),
+    certs: Path | None = None,
+    trainer_args: list[str] | None = None,
 ):
-    """Yield (orchestrator stub, Federation, {name: Service}); clients are (domains, extra args)."""
+    """Yield (orchestrator stub, Federation, {name: Service}).
+
+    ``clients`` (domains, extra args) are dialed by the orchestrator as
+    client-<i>; ``joined`` ones join its federation port as joined-<i> once it
+    is up. With ``certs`` (a `fedgrpo certs init` folder holding those
+    identities) everything speaks mutual TLS and the stub sends the API token.
+    """
     common = ["--model", "tiny-policy", "--cache-dir", str(model_cache), "--log-level", "INFO"]
-    with Federation(tmp / "logs") as fed:
+    with Federation(tmp / "logs", certs=certs) as fed:
         services = {}
         if trainer:
             services["trainer"] = fed.start(
-                "trainer", "trainer", [*common, "--state-dir", str(tmp / "trainer"), "--torch-threads", "1"]
+                "trainer", "trainer",
+                [*common, "--state-dir", str(tmp / "trainer"), "--torch-threads", "1", *(trainer_args or [])],
             )
         for i, (domains, extra) in enumerate(clients):
             name = f"client-{i}"
@@ -55,16 +66,43 @@ def federation(
         for s in services.values():
             fed.wait_healthy(s, START_TIMEOUT)
         trainer_address = services["trainer"].address if trainer else "127.0.0.1:1"
+        dialed = [s.address for n, s in services.items() if n.startswith("client")]
+        token_args = ["--api-tokens-file", str(certs / "api-token")] if certs else []
         services["orchestrator"] = fed.start(
             "orchestrator", "orchestrator",
             [*common, "--runs-dir", str(tmp / "runs"), "--trainer", trainer_address, "--backend", backend,
              "--max-model-len", "512", "--bank-size", "200", "--client-wait-seconds", "30",
-             "--reward-clients", ",".join(s.address for n, s in services.items() if n.startswith("client")),
+             *(["--reward-clients", ",".join(dialed)] if dialed else []), *token_args,
              *(orchestrator_args or [])],
         )
         fed.wait_healthy(services["orchestrator"], START_TIMEOUT)
-        with serving.channel(services["orchestrator"].address) as ch:
-            yield orchestrator_pb2_grpc.OrchestratorServiceStub(ch), fed, services
+        for i, (domains, extra) in enumerate(joined):
+            name = f"joined-{i}"
+            services[name] = fed.start(
+                name, "reward-client",
+                ["--name", name, "--domains", domains, "--bank-size", "200",
+                 "--orchestrator", services["orchestrator"].federation_address, *extra],
+            )
+        token = (certs / "api-token").read_text().strip() if certs else None
+        with serving.channel(services["orchestrator"].address, fed.identity(), token=token) as ch:
+            stub = orchestrator_pb2_grpc.OrchestratorServiceStub(ch)
+            if joined:
+                wait_for_clients(stub, [f"joined-{i}" for i in range(len(joined))])
+            yield stub, fed, services
+
+
+def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) -> None:
+    """Block until every named client is listed with the given health."""
+    from fedgrpo.v1 import orchestrator_pb2
+
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = {c.name: c.healthy for c in stub.ListRewardClients(orchestrator_pb2.ListRewardClientsRequest()).clients}
+        if all(listed.get(n) is healthy for n in names):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"clients {names} not {'live' if healthy else 'gone'} after {timeout:.0f}s: {listed}")
+        time.sleep(0.25)
 
 
 def trainer_stub(address: str):

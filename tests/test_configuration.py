@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+P = "--plaintext"
+
 
 def start(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedgrpo.cli", *args], capture_output=True, text=True, timeout=180)
@@ -13,24 +15,37 @@ def start(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args, words",
     [
-        (["trainer", "--model", "gpt-9"], ["model", "unknown model 'gpt-9'", "tiny-policy"]),
+        (["trainer", P, "--model", "gpt-9"], ["model", "unknown model 'gpt-9'", "tiny-policy"]),
         (["trainer", "--device", "tpu"], ["device", "--device / FEDGRPO_TRAINER_DEVICE", "'cpu' or 'cuda'"]),
         (["trainer", "--keep-snapshots", "0"], ["keep_snapshots", "greater than or equal to 1"]),
         (["orchestrator", "--backend", "onnx"], ["backend", "'vllm' or 'transformers'"]),
-        (["orchestrator", "--model", "tiny-llama"], ["reward_clients", "--reward-clients"]),
+        (["orchestrator", P, "--model", "tiny-llama", "--federation-port", "0"],
+         ["no reward client can reach", "--reward-clients", "--federation-port"]),
+        (["orchestrator", P, "--federation-port", "50051"], ["federation_port 50051", "public API's port"]),
         (["orchestrator", "--vllm-kv-cache-gib", "0.5"], ["vllm_kv_cache_gib"]),
+        # Transport security: TLS or an explicit plaintext on loopback, nothing in between.
+        (["trainer"], ["no transport security", "--tls-cert", "--tls-ca", "make certs", "--plaintext"]),
+        (["trainer", P, "--host", "0.0.0.0"], ["plaintext is for development on loopback only", "--tls-cert"]),
+        (["orchestrator", P, "--trainer", "10.1.2.3:50052"], ["trainer '10.1.2.3:50052' is not loopback"]),
+        (["reward-client", P, "--domains", "add1", "--orchestrator", "example.org:50053"],
+         ["orchestrator 'example.org:50053' is not loopback"]),
+        (["trainer", "--tls-cert", "/nonexistent.crt", "--tls-key", "/nonexistent.key", "--tls-ca", "/nonexistent"],
+         ["tls_cert", "/nonexistent.crt", "not a readable file"]),
+        (["trainer", P, "--tls-ca", "/etc/hostname"], ["choose one"]),
+        (["reward-client", P, "--domains", "add1", "--rate-limit", "lots"], ["rate_limit", "100/second"]),
+        (["reward-client", P, "--domains", "add1", "--max-message-bytes", "10"], ["max_message_bytes"]),
         *[  # a client with no domain can only judge with its own model
-            (["reward-client", *domains], ["no domains", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
+            (["reward-client", P, *domains], ["no domains", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
                                            "--judge-model", "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL"])
             for domains in ([], ["--domains", ""], ["--domains", " , "])
         ],
         (["reward-client", "--domains", "[add1"], ["domains", "comma-separated"]),
-        (["reward-client", "--judge-model", "tiny-policy", "--judge-cache", "/dev/null/judge.sqlite"],
+        (["reward-client", P, "--judge-model", "tiny-policy", "--judge-cache", "/dev/null/judge.sqlite"],
          ["judge_cache", "--judge-cache", "/dev/null/judge.sqlite"]),
         (["reward-client", "--domains", "astrology"], ["invalid configuration", "unknown domain"]),
         (["reward-client", "--domains", "add1", "--port", "0"], ["invalid configuration", "port"]),
         (["reward-client", "--domains", "add1", "--bank-size", "-3"], ["invalid configuration", "bank_size"]),
-        (["reward-client", "--domains", "add1", "--ground-truth-free"], ["invalid configuration", "judge_model"]),
+        (["reward-client", P, "--domains", "add1", "--ground-truth-free"], ["invalid configuration", "judge_model"]),
         (["reward-client", "--domains", "add1", "--judge-max-tokens", "0"],
          ["invalid configuration", "judge_max_tokens"]),
     ],

@@ -321,7 +321,7 @@ def test_a_client_with_no_domain_judges_with_its_model_only(domainless, judge):
 @integration
 def test_unknown_judge_model_refuses_to_start(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fedgrpo.cli", "reward-client", "--domains", "add1", "--port", "1",
+        [sys.executable, "-m", "fedgrpo.cli", "reward-client", "--plaintext", "--domains", "add1", "--port", "1",
          "--judge-model", "no-such-model", "--cache-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )

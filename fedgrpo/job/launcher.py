@@ -5,6 +5,12 @@
 ``wait_healthy`` blocks until each answers the gRPC health check; on exit
 every process gets SIGTERM, then SIGKILL after a grace period. A service that
 dies while starting raises with the tail of its log, so failures say why.
+
+Transport: with ``certs`` (a folder written by ``fedgrpo certs init``) every
+service gets its own identity, ``<certs>/<identity>.crt``, and speaks mutual
+TLS; without, every service is started with ``--plaintext`` (development on
+loopback). An orchestrator also gets a free ``--federation-port`` for
+reward clients that join.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fedgrpo import serving
+from fedgrpo.security import Identity
 
 
 def free_port() -> int:
@@ -33,6 +40,9 @@ class Service:
     address: str
     process: subprocess.Popen
     log_path: Path
+    # The orchestrator's port for joining reward clients ("" for other services).
+    federation_address: str = ""
+    env: dict[str, str] = field(default_factory=dict)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -46,18 +56,70 @@ class Federation:
     log_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     services: list[Service] = field(default_factory=list)
+    # A `fedgrpo certs init` folder: mutual TLS with one identity per service; None: plaintext.
+    certs: Path | None = None
 
-    def start(self, name: str, command: str, args: list[str], env: dict[str, str] | None = None) -> Service:
-        port = free_port()
+    def transport_args(self, identity: str) -> list[str]:
+        if self.certs is None:
+            return ["--plaintext"]
+        return [
+            "--tls-cert", str(self.certs / f"{identity}.crt"), "--tls-key", str(self.certs / f"{identity}.key"),
+            "--tls-ca", str(self.certs / "ca.crt"),
+        ]
+
+    def identity(self, name: str = "orchestrator") -> Identity | None:
+        """The TLS identity ``name`` to dial services with (None with plaintext)."""
+        if self.certs is None:
+            return None
+        return Identity.load(self.certs / f"{name}.crt", self.certs / f"{name}.key", self.certs / "ca.crt")
+
+    def start(
+        self, name: str, command: str, args: list[str], env: dict[str, str] | None = None, port: int | None = None,
+        identity: str | None = None, wrapper: list[str] | None = None,
+    ) -> Service:
+        """Start ``fedgrpo <command>`` as ``name`` (its TLS identity unless ``identity`` is given).
+
+        ``wrapper`` prefixes the command, e.g. ``["ip", "netns", "exec", "hostA"]`` to run it on
+        another (simulated) host.
+        """
+        port = port or free_port()
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         full_env = {**os.environ, **self.env, **(env or {})}
-        argv = [sys.executable, "-m", "fedgrpo.cli", command, "--host", "127.0.0.1", "--port", str(port), *args]
-        with open(log_path, "w") as log:
+        extra, federation = [], ""
+        if command == "orchestrator" and not any(a.startswith("--federation-port") for a in args):
+            federation = f"127.0.0.1:{free_port()}"
+            extra = ["--federation-port", federation.rsplit(":", 1)[1]]
+        argv = [
+            *(wrapper or []), sys.executable, "-m", "fedgrpo.cli", command, "--host", "127.0.0.1", "--port", str(port),
+            *self.transport_args(identity or name), *extra, *args,
+        ]
+        with open(log_path, "a") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
-        service = Service(name, f"127.0.0.1:{port}", process, log_path)
+        service = Service(name, f"127.0.0.1:{port}", process, log_path, federation, full_env)
         self.services.append(service)
         return service
+
+    def restart(self, service: Service, kill: bool = False) -> Service:
+        """Stop ``service`` (SIGKILL with ``kill``) and start it again with the same command and port."""
+        if kill:
+            self.kill(service)
+        else:
+            self.stop(service)
+        argv = list(service.process.args)  # type: ignore[arg-type]
+        with open(service.log_path, "a") as log:
+            log.write(f"\n----- restarted ({'SIGKILL' if kill else 'SIGTERM'}) -----\n")
+            log.flush()
+            service.process = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=service.env, start_new_session=True
+            )
+        return service
+
+    def kill(self, service: Service) -> None:
+        """SIGKILL the service's whole process group, as a crash would."""
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
 
     def wait_healthy(self, service: Service, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -68,7 +130,9 @@ class Federation:
                     f"log {service.log_path}:\n{service.log_tail()}"
                 )
             try:
-                serving.wait_healthy(service.address, timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                serving.wait_healthy(
+                    service.address, timeout=min(2.0, max(0.1, deadline - time.monotonic())), identity=self.identity()
+                )
                 return
             except TimeoutError:
                 if time.monotonic() >= deadline:

@@ -58,6 +58,12 @@ class JobSettings(BaseSettings):
         "confidence_graph", description="How each question's expert reward clients are chosen."
     )
     reward_reading: Literal["consensus", "pooled"] = Field("consensus", description="How expert rewards combine.")
+    certs_dir: Path = Field(
+        Path(".cache/certs"),
+        description="Development CA and identities (made if missing): every connection is mutual TLS and the "
+        "API is called with the token in <certs_dir>/api-token.",
+    )
+    plaintext: bool = Field(False, description="Development: no TLS between the services (all on loopback).")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="Loss aggregation.")
     beta: float = Field(0.0, ge=0, description="KL weight to the frozen reference (0: no reference).")
@@ -111,7 +117,8 @@ def _start_federation(fed: Federation, s: JobSettings, console: Console) -> str:
         "orchestrator", "orchestrator",
         [*common, "--runs-dir", str(s.runs_dir), "--trainer", trainer.address, "--backend", s.backend,
          "--device", s.device, "--dtype", s.dtype, "--seed", str(s.seed),
-         "--reward-clients", ",".join(c.address for c in clients)],
+         "--reward-clients", ",".join(c.address for c in clients),
+         *([] if s.plaintext else ["--api-tokens-file", str(s.certs_dir / "api-token")])],
     )
     fed.wait_healthy(orchestrator, s.start_timeout)
     console.log(f"orchestrator ({s.backend}) at {orchestrator.address}")
@@ -156,9 +163,17 @@ def run_job(s: JobSettings) -> dict:
     console.log(f"preparing model {s.model} ...")
     resolve_model(s.model, s.cache_dir)  # once here, so services never race to convert it
     log_dir = s.runs_dir / "_logs" / time.strftime("%Y%m%d-%H%M%S")
-    with Federation(log_dir) as fed:
+    certs = None
+    if not s.plaintext:
+        from fedgrpo.certs import init_federation
+
+        init_federation(s.certs_dir, clients=[f"client-{i}" for i in range(len(s.clients))])
+        certs = s.certs_dir
+        console.log(f"mutual TLS between the services; identities and API token in {certs}")
+    with Federation(log_dir, certs=certs) as fed:
         address = _start_federation(fed, s, console)
-        stub = pb_grpc.OrchestratorServiceStub(serving.channel(address))
+        token = None if certs is None else (certs / "api-token").read_text().strip()
+        stub = pb_grpc.OrchestratorServiceStub(serving.channel(address, fed.identity(), token=token))
         console.log(f"held-out accuracy before training ({s.eval_questions} questions per domain) ...")
         before = held_out_accuracy(stub, tasks, s.eval_questions, s.max_tokens)
         spec = pb.RunSpec(

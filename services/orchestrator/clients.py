@@ -1,8 +1,12 @@
 """The reward clients the orchestrator knows, and scoring calls to them.
 
-``RewardClients`` holds one channel per configured address, learns each
-client's self-description (``Describe``) and keeps a health flag that a
-background thread refreshes. ``score_questions`` fans every (question,
+Two kinds of client reach the orchestrator. A *dialed* client listens at a
+configured address and is called (``DialedTransport``: Describe and Score
+RPCs). A *joined* client connected from elsewhere (``join``; see
+``joined.JoinedTransport``): it fetches its tasks and is live while its
+heartbeats arrive. ``RewardClients`` holds both, learns each client's
+self-description and keeps a health flag that a background thread
+refreshes (dialed: Describe again; joined: heartbeat age). ``score_questions`` fans every (question,
 expert) call of a step out in parallel, each with a deadline, and returns the
 rewards as an expert x candidate matrix per question in which anything
 missing or invalid (timeout, error, wrong count, NaN, infinite, outside the
@@ -22,19 +26,35 @@ from dataclasses import dataclass, field
 import grpc
 
 from fedgrpo import serving
+from fedgrpo.observability import CLIENTS_LIVE
+from fedgrpo.security import Identity
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
 
 from .experts import ClientView
+from .joined import JoinedTransport, ScoreError
 
 log = logging.getLogger(__name__)
+
+
+class DialedTransport:
+    """A reward client listening at an address: plain Describe and Score RPCs."""
+
+    def __init__(self, address: str, identity: Identity | None = None) -> None:
+        self.stub = pb_grpc.RewardClientServiceStub(serving.channel(address, identity))
+
+    def describe(self, timeout: float) -> pb.DescribeResponse:
+        return self.stub.Describe(pb.DescribeRequest(), timeout=timeout)
+
+    def score(self, request: pb.ScoreRequest, timeout: float) -> pb.ScoreResponse:
+        return self.stub.Score(request, timeout=timeout)
 
 
 @dataclass
 class RewardClient:
     address: str
-    stub: pb_grpc.RewardClientServiceStub
+    transport: DialedTransport | JoinedTransport
     name: str = ""
     domains: tuple[str, ...] = ()
     evaluator_kinds: tuple[int, ...] = ()
@@ -46,6 +66,27 @@ class RewardClient:
     def view(self) -> ClientView:
         return ClientView(self.name or self.address, self.domains, self.healthy)
 
+    @property
+    def joined(self) -> bool:
+        return isinstance(self.transport, JoinedTransport)
+
+    def learn(self, d: pb.DescribeResponse) -> None:
+        self.name, self.domains = d.name, tuple(d.domains)
+        self.evaluator_kinds = tuple(d.evaluator_kinds)
+        self.reward_min, self.reward_max = d.reward_min, d.reward_max
+
+
+class Problem(str):
+    """Why rewards were dropped; ``code`` is the gRPC status when the call itself failed."""
+
+    code: grpc.StatusCode | None = None
+
+    @classmethod
+    def failed(cls, text: str, code: grpc.StatusCode) -> Problem:
+        problem = cls(text)
+        problem.code = code
+        return problem
+
 
 @dataclass
 class ScoreOutcome:
@@ -53,24 +94,28 @@ class ScoreOutcome:
 
     experts: list[str]
     rows: list[list[float]]
+    # codes[k]: the status of expert k's call when it failed, else None.
+    codes: list[grpc.StatusCode | None] = field(default_factory=list)
     received: int = 0
     dropped: int = 0
     problems: list[str] = field(default_factory=list)
 
 
 class RewardClients:
-    def __init__(self, addresses: Sequence[str]) -> None:
-        self.clients = [
-            RewardClient(a, pb_grpc.RewardClientServiceStub(serving.channel(a))) for a in addresses
-        ]
+    def __init__(self, addresses: Sequence[str], identity: Identity | None = None, heartbeat_timeout: float = 15.0) -> None:
+        self.clients = [RewardClient(a, DialedTransport(a, identity)) for a in addresses]
+        self.heartbeat_timeout = heartbeat_timeout
+        self.on_join: list = []  # callbacks(client) run on a worker thread after a join
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="score")
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def describe(self, client: RewardClient, timeout: float = 5.0) -> bool:
+        if client.joined:
+            return client.healthy
         try:
-            d = client.stub.Describe(pb.DescribeRequest(), timeout=timeout)
-        except grpc.RpcError as err:
+            d = client.transport.describe(timeout)
+        except (grpc.RpcError, ScoreError) as err:
             if client.healthy:
                 log.warning("reward client %s unreachable: %s", client.address, err.code().name)
             client.healthy = False
@@ -81,11 +126,67 @@ class RewardClients:
             return False
         if not client.healthy:
             log.info("reward client %s is %s, domains %s", client.address, d.name, ",".join(d.domains))
-        client.name, client.domains = d.name, tuple(d.domains)
-        client.evaluator_kinds = tuple(d.evaluator_kinds)
-        client.reward_min, client.reward_max = d.reward_min, d.reward_max
+        client.learn(d)
         client.healthy, client.failures = True, 0
         return True
+
+    # ---- joined clients ----------------------------------------------------
+    def join(self, identity: str, d: pb.DescribeResponse, peer: str) -> tuple[RewardClient, str]:
+        """Admit (or take back) a joined client; returns it and its new session id.
+
+        Raises ValueError (the description is unusable) or KeyError (the
+        name belongs to a dialed client).
+        """
+        if not (math.isfinite(d.reward_min) and math.isfinite(d.reward_max) and d.reward_min < d.reward_max):
+            raise ValueError(f"description.reward_min/reward_max: [{d.reward_min}, {d.reward_max}] is not a range")
+        with self._lock:
+            client = self.by_name().get(identity)
+            if client is not None and not client.joined:
+                raise KeyError(f"description.name: {identity!r} is a reward client this orchestrator dials")
+            if client is None:
+                client = RewardClient(peer, JoinedTransport(identity, self.heartbeat_timeout))
+                client.name = identity
+                self.clients.append(client)
+            client.address = peer
+        session = client.transport.start_session(d)  # type: ignore[union-attr]
+        client.learn(d)
+        client.name = identity
+        client.healthy, client.failures = True, 0
+        log.info("reward client %s joined from %s (domains %s)", identity, peer, ",".join(d.domains) or "none")
+        for callback in self.on_join:  # e.g. probing: its own thread, so it never waits on the scoring pool
+            threading.Thread(target=callback, args=(client,), name=f"joined-{identity}", daemon=True).start()
+        return client, session
+
+    def known_joined(self, members: dict[str, dict]) -> None:
+        """List the joined clients of an earlier life (from the store) as not live until they join again."""
+        for name, info in members.items():
+            if name in self.by_name():
+                continue
+            client = RewardClient(info.get("address", ""), JoinedTransport(name, self.heartbeat_timeout))
+            client.learn(pb.DescribeResponse(
+                name=name, domains=info.get("domains", []), evaluator_kinds=info.get("evaluator_kinds", []),
+                reward_min=info.get("reward_min", 0.0), reward_max=info.get("reward_max", 1.0),
+            ))
+            self.clients.append(client)
+
+    @staticmethod
+    def member_record(client: RewardClient) -> dict:
+        """What the store keeps of a joined client (its self-description and last address)."""
+        return {
+            "address": client.address, "domains": list(client.domains), "evaluator_kinds": list(client.evaluator_kinds),
+            "reward_min": client.reward_min, "reward_max": client.reward_max,
+        }
+
+    def leave(self, client: RewardClient, why: str) -> None:
+        if client.joined:
+            failed = client.transport.end_session(why)  # type: ignore[union-attr]
+            if client.healthy:
+                log.warning("reward client %s left (%s); %d open task(s) go to other experts", client.name, why, failed)
+            client.healthy = False
+
+    def joined_client(self, name: str) -> RewardClient | None:
+        client = self.by_name().get(name)
+        return client if client is not None and client.joined else None
 
     def wait_for_all(self, timeout: float) -> None:
         """Describe every client, retrying for up to ``timeout`` seconds."""
@@ -104,10 +205,14 @@ class RewardClients:
 
     def start_health_checks(self, every: float = 5.0) -> None:
         def loop() -> None:
-            while not self._stop.wait(every):
-                for c in self.clients:
-                    if not c.healthy:
+            while not self._stop.wait(min(every, self.heartbeat_timeout / 3)):
+                for c in list(self.clients):
+                    if c.joined:
+                        if c.transport.expired():  # type: ignore[union-attr]
+                            self.leave(c, f"no heartbeat for {self.heartbeat_timeout:.0f}s")
+                    elif not c.healthy:
                         self.describe(c)
+                CLIENTS_LIVE.set(self.live_count())
 
         threading.Thread(target=loop, name="client-health", daemon=True).start()
 
@@ -144,9 +249,9 @@ class RewardClients:
             candidates=candidates, run_id=run_id,
         )
         try:
-            reply = client.stub.Score(request, timeout=timeout)
-        except grpc.RpcError as err:
-            if count_failures and err.code() == grpc.StatusCode.UNAVAILABLE and client.healthy:
+            reply = client.transport.score(request, timeout)
+        except (grpc.RpcError, ScoreError) as err:
+            if count_failures and err.code() == grpc.StatusCode.UNAVAILABLE and client.healthy and not client.joined:
                 # Nobody listens any more: the client has left. It rejoins when Describe answers again.
                 log.warning("reward client %s (%s) left: %s", client.name, client.address, err.details())
                 client.healthy = False
@@ -155,7 +260,7 @@ class RewardClients:
                 if client.failures >= 3 and client.healthy:
                     log.warning("reward client %s marked unhealthy after %d failures", client.address, client.failures)
                     client.healthy = False
-            return [math.nan] * n, n, f"{client.name}: {err.code().name} {err.details()}"
+            return [math.nan] * n, n, Problem.failed(f"{client.name}: {err.code().name} {err.details()}", err.code())
         client.failures = 0
         if len(reply.rewards) != n:
             return [math.nan] * n, n, f"{client.name}: {len(reply.rewards)} rewards for {n} candidates"
@@ -195,6 +300,7 @@ class RewardClients:
             for name in names:
                 row, dropped, problem = calls[(qi, name)].result()
                 outcome.rows.append(row)
+                outcome.codes.append(getattr(problem, "code", None))
                 outcome.dropped += dropped
                 outcome.received += len(row) - dropped
                 if problem:

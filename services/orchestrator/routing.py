@@ -35,6 +35,7 @@ class ExpertRouter:
         items: Sequence[LabelledQuestion],
         neighbours: int = 20,
         probe_timeout: float = 10.0,
+        store=None,  # RunStore: the graph is saved there after every change and restored at start
     ) -> None:
         self.clients, self.embedder, self.items = clients, embedder, list(items)
         self.neighbours, self.probe_timeout = neighbours, probe_timeout
@@ -45,6 +46,32 @@ class ExpertRouter:
         )
         self.probed: set[str] = set()
         self.lock = threading.Lock()
+        self.probe_lock = threading.Lock()  # one probing pass at a time (joins trigger them too)
+        self.store = store
+        self._restore()
+
+    def _restore(self) -> None:
+        """Take back the probed graph saved before a restart, if it was built on the same auxiliary items."""
+        saved = self.store.load_confidence() if self.store is not None else None
+        if not saved:
+            return
+        try:
+            graph = ConfidenceGraph.from_json(json.loads(saved))
+        except (ValueError, KeyError, TypeError) as err:
+            log.warning("saved confidence graph unreadable (%s); probing again", err)
+            return
+        if sorted(graph.items()) != sorted(self.graph.items()):
+            log.info("saved confidence graph was built on other auxiliary items; probing again")
+            return
+        self.graph = graph
+        self.probed = set(graph.clients())
+        log.info("confidence graph restored: %d probed clients (%s)", len(self.probed), ", ".join(sorted(self.probed)))
+
+    def _save(self) -> None:
+        if self.store is not None:
+            with self.lock:
+                data = json.dumps(self.graph.to_json())
+            self.store.save_confidence(data)
 
     def probe(self, client: RewardClient) -> int:
         """Probe one client on every auxiliary item; returns how many probes were rejected."""
@@ -77,9 +104,12 @@ class ExpertRouter:
         return rejected
 
     def probe_new_clients(self) -> None:
-        for client in self.clients.clients:
-            if client.healthy and client.view().name not in self.probed:
+        with self.probe_lock:
+            fresh = [c for c in list(self.clients.clients) if c.healthy and c.view().name not in self.probed]
+            for client in fresh:
                 self.probe(client)
+            if fresh:
+                self._save()
 
     def select(
         self, questions: Sequence[Question], m: int, allowed: Collection[str] = ()
@@ -102,11 +132,13 @@ class ExpertRouter:
     def update_confidence(self, agreements: Mapping[str, float], rate: float) -> dict[str, float]:
         """Online update: move each client's confidence towards its agreement; returns the new values."""
         with self.lock:
-            return {
+            updated = {
                 name: self.graph.update_online(name, agreement, rate)
                 for name, agreement in agreements.items()
                 if name in self.graph.clients()
             }
+        self._save()
+        return updated
 
     def snapshot(self) -> tuple[str, dict[str, dict[str, float]]]:
         """The graph as JSON, and each client's judging accuracy per domain."""

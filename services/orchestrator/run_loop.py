@@ -5,6 +5,17 @@ policy version) -> experts (``select``) -> rewards (parallel scoring calls)
 -> advantages (group-relative, missing rewards excluded) -> update (trainer)
 -> new weights (engine reloads the snapshot). ``RunExecutor`` runs queued
 runs one at a time on a worker thread and records every step in the store.
+
+Nothing is lost to a crash. Before a batch goes to the trainer it is written
+to the store (write-ahead), and every accepted reward to the ledger. A
+trainer that restarted from an older checkpoint is brought back by replaying
+the batches it lost, in order (``_sync_trainer``); the trainer applies a
+step at most once, so a retried or replayed step is never applied twice. An
+orchestrator that restarted resumes its interrupted runs (``resume_interrupted``):
+the pending step is trained from its logged batch, vLLM is brought to the
+trainer's latest policy version, and the run goes on from the next step.
+Calls to an unreachable trainer are retried with jittered backoff for up to
+``trainer_retry_seconds``.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from pathlib import Path
 
 import grpc
 
+from fedgrpo import observability as obs
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import Question, user_message
 from fedgrpo.v1 import common_pb2
@@ -37,7 +49,7 @@ from .questions import QuestionBank
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
-from .spec import RunConfig
+from .spec import RunConfig, stored_config
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +67,18 @@ def routing_precision(
 
 class RunCancelled(Exception):
     pass
+
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+# Scoring failures worth asking again (the same expert later, or another one).
+RETRY_SCORING = TRANSIENT | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+# The expert says it cannot judge the question: ask the next one straight away.
+CANNOT_JUDGE = grpc.StatusCode.NOT_FOUND
+
+
+def backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Seconds before retry ``attempt`` (0-based): full jitter under an exponential ceiling."""
+    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 @dataclass
@@ -95,10 +119,17 @@ class RunExecutor:
         bank: QuestionBank,
         router: ExpertRouter | None = None,
         select: Selector = select_experts,
+        trainer_retry_seconds: float = 600.0,
+        client_wait_seconds: float = 120.0,
     ) -> None:
         self.store, self.clients, self.policy, self.trainer = store, clients, policy, trainer
         self.bank, self.router, self.select = bank, router, select
+        self.trainer_retry_seconds, self.client_wait_seconds = trainer_retry_seconds, client_wait_seconds
         self.configs: dict[str, RunConfig] = {}
+        self.optimizers: dict[str, tpb.OptimizerSettings] = {}
+        self.resuming: set[str] = set()
+        self.replayed = 0  # steps replayed to the trainer since the last step was recorded
+        self.trainer_unreachable = False
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
         self.thread.start()
@@ -106,18 +137,34 @@ class RunExecutor:
     def submit(self, run_id: str, config: RunConfig) -> None:
         self.configs[run_id] = config
         self.queue.put(run_id)
+        obs.QUEUE_DEPTH.labels("runs").set(self.queue.qsize())
+
+    def resume_interrupted(self) -> list[str]:
+        """Queue again the runs a restart interrupted: running ones first, to go on where they stopped."""
+        resumed = []
+        for run in self.store.interrupted():
+            if run.state == pb.RUN_STATE_RUNNING:
+                self.resuming.add(run.run_id)
+            log.warning("run %s was %s when the orchestrator stopped: resuming it after step %d",
+                        run.run_id, pb.RunState.Name(run.state), run.steps_completed)
+            self.submit(run.run_id, stored_config(run.spec))
+            resumed.append(run.run_id)
+        return resumed
 
     def stop(self) -> None:
         self.queue.put(None)
 
     def _work(self) -> None:
         while (run_id := self.queue.get()) is not None:
+            obs.QUEUE_DEPTH.labels("runs").set(self.queue.qsize())
             run = self.store.get(run_id)
-            if run is None or run.state != pb.RUN_STATE_QUEUED:
+            resume = run_id in self.resuming
+            if run is None or (run.state != pb.RUN_STATE_QUEUED and not resume):
                 continue  # cancelled while queued
-            self.store.update(run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
+            if not resume:
+                self.store.update(run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
             try:
-                self._execute(run_id, self.configs[run_id])
+                self._execute(run_id, self.configs[run_id], resume)
                 self.store.update(run_id, state=pb.RUN_STATE_SUCCEEDED, end_time=now())
             except RunCancelled:
                 self.store.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
@@ -132,26 +179,55 @@ class RunExecutor:
                 self.store.update(run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}")
 
     # ---- one run -----------------------------------------------------------
-    def _execute(self, run_id: str, cfg: RunConfig) -> None:
-        optimizer = tpb.OptimizerSettings(
+    def _execute(self, run_id: str, cfg: RunConfig, resume: bool = False) -> None:
+        self.optimizers[run_id] = tpb.OptimizerSettings(
             learning_rate=cfg.learning_rate, loss_type=cfg.loss_type, beta=cfg.beta,
             epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
             updates_per_batch=cfg.updates_per_batch, max_grad_norm=cfg.max_grad_norm,
         )
-        version = self.trainer.StartPolicy(tpb.StartPolicyRequest(run_id=run_id, optimizer=optimizer))
+        version, replayed = self._with_trainer(run_id, lambda: self._sync_trainer(run_id))
+        pending = self.store.pending_step(run_id) if resume else None
+        if pending is not None:
+            # Interrupted between logging the batch and recording the step: finish that step.
+            metrics = pb.StepMetrics()
+            metrics.CopyFrom(pending.partial)
+            if pending.batch is not None:
+                reply = self._train(run_id, tpb.TrainBatch.FromString(pending.batch))
+                self._train_figures(metrics, reply)
+                version = reply.policy
+            metrics.steps_replayed += replayed
+            self.store.add_step(run_id, metrics, version)
+            log.warning("run %s: step %d finished from its logged batch after the restart", run_id, pending.step)
+        else:
+            self.replayed += replayed  # reported with the next step
         with self.policy.lock:
             self.policy.load(version)
+        obs.POLICY_VERSION.set(version.version)
         self.store.update(run_id, policy=version)
-        for step in range(1, cfg.steps + 1):
+        done = self.store.completed_steps(run_id)
+        self.resuming.discard(run_id)
+        for step in range((done[-1] if done else 0) + 1, cfg.steps + 1):
             if self.store.cancel_requested(run_id):
                 raise RunCancelled()
             metrics, version = self._step(run_id, cfg, step, version)
+            metrics.queued_runs = self.queue.qsize()
             self.store.add_step(run_id, metrics, version)
+            obs.STEPS.labels("completed").inc()
+            obs.POLICY_VERSION.set(version.version)
+            for phase in ("generate", "score", "train", "sync", "step"):
+                obs.STEP_PHASE_SECONDS.labels(phase).observe(getattr(metrics, f"{phase}_seconds"))
             log.info(
                 "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d (%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
                 run_id, step, cfg.steps, metrics.reward_mean, metrics.accuracy, metrics.loss, version.version,
                 metrics.step_seconds, metrics.generate_seconds, metrics.score_seconds,
                 metrics.train_seconds, metrics.sync_seconds,
+                extra={  # the step's figures as fields of a --log-format json line
+                    "run_id": run_id, "step": step, "policy_version": version.version,
+                    "reward_mean": metrics.reward_mean, "rewards_received": metrics.rewards_received,
+                    "rewards_dropped": metrics.rewards_dropped, "experts_replaced": metrics.experts_replaced,
+                    "steps_replayed": metrics.steps_replayed, "step_seconds": metrics.step_seconds,
+                    "rewards_by_client": dict(metrics.rewards_by_client),
+                },
             )
         self._export_model(run_id, version)
         if self.router is not None:
@@ -175,14 +251,25 @@ class RunExecutor:
 
         # -> experts -> rewards
         t = time.monotonic()
-        views = self.clients.views(cfg.reward_clients)
+        views = self._live_views(run_id, cfg)
         chosen = self._experts(cfg, step, questions, views)
         experts = [[name for name, _ in c] for c in chosen]
         weights = [[w for _, w in c] for c in chosen]
         m.routing_precision = routing_precision(questions, experts, views)
         texts = [self._assign(cfg, [c.text for c in g], names) for g, names in zip(groups, experts)]
         outcomes = self.clients.score_questions(run_id, questions, texts, experts, cfg.reward_timeout_seconds)
-        m.experts_replaced = self._replace_departed(run_id, cfg, step, questions, groups, outcomes, weights)
+        m.experts_replaced, m.score_retries = self._recover_missing(
+            run_id, cfg, step, questions, groups, outcomes, weights
+        )
+        m.questions_below_quorum = self._apply_quorum(cfg, outcomes)
+        for q, outcome in zip(questions, outcomes):
+            for name, row in zip(outcome.experts, outcome.rows):
+                accepted = sum(not math.isnan(r) for r in row)
+                if accepted:
+                    self.store.record_rewards(run_id, step, q.question_id, name, row)
+                    m.rewards_by_client[name] += accepted
+                obs.REWARDS.labels(name, "accepted").inc(accepted)
+                obs.REWARDS.labels(name, "dropped").inc(len(row) - accepted)
         m.score_seconds = time.monotonic() - t
 
         # -> advantages
@@ -232,25 +319,95 @@ class RunExecutor:
         m.accuracy = correct / len(rewards) if rewards else math.nan
 
         # -> update -> new weights
-        if sequences:
+        batch = tpb.TrainBatch(
+            run_id=run_id, step=step, policy_version=version.version, sequences=sequences,
+            max_completion_tokens=cfg.max_tokens,
+        ) if sequences else None
+        m.open_tasks = sum(c.transport.pending() for c in self.clients.clients if c.joined)  # type: ignore[union-attr]
+        obs.QUEUE_DEPTH.labels("tasks").set(m.open_tasks)
+        self.store.begin_step(run_id, step, batch.SerializeToString() if batch else None, m)
+        if batch is not None:
             t = time.monotonic()
-            reply = self.trainer.Train(
-                tpb.TrainBatch(
-                    run_id=run_id, step=step, policy_version=version.version, sequences=sequences,
-                    max_completion_tokens=cfg.max_tokens,
-                )
-            )
+            reply = self._train(run_id, batch)
             m.train_seconds = time.monotonic() - t
-            m.loss, m.kl, m.clip_ratio = reply.metrics.loss, reply.metrics.kl, reply.metrics.clip_ratio
-            m.grad_norm = reply.metrics.grad_norm
+            self._train_figures(m, reply)
             version = reply.policy
             t = time.monotonic()
             with self.policy.lock:
                 m.sync_seconds += self.policy.load(version)
         else:
             log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
+        m.steps_replayed, self.replayed = self.replayed, 0
         m.step_seconds = time.monotonic() - started
         return m, version
+
+    # ---- the trainer, across its restarts -------------------------------------
+    def _with_trainer(self, run_id: str, call: Callable):  # type: ignore[no-untyped-def]
+        """Run ``call`` (trainer RPCs), retrying transient failures with jittered backoff."""
+        deadline = time.monotonic() + self.trainer_retry_seconds
+        attempt = 0
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as err:
+                if err.code() not in TRANSIENT or time.monotonic() >= deadline:
+                    raise
+                wait = backoff(attempt)
+                log.warning("run %s: trainer %s (%s); retrying in %.1fs", run_id, err.code().name, err.details(), wait)
+                attempt += 1
+                time.sleep(wait)
+
+    def _sync_trainer(self, run_id: str) -> tuple[common_pb2.PolicyVersion, int]:
+        """Start (or resume) the run on the trainer and replay the logged steps it does not hold."""
+        version = self.trainer.StartPolicy(
+            tpb.StartPolicyRequest(run_id=run_id, optimizer=self.optimizers[run_id]), timeout=600
+        )
+        replayed = 0
+        for step, blob in self.store.completed_batches(run_id, version.last_step):
+            reply = self.trainer.Train(tpb.TrainBatch.FromString(blob), timeout=600)
+            version = reply.policy
+            replayed += 1
+            obs.STEPS.labels("replayed").inc()
+            log.warning("run %s: replayed step %d to the trainer (it had lost it) -> v%d", run_id, step, version.version)
+        return version, replayed
+
+    def _train(self, run_id: str, batch: tpb.TrainBatch) -> tpb.TrainResponse:
+        """Train one logged batch; a trainer that restarted is resynchronised first, then asked again."""
+
+        def attempt() -> tpb.TrainResponse:
+            try:
+                return self.trainer.Train(batch, timeout=600)
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # The trainer restarted (no policy started, or it is behind): bring it back, then retry.
+                log.warning("run %s step %d: trainer says %s; resynchronising", run_id, batch.step, err.details())
+                version, replayed = self._sync_trainer(run_id)
+                self.replayed += replayed
+                if version.last_step >= batch.step:
+                    # Its checkpoint already holds this step: applied once, never again.
+                    log.warning("run %s step %d: already in the trainer's checkpoint", run_id, batch.step)
+                    return tpb.TrainResponse(policy=version)
+                return self.trainer.Train(batch, timeout=600)
+
+        def call() -> tpb.TrainResponse:
+            if self.trainer_unreachable:
+                self.trainer_unreachable = False
+                version, replayed = self._sync_trainer(run_id)
+                self.replayed += replayed
+            try:
+                return attempt()
+            except grpc.RpcError as err:
+                if err.code() in TRANSIENT:
+                    self.trainer_unreachable = True
+                raise
+
+        return self._with_trainer(run_id, call)
+
+    @staticmethod
+    def _train_figures(m: pb.StepMetrics, reply: tpb.TrainResponse) -> None:
+        m.loss, m.kl, m.clip_ratio = reply.metrics.loss, reply.metrics.kl, reply.metrics.clip_ratio
+        m.grad_norm = reply.metrics.grad_norm
 
     def _experts(
         self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView],
@@ -275,42 +432,90 @@ class RunExecutor:
             return [[(n, 1.0) for n in live] for _ in questions]
         return [[(n, 1.0) for n in self.select(q.domain, views, m)] for q in questions]
 
-    def _replace_departed(
+    def _recover_missing(
         self, run_id: str, cfg: RunConfig, step: int, questions: Sequence[Question], groups: Sequence,
         outcomes: list, weights: list[list[float]],
-    ) -> int:
-        """Re-score with the next most competent live client wherever an expert left mid-step.
+    ) -> tuple[int, int]:
+        """Ask again wherever an expert's call failed; returns (replaced, retried).
 
-        An expert has left when its call failed and the client is no longer
-        live. Its row is replaced in place (rewards, name and weight); with
-        no live client left to ask, the row stays missing (excluded).
+        A call failed when it ended with a transient status (unreachable,
+        deadline, rate limit) or the expert said it cannot judge the
+        question; answers the client chose to give (NaN, out of range) are
+        not asked again. An expert that left (no longer live) or cannot judge
+        is replaced by the next most competent live client at once; one still
+        live is retried once after a jittered backoff, then replaced. Rows are replaced in place
+        (rewards, name and weight); with nobody left to ask, a row stays
+        missing (excluded).
         """
-        by_name = self.clients.by_name()
-        replaced = 0
-        for qi, outcome in enumerate(outcomes):
-            for k, name in enumerate(outcome.experts):
-                client = by_name[name]
-                if client.healthy or not all(math.isnan(r) for r in outcome.rows[k]):
-                    continue
-                views = self.clients.views(cfg.reward_clients)
-                pick = self._experts(cfg, step, [questions[qi]], views, exclude=[set(outcome.experts)])[0]
-                if not pick:
-                    continue
-                new_name, new_weight = pick[0]
+        replaced = retried = 0
+        for attempt in range(3):
+            by_name = self.clients.by_name()
+            missing = [
+                (qi, k) for qi, o in enumerate(outcomes) for k, code in enumerate(o.codes)
+                if code in RETRY_SCORING or code == CANNOT_JUDGE
+                or (code is not None and not by_name[o.experts[k]].healthy)
+            ]
+            if not missing:
+                break
+            time.sleep(backoff(attempt, base=0.2, cap=2.0))
+            calls = {}
+            for qi, k in missing:
+                outcome = outcomes[qi]
+                name = outcome.experts[k]
+                target, weight = name, weights[qi][k]
+                if not by_name[name].healthy or attempt > 0 or outcome.codes[k] == CANNOT_JUDGE:
+                    views = self.clients.views(cfg.reward_clients)
+                    pick = self._experts(cfg, step, [questions[qi]], views, exclude=[set(outcome.experts)])[0]
+                    if not pick:
+                        continue
+                    target, weight = pick[0]
                 cands = self._assign(cfg, [c.text for c in groups[qi]], outcome.experts)[k]
-                row, dropped, problem = self.clients.score_one(
-                    by_name[new_name], run_id, questions[qi], cands, cfg.reward_timeout_seconds
-                )
-                log.warning("run %s step %d question %s: expert %s left; replaced by %s",
-                            run_id, step, questions[qi].question_id, name, new_name)
-                # The departed row counted len(row) dropped; the new one counts for itself.
+                calls[(qi, k)] = (target, weight, self.clients.pool.submit(
+                    self.clients.score_one, by_name[target], run_id, questions[qi], cands, cfg.reward_timeout_seconds
+                ))
+            for (qi, k), (target, weight, future) in calls.items():
+                outcome = outcomes[qi]
+                row, dropped, problem = future.result()
+                outcome.codes[k] = getattr(problem, "code", None)
+                if target == outcome.experts[k]:
+                    retried += 1
+                else:
+                    log.warning("run %s step %d question %s: expert %s failed; replaced by %s",
+                                run_id, step, questions[qi].question_id, outcome.experts[k], target)
+                    replaced += 1
+                # The failed row counted len(row) dropped; the new one counts for itself.
                 outcome.received += len(row) - dropped
                 outcome.dropped += dropped - len(row)
-                outcome.rows[k], outcome.experts[k], weights[qi][k] = row, new_name, new_weight
+                outcome.rows[k], outcome.experts[k], weights[qi][k] = row, target, weight
                 if problem:
                     outcome.problems.append(problem)
-                replaced += 1
-        return replaced
+        return replaced, retried
+
+    def _apply_quorum(self, cfg: RunConfig, outcomes: list) -> int:
+        """Drop every question that fewer than ``expert_quorum`` experts scored; returns how many."""
+        below = 0
+        for outcome in outcomes:
+            answered = sum(any(not math.isnan(r) for r in row) for row in outcome.rows)
+            if answered < min(cfg.expert_quorum, len(outcome.rows)) or (outcome.rows and answered == 0):
+                below += 1
+                outcome.problems.append(f"{answered} expert(s) answered, quorum {cfg.expert_quorum}")
+                outcome.dropped += outcome.received
+                outcome.received = 0
+                outcome.rows = [[math.nan] * len(row) for row in outcome.rows]
+        return below
+
+    def _live_views(self, run_id: str, cfg: RunConfig) -> list[ClientView]:
+        """The run's clients, after waiting (up to client_wait_seconds) for a quorum of them to be live."""
+        deadline = time.monotonic() + self.client_wait_seconds
+        needed = cfg.expert_quorum
+        while True:
+            views = self.clients.views(cfg.reward_clients)
+            if sum(v.healthy for v in views) >= needed or time.monotonic() >= deadline:
+                return views
+            if self.store.cancel_requested(run_id):
+                raise RunCancelled()
+            log.info("run %s: waiting for %d live reward client(s) (%d live)", run_id, needed, sum(v.healthy for v in views))
+            time.sleep(1.0)
 
     @staticmethod
     def _assign(cfg: RunConfig, texts: list[str], experts: list[str]) -> list[list[str]]:

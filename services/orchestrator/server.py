@@ -160,12 +160,14 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from fedgrpo.models import resolve_model
+    from fedgrpo.security import read_tokens
     from fedgrpo.settings import ConfigError, load, setup_logging
+    from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
+
+    from .federation import FederationServicer
 
     settings = load(OrchestratorSettings, argv)
-    setup_logging(settings.log_level, "orchestrator")
-    if not settings.reward_clients:
-        raise ConfigError("fedgrpo orchestrator: reward_clients: give at least one host:port (--reward-clients)")
+    setup_logging(settings.log_level, "orchestrator", settings.log_format)
     if settings.torch_threads:
         import torch
 
@@ -174,6 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         model_dir = resolve_model(settings.model, settings.cache_dir)
     except ValueError as err:
         raise ConfigError(f"fedgrpo orchestrator: model: {err}") from None
+    identity = settings.identity()
+    tokens = read_tokens(settings.api_tokens_file) if settings.api_tokens_file else frozenset()
     started = time.monotonic()
     engine = make_engine(
         settings.backend, model_dir, device=settings.device, dtype=settings.dtype,
@@ -185,15 +189,22 @@ def main(argv: list[str] | None = None) -> None:
         engine, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), threading.Lock(),
         common_pb2.PolicyVersion(version=0, weights_path=str(model_dir)),
     )
-    clients = RewardClients(settings.reward_clients)
+    clients = RewardClients(
+        settings.reward_clients, identity, heartbeat_timeout=settings.heartbeat_seconds * settings.heartbeat_misses
+    )
     try:
-        serving.wait_healthy(settings.trainer, settings.client_wait_seconds)
+        serving.wait_healthy(settings.trainer, settings.client_wait_seconds, identity=identity)
     except TimeoutError as err:
-        log.warning("trainer %s: %s; runs fail until it answers", settings.trainer, err)
-    clients.wait_for_all(settings.client_wait_seconds)
+        log.warning("trainer %s: %s; runs wait until it answers", settings.trainer, err)
+    if settings.reward_clients:
+        clients.wait_for_all(settings.client_wait_seconds)
     clients.start_health_checks()
-    store = RunStore(settings.runs_dir)
-    trainer = tpb_grpc.PolicyTrainerServiceStub(serving.channel(settings.trainer))
+    store = RunStore(settings.runs_dir, settings.database)
+    clients.known_joined(store.load_clients())
+    clients.on_join.append(lambda client: store.save_client(client.name, clients.member_record(client)))
+    trainer = tpb_grpc.PolicyTrainerServiceStub(
+        serving.channel(settings.trainer, identity, max_message_bytes=settings.max_message_bytes)
+    )
     router = None
     if settings.confidence_graph:
         from .auxiliary import auxiliary_items
@@ -201,31 +212,46 @@ def main(argv: list[str] | None = None) -> None:
         from .routing import ExpertRouter
 
         started = time.monotonic()
-        domains = settings.auxiliary_domains or sorted({d for c in clients.clients for d in c.domains})
-        if not domains:
-            raise ConfigError("fedgrpo orchestrator: auxiliary_domains: no reward client declared a domain; list them")
+        # Clients that join later may hold any domain: without dialed clients, probe on every domain.
+        dialed = [c for c in clients.clients if not c.joined]
+        domains = settings.auxiliary_domains or sorted({d for c in dialed for d in c.domains}) or sorted(DOMAINS)
         try:
             embedder = make_embedder(settings.embedding, model_dir, settings.device, settings.dtype)
         except ValueError as err:
             raise ConfigError(f"fedgrpo orchestrator: embedding: {err}") from None
         items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
-        router = ExpertRouter(clients, embedder, items, settings.neighbours, settings.probe_timeout_seconds)
+        router = ExpertRouter(clients, embedder, items, settings.neighbours, settings.probe_timeout_seconds, store)
         router.probe_new_clients()
+        clients.on_join.append(lambda _client: router.probe_new_clients())
         log.info("confidence graph: %d auxiliary items over %s, built in %.1fs",
                  settings.auxiliary_size, ",".join(domains), time.monotonic() - started)
     executor = RunExecutor(
         store, clients, policy, trainer,
         QuestionBank(settings.bank_seed, settings.bank_size, frozenset(router.graph.items()) if router else frozenset()),
-        router,
+        router, trainer_retry_seconds=settings.trainer_retry_seconds, client_wait_seconds=settings.client_wait_seconds,
     )
     servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model)
+    endpoints = [
+        serving.Endpoint(
+            [(pb_grpc.add_OrchestratorServiceServicer_to_server, servicer, "fedgrpo.v1.OrchestratorService")],
+            settings.port, client_auth=False, tokens=tokens,
+        )
+    ]
+    if settings.federation_port:
+        federation = FederationServicer(
+            clients, settings.heartbeat_seconds, settings.reward_client_identities, settings.plaintext
+        )
+        endpoints.append(
+            serving.Endpoint(
+                [(fpb_grpc.add_FederationServiceServicer_to_server, federation, "fedgrpo.v1.FederationService")],
+                settings.federation_port, allowed_peers=settings.reward_client_identities,
+            )
+        )
+    executor.resume_interrupted()
 
     def stop() -> None:
         executor.stop()
         clients.close()
         engine.close()
 
-    serving.serve(
-        [(pb_grpc.add_OrchestratorServiceServicer_to_server, servicer, "fedgrpo.v1.OrchestratorService")],
-        settings.host, settings.port, on_stop=stop,
-    )
+    serving.serve(settings, endpoints, on_stop=stop, max_workers=32)

@@ -55,6 +55,7 @@ class RunConfig(BaseModel):
     expert_selection: ExpertSelection | None = None  # confidence_graph when the graph is on, else domain
     reward_clients: list[str] = Field(default_factory=list)
     confidence_update_rate: float = Field(0.0, ge=0, le=1)
+    expert_quorum: int = Field(1, ge=1, le=64)
 
     @property
     def samples_per_question(self) -> int:
@@ -122,9 +123,18 @@ def resolve_spec(
         config = config.model_copy(update={"expert_selection": "confidence_graph" if graph_available else "domain"})
     if config.expert_selection == "confidence_graph" and not graph_available:
         raise SpecError("expert_selection", "this orchestrator runs without a confidence graph (--confidence-graph)")
+    if config.expert_quorum > config.experts_per_question and config.expert_selection != "all":
+        raise SpecError(
+            "expert_quorum", f"got {config.expert_quorum}, at most experts_per_question ({config.experts_per_question})"
+        )
     if config.max_tokens >= max_model_len:
         raise SpecError("max_tokens", f"got {config.max_tokens}, must be below max_model_len {max_model_len}")
     return config.model_copy(update={"model": served_model})
+
+
+def stored_config(msg: pb.RunSpec) -> RunConfig:
+    """The config of a run accepted earlier (its spec carries every default): for resuming it."""
+    return RunConfig.model_validate(_set_fields(msg))
 
 
 def to_message(config: RunConfig) -> pb.RunSpec:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from fedgrpo.settings import ServiceSettings
+from fedgrpo.settings import CommaList, ServiceSettings
 
 
 class TrainerSettings(ServiceSettings):
@@ -24,6 +24,15 @@ class TrainerSettings(ServiceSettings):
     )
 
     port: int = Field(50052, ge=1, le=65535, description="TCP port to listen on.")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest gRPC message accepted or sent (a training batch); larger: RESOURCE_EXHAUSTED.",
+    )
+    allowed_callers: CommaList = Field(
+        default_factory=lambda: ["orchestrator"],
+        description="With TLS: identities (certificate common names) allowed to call this trainer, "
+        "comma-separated; empty: any the federation CA signed.",
+    )
     model: str = Field(
         "smollm2-135m-instruct",
         description="Base policy: smollm2-135m-instruct, tiny-llama, or a Hugging Face folder.",
@@ -40,6 +49,11 @@ class TrainerSettings(ServiceSettings):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
     keep_snapshots: int = Field(2, ge=1, description="Policy snapshots kept per run (older ones deleted).")
     checkpoint_every: int = Field(
-        5, ge=1, description="Write a resumable checkpoint (weights, optimizer, step) every N steps."
+        5,
+        ge=1,
+        description=(
+            "Write a resumable checkpoint (weights, optimizer, applied steps) every N steps. After a "
+            "trainer restart the orchestrator replays the steps since the last checkpoint from its log."
+        ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")

@@ -2,7 +2,8 @@
 
 Validates every request (naming the field on INVALID_ARGUMENT), serialises
 access to the single active policy, and maps a batch that does not follow the
-current step or version to FAILED_PRECONDITION.
+current step or version, or a checkpoint that cannot be resumed, to
+FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import grpc
 import torch
 
 from fedgrpo import serving
+from fedgrpo.observability import POLICY_VERSION, TRAIN_SECONDS
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
@@ -23,7 +25,7 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
 from .batching import Sample
 from .config import TrainerSettings
 from .loss import LOSS_TYPES, LossSettings
-from .trainer import OptimizerConfig, PolicyTrainer, StaleBatch, Version
+from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, StaleBatch, Version
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,9 @@ MAX_SEQUENCE_TOKENS = 32_768
 
 
 def version_message(v: Version) -> common_pb2.PolicyVersion:
-    return common_pb2.PolicyVersion(run_id=v.run_id, version=v.version, weights_path=str(v.weights_path))
+    return common_pb2.PolicyVersion(
+        run_id=v.run_id, version=v.version, weights_path=str(v.weights_path), last_step=v.last_step
+    )
 
 
 def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -> OptimizerConfig:
@@ -75,12 +79,23 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
             serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
         config = optimizer_config(request.optimizer, context)
         with self.lock:
-            return version_message(self.trainer.start(request.run_id, config, request.restart))
+            try:
+                return version_message(self.trainer.start(request.run_id, config, request.restart))
+            except CheckpointError as err:
+                serving.failed_precondition(context, f"run_id {request.run_id}: {err}")
 
     def GetPolicyVersion(self, request: pb.GetPolicyVersionRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
         with self.lock:
             self._check_run(request.run_id, context)
             return version_message(self.trainer.current())
+
+    def GetLineage(self, request: pb.GetPolicyVersionRequest, context: grpc.ServicerContext) -> pb.PolicyLineage:
+        with self.lock:
+            self._check_run(request.run_id, context)
+            lineage = self.trainer.lineage()
+        return pb.PolicyLineage(
+            run_id=lineage.run_id, applied_steps=lineage.applied_steps, checkpoint_step=lineage.checkpoint_step
+        )
 
     def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> list[Sample]:
         if not request.sequences:
@@ -128,6 +143,8 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
                 r = self.trainer.train(request.step, request.policy_version, samples, request.max_completion_tokens)
             except StaleBatch as err:
                 serving.failed_precondition(context, str(err))
+        TRAIN_SECONDS.observe(r.train_seconds)
+        POLICY_VERSION.set(r.version.version)
         log.info(
             "run %s step %d -> version %d: loss %.4f kl %.4f clip %.3f |g| %.3f (%d seqs, %.2fs + %.2fs snapshot)",
             request.run_id, r.step, r.version.version, r.loss, r.kl, r.clip_ratio, r.grad_norm,
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     from fedgrpo.settings import ConfigError, load, setup_logging
 
     settings = load(TrainerSettings, argv)
-    setup_logging(settings.log_level, "trainer")
+    setup_logging(settings.log_level, "trainer", settings.log_format)
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("fedgrpo trainer: device is cuda but no GPU is visible; set --device cpu")
     if settings.torch_threads:
@@ -164,7 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing,
     )
     serving.serve(
-        [(pb_grpc.add_PolicyTrainerServiceServicer_to_server, PolicyTrainerServicer(trainer, vocab_size),
-          "fedgrpo.v1.PolicyTrainerService")],
-        settings.host, settings.port, max_workers=4,
+        settings,
+        [serving.Endpoint(
+            [(pb_grpc.add_PolicyTrainerServiceServicer_to_server, PolicyTrainerServicer(trainer, vocab_size),
+              "fedgrpo.v1.PolicyTrainerService")],
+            settings.port, allowed_peers=settings.allowed_callers,
+        )],
+        max_workers=4,
     )

@@ -6,6 +6,10 @@ the run's last checkpoint) and returns the current ``Version``;
 publishes the new weights as a Hugging Face snapshot ``v<N>`` that vLLM can
 reload in place. Steps are idempotent: a batch whose step was already applied
 returns the recorded result instead of training twice. One run at a time.
+
+``applied_steps`` is the lineage of the weights: the steps whose updates they
+contain, in order. It is checkpointed with them, so after a crash it says
+exactly which steps the caller must replay (those after ``checkpoint_step``).
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ class Version:
     run_id: str
     version: int
     weights_path: Path
+    last_step: int
+
+
+@dataclass(frozen=True)
+class Lineage:
+    run_id: str
+    applied_steps: tuple[int, ...]
+    checkpoint_step: int
 
 
 @dataclass(frozen=True)
@@ -61,6 +73,10 @@ class StepResult:
 
 class StaleBatch(Exception):
     """The batch does not follow the policy's current step or version."""
+
+
+class CheckpointError(Exception):
+    """A run's checkpoint cannot be resumed."""
 
 
 class PolicyTrainer:
@@ -87,8 +103,13 @@ class PolicyTrainer:
         self.reference: PreTrainedModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.version = 0
-        self.last_step = 0
+        self.applied_steps: list[int] = []
+        self.checkpoint_step = 0
         self.results: dict[int, StepResult] = {}
+
+    @property
+    def last_step(self) -> int:
+        return self.applied_steps[-1] if self.applied_steps else 0
 
     # ---- paths -------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
@@ -100,7 +121,11 @@ class PolicyTrainer:
 
     def current(self) -> Version:
         assert self.run_id is not None
-        return Version(self.run_id, self.version, self.snapshot_path(self.run_id, self.version))
+        return Version(self.run_id, self.version, self.snapshot_path(self.run_id, self.version), self.last_step)
+
+    def lineage(self) -> Lineage:
+        assert self.run_id is not None
+        return Lineage(self.run_id, tuple(self.applied_steps), self.checkpoint_step)
 
     # ---- lifecycle ---------------------------------------------------------
     def _load_base(self) -> PreTrainedModel:
@@ -108,8 +133,35 @@ class PolicyTrainer:
         return model.to(self.device)
 
     def start(self, run_id: str, config: OptimizerConfig, restart: bool = False) -> Version:
-        """Make ``run_id`` the active run, resuming its checkpoint unless ``restart``."""
+        """Make ``run_id`` the active run, resuming its checkpoint unless ``restart``.
+
+        If ``run_id`` is already the active run, it keeps its live weights:
+        only this trainer's own restart may fall back to the checkpoint, since
+        reloading it would drop the steps applied after it.
+        """
+        if run_id == self.run_id and self.model is not None and not restart:
+            if config != self.config:
+                log.warning(
+                    "run %s is already active: keeping its optimizer settings %s, not %s (restart to change them)",
+                    run_id, self.config, config,
+                )
+            log.info("run %s is already active at version %d (step %d)", run_id, self.version, self.last_step)
+            return self.current()
         started = time.monotonic()
+        try:
+            self._load(run_id, config, restart)
+        except BaseException:
+            # A half-loaded run must not pass for a live one on the next start.
+            self.run_id, self.model, self.reference, self.optimizer = None, None, None, None
+            raise
+        log.info(
+            "run %s: policy at version %d (step %d, checkpoint at step %d), reference %s, %.1fs",
+            run_id, self.version, self.last_step, self.checkpoint_step,
+            "loaded" if self.reference else "off (beta = 0)", time.monotonic() - started,
+        )
+        return self.current()
+
+    def _load(self, run_id: str, config: OptimizerConfig, restart: bool) -> None:
         self.run_id, self.config = run_id, config
         self.model = self._load_base()
         if self.gradient_checkpointing:
@@ -121,19 +173,13 @@ class PolicyTrainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.version = self.last_step = 0
+        self.version, self.applied_steps, self.checkpoint_step = 0, [], 0
         self.results = {}
         ckpt = self.run_dir(run_id) / "checkpoint"
         if restart and self.run_dir(run_id).exists():
             shutil.rmtree(self.run_dir(run_id))
         elif (ckpt / "state.json").exists():
             self._load_checkpoint(ckpt)
-        log.info(
-            "run %s: policy at version %d (step %d), reference %s, %.1fs",
-            run_id, self.version, self.last_step, "loaded" if self.reference else "off (beta = 0)",
-            time.monotonic() - started,
-        )
-        return self.current()
 
     # ---- one step ----------------------------------------------------------
     def completion_logprobs(self, model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
@@ -189,7 +235,7 @@ class PolicyTrainer:
 
         started = time.monotonic()
         self.version += 1
-        self.last_step = step
+        self.applied_steps.append(step)
         path = self.snapshot_path(self.run_id, self.version)
         save_snapshot(self.model, self.base_dir, path)
         prune_snapshots(path.parent, self.keep_snapshots)
@@ -219,20 +265,46 @@ class PolicyTrainer:
         torch.save(
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp / "weights.pt"
         )
-        state = {"version": self.version, "last_step": self.last_step, "config": asdict(self.config)}
+        state = {
+            "version": self.version, "last_step": self.last_step, "applied_steps": self.applied_steps,
+            "config": asdict(self.config),
+        }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
+        self.checkpoint_step = self.last_step
         log.info("checkpoint of step %d written to %s", self.last_step, path)
 
     def _load_checkpoint(self, path: Path) -> None:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
         state = json.loads((path / "state.json").read_text())
+        applied_steps = checkpoint_lineage(state, path)
         blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(blobs["model"])
         self.optimizer.load_state_dict(blobs["optimizer"])
-        self.version, self.last_step = state["version"], state["last_step"]
+        self.version, self.applied_steps = state["version"], applied_steps
+        self.checkpoint_step = self.last_step
         # Snapshots newer than the checkpoint were never confirmed: republish
         # the checkpoint's weights so the version number means one thing.
         if self.version > 0:
             save_snapshot(self.model, self.base_dir, self.snapshot_path(self.run_id, self.version))
+
+
+def checkpoint_lineage(state: dict, path: Path) -> list[int]:
+    """The applied steps recorded in a checkpoint's ``state.json``."""
+    steps = state.get("applied_steps")
+    if steps is None:
+        # Written before lineage was recorded. Steps only grow and each one
+        # adds a version, so version == last_step means exactly 1..last_step.
+        if state["version"] != state["last_step"]:
+            raise CheckpointError(
+                f"{path / 'state.json'}: no applied_steps and version {state['version']} != "
+                f"last_step {state['last_step']}, so the lineage is unknown; restart the run"
+            )
+        steps = list(range(1, state["last_step"] + 1))
+    if len(steps) != state["version"] or steps != sorted(set(steps)):
+        raise CheckpointError(
+            f"{path / 'state.json'}: applied_steps {steps} do not match version {state['version']} "
+            "(expected one strictly increasing step per version)"
+        )
+    return steps

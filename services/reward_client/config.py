@@ -34,9 +34,20 @@ class RewardClientSettings(ServiceSettings):
     )
 
     name: str = Field(
-        "reward-client", min_length=1, max_length=64, description="Name of this client in the federation."
+        "reward-client", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Name of this client in the federation; with TLS, its certificate's common name.",
     )
-    port: int = Field(50061, ge=1, le=65535, description="TCP port to listen on.")
+    port: int = Field(
+        50061, ge=1, le=65535,
+        description="TCP port of this client's own Score/Describe/health service (a joined client needs no "
+        "inbound connection: keep host 127.0.0.1 for local health checks).",
+    )
+    orchestrator: str = Field(
+        "",
+        description="host:port of the orchestrator's federation port: join it (outbound connections only), "
+        "send heartbeats and answer the scoring tasks it sends; empty: wait to be dialed at host:port.",
+    )
+    join_workers: int = Field(4, ge=1, le=64, description="Scoring tasks of a joined client answered at once.")
     # NoDecode: the raw flag or environment value reaches _split_domains (comma-separated or JSON).
     domains: Annotated[list[str], NoDecode] = Field(
         [],
@@ -82,6 +93,9 @@ class RewardClientSettings(ServiceSettings):
     fault_delay_seconds: float = Field(
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."
     )
+
+    def dialed_addresses(self) -> list[tuple[str, str]]:
+        return [("orchestrator", self.orchestrator)] if self.orchestrator else []
 
     @field_validator("domains", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ import time
 import grpc
 
 from fedgrpo import serving
+from fedgrpo.observability import SCORES
+from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
 
@@ -25,6 +27,14 @@ from .config import RewardClientSettings
 from .evaluators import AnswerBasedEvaluator, Evaluator
 
 log = logging.getLogger(__name__)
+
+
+class Refused(Exception):
+    """A Score request this client will not answer, with the status that says why."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
@@ -42,37 +52,48 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             reward_max=max(e.reward_max for e in self.evaluators),
         )
 
-    def _validate(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> None:
+    def _validate(self, request: pb.ScoreRequest) -> None:
         s = self.settings
+
+        def invalid(field: str, problem: str) -> None:
+            raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
+
         if not request.question_id:
-            serving.invalid(context, "question_id", "must not be empty")
+            invalid("question_id", "must not be empty")
         if not request.question:
-            serving.invalid(context, "question", "must not be empty")
+            invalid("question", "must not be empty")
         if not request.domain:
-            serving.invalid(context, "domain", "must not be empty")
+            invalid("domain", "must not be empty")
         n = len(request.candidates)
         if not 1 <= n <= s.max_candidates:
-            serving.invalid(context, "candidates", f"got {n}, expected 1 to {s.max_candidates}")
+            invalid("candidates", f"got {n}, expected 1 to {s.max_candidates}")
         for i, c in enumerate(request.candidates):
             if len(c) > s.max_candidate_chars:
-                serving.invalid(
-                    context, f"candidates[{i}]", f"{len(c)} characters, at most {s.max_candidate_chars}"
-                )
+                invalid(f"candidates[{i}]", f"{len(c)} characters, at most {s.max_candidate_chars}")
 
-    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
-        self._validate(request, context)
+    def answer(self, request: pb.ScoreRequest) -> list[float]:
+        """One reward per candidate, or ``Refused`` saying why not (for Score and for joined tasks alike)."""
+        self._validate(request)
         self.calls += 1
         evaluator = next((e for e in self.evaluators if e.can_judge(request.domain, request.question)), None)
         if evaluator is None:
-            serving.not_found(
-                context,
+            raise Refused(
+                grpc.StatusCode.NOT_FOUND,
                 f"question_id {request.question_id}: this client cannot judge this question "
                 f"of domain {request.domain!r}",
             )
         rewards = evaluator.score(request.domain, request.question, list(request.candidates))
-        return pb.ScoreResponse(rewards=self._inject_fault(rewards, context))
+        SCORES.labels(common_pb2.EvaluatorKind.Name(evaluator.kind)).inc()
+        return self._inject_fault(rewards)
 
-    def _inject_fault(self, rewards: list[float], context: grpc.ServicerContext) -> list[float]:
+    def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
+        try:
+            return pb.ScoreResponse(rewards=self.answer(request))
+        except Refused as refused:
+            context.abort(refused.code, str(refused))
+            raise AssertionError("unreachable") from None
+
+    def _inject_fault(self, rewards: list[float]) -> list[float]:
         s = self.settings
         if s.fault_delay_seconds:
             time.sleep(s.fault_delay_seconds)
@@ -83,16 +104,15 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         if s.fault == "wrong_count":
             return rewards[:-1]
         if s.fault == "error":
-            context.abort(grpc.StatusCode.INTERNAL, "injected fault")
+            raise Refused(grpc.StatusCode.INTERNAL, "injected fault")
         return rewards
 
 
 def main(argv: list[str] | None = None) -> None:
     from fedgrpo.settings import ConfigError, load, setup_logging
-    from fedgrpo.v1 import common_pb2
 
     settings = load(RewardClientSettings, argv)
-    setup_logging(settings.log_level, settings.name)
+    setup_logging(settings.log_level, settings.name, settings.log_format)
     evaluators: list[Evaluator] = []
     if not settings.domains:
         log.info("%s holds no domain: no labelled data, it judges with its own model only", settings.name)
@@ -148,8 +168,17 @@ def main(argv: list[str] | None = None) -> None:
     if settings.fault != "none" or settings.fault_delay_seconds:
         log.warning("fault injection on: %s, delay %.1fs", settings.fault, settings.fault_delay_seconds)
     servicer = RewardClientServicer(settings, evaluators)
+    joiner = None
+    if settings.orchestrator:
+        from .joiner import Joiner
+
+        joiner = Joiner(settings, servicer)
+        joiner.start()
     serving.serve(
-        [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
-        settings.host,
-        settings.port,
+        settings,
+        [serving.Endpoint(
+            [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
+            settings.port,
+        )],
+        on_stop=joiner.stop if joiner else None,
     )

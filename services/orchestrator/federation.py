@@ -1,0 +1,145 @@
+"""The orchestrator's federation port: where reward clients join from anywhere.
+
+A thin gRPC shell over ``RewardClients.join`` and each joined client's
+``JoinedTransport``. Who calls is the identity (common name) of the verified
+client certificate; with ``--plaintext`` (loopback development) it is the
+name the client gives. Every request is checked before anything changes:
+a name that is not the caller's identity or not allowed is
+PERMISSION_DENIED, a session that is not the caller's NOT_FOUND (join
+again), rewards for a task never sent to the caller PERMISSION_DENIED, for
+one already closed FAILED_PRECONDITION, and a malformed field
+INVALID_ARGUMENT naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Collection
+
+import grpc
+
+from fedgrpo import serving
+from fedgrpo.security import peer_identity
+from fedgrpo.tasks import DOMAINS
+from fedgrpo.v1 import federation_pb2 as fpb
+from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
+
+from .clients import RewardClient, RewardClients
+from .joined import NotYourTask, TaskClosed, UnknownSession
+
+log = logging.getLogger(__name__)
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MAX_WAIT_SECONDS = 30.0
+MAX_TASKS = 256
+
+
+class FederationServicer(fpb_grpc.FederationServiceServicer):
+    def __init__(
+        self, clients: RewardClients, heartbeat_seconds: float, allowed: Collection[str] = (), plaintext: bool = False
+    ) -> None:
+        self.clients, self.heartbeat_seconds = clients, heartbeat_seconds
+        self.allowed, self.plaintext = frozenset(allowed), plaintext
+
+    def _caller(self, context: grpc.ServicerContext, claimed: str = "") -> str | None:
+        """The caller's identity: its certificate's name; with plaintext, what it claims."""
+        identity = peer_identity(context)
+        if identity is None and not self.plaintext:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate: join with your federation identity")
+        return identity if identity is not None else (claimed or None)
+
+    def _client(self, session_id: str, context: grpc.ServicerContext) -> RewardClient:
+        """The joined client holding ``session_id``, which must be the caller."""
+        if not session_id:
+            serving.invalid(context, "session_id", "must not be empty; call Join first")
+        identity = self._caller(context)
+        candidates = (
+            [self.clients.joined_client(identity)] if identity is not None
+            else [c for c in self.clients.clients if c.joined]
+        )
+        for client in candidates:
+            if client is not None and client.transport.session_id == session_id:  # type: ignore[union-attr]
+                return client
+        serving.not_found(context, "session_id: not a live session of this client; join again")
+
+    def Join(self, request: fpb.JoinRequest, context: grpc.ServicerContext) -> fpb.JoinResponse:
+        d = request.description
+        if not NAME.match(d.name):
+            serving.invalid(context, "description.name", f"got {d.name!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        identity = self._caller(context, d.name)
+        if identity != d.name:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"description.name: {d.name!r} is not your identity {identity!r} (your certificate's common name)",
+            )
+        if self.allowed and identity not in self.allowed:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {identity!r} is not a member of this federation")
+        unknown = [x for x in d.domains if x not in DOMAINS]
+        if unknown:
+            serving.invalid(context, "description.domains", f"unknown domain(s) {unknown}")
+        if not d.evaluator_kinds or any(k not in (1, 2) for k in d.evaluator_kinds):
+            serving.invalid(context, "description.evaluator_kinds", "expected ANSWER_BASED and/or MODEL_BASED")
+        try:
+            _, session = self.clients.join(identity, d, context.peer())
+        except ValueError as err:
+            serving.invalid(context, str(err).split(":", 1)[0], str(err).split(": ", 1)[-1])
+        except KeyError as err:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err.args[0]))
+        return fpb.JoinResponse(
+            session_id=session, heartbeat_seconds=self.heartbeat_seconds, max_wait_seconds=MAX_WAIT_SECONDS
+        )
+
+    def Heartbeat(self, request: fpb.HeartbeatRequest, context: grpc.ServicerContext) -> fpb.HeartbeatResponse:
+        client = self._client(request.session_id, context)
+        try:
+            client.transport.heartbeat(request.session_id)  # type: ignore[union-attr]
+        except UnknownSession as err:
+            serving.not_found(context, str(err))
+        if not client.healthy:
+            log.info("reward client %s is back", client.name)
+            client.healthy, client.failures = True, 0
+        return fpb.HeartbeatResponse()
+
+    def FetchTasks(self, request: fpb.FetchTasksRequest, context: grpc.ServicerContext) -> fpb.FetchTasksResponse:
+        if not (math.isfinite(request.wait_seconds) and 0 <= request.wait_seconds <= MAX_WAIT_SECONDS):
+            serving.invalid(context, "wait_seconds", f"got {request.wait_seconds}, expected 0 to {MAX_WAIT_SECONDS}")
+        if not 0 <= request.max_tasks <= MAX_TASKS:
+            serving.invalid(context, "max_tasks", f"got {request.max_tasks}, expected 1 to {MAX_TASKS} (0: 16)")
+        client = self._client(request.session_id, context)
+        try:
+            tasks = client.transport.fetch(  # type: ignore[union-attr]
+                request.session_id, request.wait_seconds, request.max_tasks or 16
+            )
+        except UnknownSession as err:
+            serving.not_found(context, str(err))
+        return fpb.FetchTasksResponse(tasks=tasks)
+
+    def SubmitRewards(self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext) -> fpb.SubmitRewardsResponse:
+        if not request.task_id:
+            serving.invalid(context, "task_id", "must not be empty")
+        if len(request.error) > 1024:
+            serving.invalid(context, "error", "at most 1024 characters")
+        if request.error and request.rewards:
+            serving.invalid(context, "rewards", "give rewards or error, not both")
+        client = self._client(request.session_id, context)
+        try:
+            client.transport.submit(  # type: ignore[union-attr]
+                request.session_id, request.task_id, list(request.rewards), request.error
+            )
+        except NotYourTask as err:
+            log.warning("reward client %s answered a task it was not sent: %s", client.name, err)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+        except TaskClosed as err:
+            serving.failed_precondition(context, str(err))
+        except UnknownSession as err:
+            serving.not_found(context, str(err))
+        except ValueError as err:
+            serving.invalid(context, "rewards", str(err).split(": ", 1)[-1])
+        return fpb.SubmitRewardsResponse()
+
+    def Leave(self, request: fpb.LeaveRequest, context: grpc.ServicerContext) -> fpb.LeaveResponse:
+        client = self._client(request.session_id, context)
+        self.clients.leave(client, "it left")
+        return fpb.LeaveResponse()
