@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         channel = serving.channel(services["orchestrator"].address, fed.identity(), token=token)
         stub = pb_grpc.OrchestratorServiceStub(channel)
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
-            tasks=["add1", "sub1"], steps=s.steps, questions_per_step=2, candidates_per_question=4,
+            tasks=["add1", "sub1"], steps=s.steps, questions_per_step=4, candidates_per_question=8,
             experts_per_question=2, max_tokens=8, temperature=1.5, expert_quorum=1, reward_timeout_seconds=20,
         )), timeout=60)
         started = time.monotonic()
@@ -143,7 +143,12 @@ def main(argv: list[str] | None = None) -> None:
                 current = stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=10)
                 completed, state = current.steps_completed, current.state
             except grpc.RpcError:
-                time.sleep(0.5)  # the orchestrator is down or restarting
+                # The orchestrator is down or restarting: dial afresh rather than wait out the
+                # channel's growing reconnect backoff, so recovery is timed when it happens.
+                channel.close()
+                channel = serving.channel(services["orchestrator"].address, fed.identity(), token=token)
+                stub = pb_grpc.OrchestratorServiceStub(channel)
+                time.sleep(0.2)
                 continue
             for fault in done_faults:
                 if fault.recovered_after is None and completed > fault.at_step:
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 break
             if pending and completed >= pending[0].at_step and all(f.recovered_after is not None for f in done_faults):
                 fault = pending.pop(0)
-                fault.started = time.monotonic()
+                fault.started, fault.at_step = time.monotonic(), completed
                 service = services[fault.service]
                 fed.restart(service, kill=fault.action == "kill")
                 print(f"step {completed:3d}: {fault.action} {fault.service}", flush=True)
