@@ -486,6 +486,12 @@ class RunExecutor:
                 # The failed row counted len(row) dropped; the new one counts for itself.
                 outcome.received += len(row) - dropped
                 outcome.dropped += dropped - len(row)
+                # The failed call was asked again: its problem is history, not a dropped reward.
+                failed = outcome.experts[k]
+                superseded = [p for p in outcome.problems if p.startswith(f"{failed}:")]
+                outcome.problems = [p for p in outcome.problems if not p.startswith(f"{failed}:")]
+                for p in superseded:
+                    log.info("run %s step %d question %s: asked again after %s", run_id, step, questions[qi].question_id, p)
                 outcome.rows[k], outcome.experts[k], weights[qi][k] = row, target, weight
                 if problem:
                     outcome.problems.append(problem)

@@ -15,14 +15,13 @@ a JSON list works too); an empty value (``--domains ""``) means no domain.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from fedgrpo.settings import ServiceSettings
+from fedgrpo.settings import CommaList, ServiceSettings
 
 
 class RewardClientSettings(ServiceSettings):
@@ -48,8 +47,7 @@ class RewardClientSettings(ServiceSettings):
         "send heartbeats and answer the scoring tasks it sends; empty: wait to be dialed at host:port.",
     )
     join_workers: int = Field(4, ge=1, le=64, description="Scoring tasks of a joined client answered at once.")
-    # NoDecode: the raw flag or environment value reaches _split_domains (comma-separated or JSON).
-    domains: Annotated[list[str], NoDecode] = Field(
+    domains: CommaList = Field(
         [],
         description="Task domains whose labelled data this client holds, comma-separated (see `fedgrpo tasks`); "
         "empty: none, the client judges with its judge_model only.",
@@ -96,23 +94,6 @@ class RewardClientSettings(ServiceSettings):
 
     def dialed_addresses(self) -> list[tuple[str, str]]:
         return [("orchestrator", self.orchestrator)] if self.orchestrator else []
-
-    @field_validator("domains", mode="before")
-    @classmethod
-    def _split_domains(cls, value: Any) -> Any:
-        """``"add1,sub1"``, ``'["add1","sub1"]'`` or a list; blank entries dropped (``""``: no domain)."""
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    value = json.loads(text)
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"not a JSON list ({err}); write the domains comma-separated: add1,sub1") from None
-            else:
-                value = text.split(",")
-        if isinstance(value, (list, tuple)):
-            return [v.strip() if isinstance(v, str) else v for v in value if not (isinstance(v, str) and not v.strip())]
-        return value
 
     @field_validator("judge_cache", mode="before")
     @classmethod
