@@ -15,6 +15,7 @@ callers always learn what to fix.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import threading
 import time
@@ -159,6 +160,11 @@ def serve(
         server.stop(grace=5)
     for _, server, _ in built:
         server.wait_for_termination(timeout=6)
+
+
+def retry_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
+    """Seconds before retry ``attempt`` (0-based): full jitter under an exponential ceiling."""
+    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 def channel(

@@ -9,7 +9,7 @@ runs one at a time on a worker thread and records every step in the store.
 Nothing is lost to a crash. Before a batch goes to the trainer it is written
 to the store (write-ahead), and every accepted reward to the ledger. A
 trainer that restarted from an older checkpoint is brought back by replaying
-the batches it lost, in order (``_sync_trainer``); the trainer applies a
+the batches it lost, in order (``trainer_link``); the trainer applies a
 step at most once, so a retried or replayed step is never applied twice. An
 orchestrator that restarted resumes its interrupted runs (``resume_interrupted``):
 the pending step is trained from its logged batch, vLLM is brought to the
@@ -35,6 +35,7 @@ from pathlib import Path
 import grpc
 
 from fedgrpo import observability as obs
+from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import Question, user_message
 from fedgrpo.v1 import common_pb2
@@ -50,6 +51,7 @@ from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
 from .spec import RunConfig, stored_config
+from .trainer_link import TRANSIENT, TrainerLink
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +71,12 @@ class RunCancelled(Exception):
     pass
 
 
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 # Scoring failures worth asking again (the same expert later, or another one).
 RETRY_SCORING = TRANSIENT | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 # The expert says it cannot judge the question: ask the next one straight away.
 CANNOT_JUDGE = grpc.StatusCode.NOT_FOUND
 
 
-def backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
-    """Seconds before retry ``attempt`` (0-based): full jitter under an exponential ceiling."""
-    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 @dataclass
@@ -124,12 +122,10 @@ class RunExecutor:
     ) -> None:
         self.store, self.clients, self.policy, self.trainer = store, clients, policy, trainer
         self.bank, self.router, self.select = bank, router, select
-        self.trainer_retry_seconds, self.client_wait_seconds = trainer_retry_seconds, client_wait_seconds
+        self.link = TrainerLink(trainer, store, trainer_retry_seconds)
+        self.client_wait_seconds = client_wait_seconds
         self.configs: dict[str, RunConfig] = {}
-        self.optimizers: dict[str, tpb.OptimizerSettings] = {}
         self.resuming: set[str] = set()
-        self.replayed = 0  # steps replayed to the trainer since the last step was recorded
-        self.trainer_unreachable = False
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
         self.thread.start()
@@ -180,26 +176,23 @@ class RunExecutor:
 
     # ---- one run -----------------------------------------------------------
     def _execute(self, run_id: str, cfg: RunConfig, resume: bool = False) -> None:
-        self.optimizers[run_id] = tpb.OptimizerSettings(
+        version = self.link.start(run_id, tpb.OptimizerSettings(
             learning_rate=cfg.learning_rate, loss_type=cfg.loss_type, beta=cfg.beta,
             epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
             updates_per_batch=cfg.updates_per_batch, max_grad_norm=cfg.max_grad_norm,
-        )
-        version, replayed = self._with_trainer(run_id, lambda: self._sync_trainer(run_id))
+        ))
         pending = self.store.pending_step(run_id) if resume else None
         if pending is not None:
             # Interrupted between logging the batch and recording the step: finish that step.
             metrics = pb.StepMetrics()
             metrics.CopyFrom(pending.partial)
             if pending.batch is not None:
-                reply = self._train(run_id, tpb.TrainBatch.FromString(pending.batch))
+                reply = self.link.train(tpb.TrainBatch.FromString(pending.batch))
                 self._train_figures(metrics, reply)
                 version = reply.policy
-            metrics.steps_replayed += replayed
+            metrics.steps_replayed += self.link.take_replayed()
             self.store.add_step(run_id, metrics, version)
             log.warning("run %s: step %d finished from its logged batch after the restart", run_id, pending.step)
-        else:
-            self.replayed += replayed  # reported with the next step
         with self.policy.lock:
             self.policy.load(version)
         obs.POLICY_VERSION.set(version.version)
@@ -328,7 +321,7 @@ class RunExecutor:
         self.store.begin_step(run_id, step, batch.SerializeToString() if batch else None, m)
         if batch is not None:
             t = time.monotonic()
-            reply = self._train(run_id, batch)
+            reply = self.link.train(batch)
             m.train_seconds = time.monotonic() - t
             self._train_figures(m, reply)
             version = reply.policy
@@ -337,72 +330,9 @@ class RunExecutor:
                 m.sync_seconds += self.policy.load(version)
         else:
             log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
-        m.steps_replayed, self.replayed = self.replayed, 0
+        m.steps_replayed = self.link.take_replayed()
         m.step_seconds = time.monotonic() - started
         return m, version
-
-    # ---- the trainer, across its restarts -------------------------------------
-    def _with_trainer(self, run_id: str, call: Callable):  # type: ignore[no-untyped-def]
-        """Run ``call`` (trainer RPCs), retrying transient failures with jittered backoff."""
-        deadline = time.monotonic() + self.trainer_retry_seconds
-        attempt = 0
-        while True:
-            try:
-                return call()
-            except grpc.RpcError as err:
-                if err.code() not in TRANSIENT or time.monotonic() >= deadline:
-                    raise
-                wait = backoff(attempt)
-                log.warning("run %s: trainer %s (%s); retrying in %.1fs", run_id, err.code().name, err.details(), wait)
-                attempt += 1
-                time.sleep(wait)
-
-    def _sync_trainer(self, run_id: str) -> tuple[common_pb2.PolicyVersion, int]:
-        """Start (or resume) the run on the trainer and replay the logged steps it does not hold."""
-        version = self.trainer.StartPolicy(
-            tpb.StartPolicyRequest(run_id=run_id, optimizer=self.optimizers[run_id]), timeout=600
-        )
-        replayed = 0
-        for step, blob in self.store.completed_batches(run_id, version.last_step):
-            reply = self.trainer.Train(tpb.TrainBatch.FromString(blob), timeout=600)
-            version = reply.policy
-            replayed += 1
-            obs.STEPS.labels("replayed").inc()
-            log.warning("run %s: replayed step %d to the trainer (it had lost it) -> v%d", run_id, step, version.version)
-        return version, replayed
-
-    def _train(self, run_id: str, batch: tpb.TrainBatch) -> tpb.TrainResponse:
-        """Train one logged batch; a trainer that restarted is resynchronised first, then asked again."""
-
-        def attempt() -> tpb.TrainResponse:
-            try:
-                return self.trainer.Train(batch, timeout=600)
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                    raise
-                # The trainer restarted (no policy started, or it is behind): bring it back, then retry.
-                log.warning("run %s step %d: trainer says %s; resynchronising", run_id, batch.step, err.details())
-                version, replayed = self._sync_trainer(run_id)
-                self.replayed += replayed
-                if version.last_step >= batch.step:
-                    # Its checkpoint already holds this step: applied once, never again.
-                    log.warning("run %s step %d: already in the trainer's checkpoint", run_id, batch.step)
-                    return tpb.TrainResponse(policy=version)
-                return self.trainer.Train(batch, timeout=600)
-
-        def call() -> tpb.TrainResponse:
-            if self.trainer_unreachable:
-                self.trainer_unreachable = False
-                version, replayed = self._sync_trainer(run_id)
-                self.replayed += replayed
-            try:
-                return attempt()
-            except grpc.RpcError as err:
-                if err.code() in TRANSIENT:
-                    self.trainer_unreachable = True
-                raise
-
-        return self._with_trainer(run_id, call)
 
     @staticmethod
     def _train_figures(m: pb.StepMetrics, reply: tpb.TrainResponse) -> None:
@@ -457,7 +387,7 @@ class RunExecutor:
             ]
             if not missing:
                 break
-            time.sleep(backoff(attempt, base=0.2, cap=2.0))
+            time.sleep(retry_backoff(attempt, base=0.2, cap=2.0))
             calls = {}
             for qi, k in missing:
                 outcome = outcomes[qi]

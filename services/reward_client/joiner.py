@@ -14,13 +14,13 @@ restarts on either side.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from concurrent import futures
 
 import grpc
 
 from fedgrpo import serving
+from fedgrpo.serving import retry_backoff as backoff
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 from fedgrpo.v1 import reward_client_pb2 as pb
@@ -31,11 +31,6 @@ from .server import Refused, RewardClientServicer
 log = logging.getLogger(__name__)
 
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
-
-def backoff(attempt: int, base: float = 0.5, cap: float = 15.0) -> float:
-    """Seconds to wait before retry ``attempt`` (0-based): full jitter over an exponential ceiling."""
-    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 class Joiner:
