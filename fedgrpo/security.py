@@ -61,6 +61,14 @@ class Identity:
     def load(cls, cert: Path, key: Path, ca: Path) -> Identity:
         return cls(Path(cert).read_bytes(), Path(key).read_bytes(), Path(ca).read_bytes())
 
+    @classmethod
+    def in_dir(cls, directory: Path, name: str) -> Identity:
+        """Identity ``name`` of a `fedgrpo certs init` folder (``<name>.crt``, ``<name>.key``, ``ca.crt``)."""
+        from fedgrpo import certs
+
+        files = certs.Identity.in_dir(Path(directory), name)
+        return cls.load(files.cert, files.key, files.ca)
+
     def server_credentials(self, client_auth: bool) -> grpc.ServerCredentials:
         """TLS with this identity; ``client_auth`` requires a CA-signed client certificate (mTLS)."""
         return grpc.ssl_server_credentials(

@@ -46,9 +46,6 @@ def message_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]
     return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
 
 
-CHANNEL_OPTIONS = message_options()
-
-
 @dataclass
 class Endpoint:
     """One listening port of a service and who may call it."""
@@ -160,6 +157,11 @@ def serve(
         server.stop(grace=5)
     for _, server, _ in built:
         server.wait_for_termination(timeout=6)
+
+
+# Statuses worth retrying: the peer is unreachable or late, or asked us to slow down.
+TRANSIENT_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RETRYABLE_CODES = TRANSIENT_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def retry_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:

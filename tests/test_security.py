@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 
 def identity(certs, name: str) -> Identity:
-    return Identity.load(certs / f"{name}.crt", certs / f"{name}.key", certs / "ca.crt")
+    return Identity.in_dir(certs, name)
 
 
 @pytest.fixture(scope="module")

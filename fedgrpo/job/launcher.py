@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedgrpo import certs as pki
 from fedgrpo import serving
 from fedgrpo.security import Identity
 
@@ -62,16 +63,14 @@ class Federation:
     def transport_args(self, identity: str) -> list[str]:
         if self.certs is None:
             return ["--plaintext"]
-        return [
-            "--tls-cert", str(self.certs / f"{identity}.crt"), "--tls-key", str(self.certs / f"{identity}.key"),
-            "--tls-ca", str(self.certs / "ca.crt"),
-        ]
+        files = pki.Identity.in_dir(self.certs, identity)
+        return ["--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(files.ca)]
 
     def identity(self, name: str = "orchestrator") -> Identity | None:
         """The TLS identity ``name`` to dial services with (None with plaintext)."""
         if self.certs is None:
             return None
-        return Identity.load(self.certs / f"{name}.crt", self.certs / f"{name}.key", self.certs / "ca.crt")
+        return Identity.in_dir(self.certs, name)
 
     def start(
         self, name: str, command: str, args: list[str], env: dict[str, str] | None = None, port: int | None = None,

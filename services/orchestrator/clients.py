@@ -76,6 +76,11 @@ class RewardClient:
         self.reward_min, self.reward_max = d.reward_min, d.reward_max
 
 
+def declares_a_range(d: pb.DescribeResponse) -> bool:
+    """A client's declared reward range is usable: finite and non-empty."""
+    return math.isfinite(d.reward_min) and math.isfinite(d.reward_max) and d.reward_min < d.reward_max
+
+
 class Problem(str):
     """Why rewards were dropped; ``code`` is the gRPC status when the call itself failed."""
 
@@ -120,7 +125,7 @@ class RewardClients:
                 log.warning("reward client %s unreachable: %s", client.address, err.code().name)
             client.healthy = False
             return False
-        if not (math.isfinite(d.reward_min) and math.isfinite(d.reward_max) and d.reward_min < d.reward_max):
+        if not declares_a_range(d):
             log.error("reward client %s declares an invalid reward range; ignored", client.address)
             client.healthy = False
             return False
@@ -137,7 +142,7 @@ class RewardClients:
         Raises ValueError (the description is unusable) or KeyError (the
         name belongs to a dialed client).
         """
-        if not (math.isfinite(d.reward_min) and math.isfinite(d.reward_max) and d.reward_min < d.reward_max):
+        if not declares_a_range(d):
             raise ValueError(f"description.reward_min/reward_max: [{d.reward_min}, {d.reward_max}] is not a range")
         with self._lock:
             client = self.by_name().get(identity)

@@ -35,6 +35,7 @@ from pathlib import Path
 import grpc
 
 from fedgrpo import observability as obs
+from fedgrpo.serving import RETRYABLE_CODES as RETRY_SCORING
 from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import Question, user_message
@@ -51,7 +52,7 @@ from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
 from .spec import RunConfig, stored_config
-from .trainer_link import TRANSIENT, TrainerLink
+from .trainer_link import TrainerLink
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,7 @@ class RunCancelled(Exception):
     pass
 
 
-# Scoring failures worth asking again (the same expert later, or another one).
-RETRY_SCORING = TRANSIENT | {grpc.StatusCode.RESOURCE_EXHAUSTED}
+# Scoring failures worth asking again (the same expert later, or another one): RETRY_SCORING.
 # The expert says it cannot judge the question: ask the next one straight away.
 CANNOT_JUDGE = grpc.StatusCode.NOT_FOUND
 
@@ -120,7 +120,7 @@ class RunExecutor:
         trainer_retry_seconds: float = 600.0,
         client_wait_seconds: float = 120.0,
     ) -> None:
-        self.store, self.clients, self.policy, self.trainer = store, clients, policy, trainer
+        self.store, self.clients, self.policy = store, clients, policy
         self.bank, self.router, self.select = bank, router, select
         self.link = TrainerLink(trainer, store, trainer_retry_seconds)
         self.client_wait_seconds = client_wait_seconds

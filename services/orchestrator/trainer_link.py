@@ -20,6 +20,7 @@ from typing import TypeVar
 import grpc
 
 from fedgrpo import observability as obs
+from fedgrpo.serving import TRANSIENT_CODES as TRANSIENT
 from fedgrpo.serving import retry_backoff
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
@@ -30,7 +31,6 @@ from .runs import RunStore
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 CALL_SECONDS = 600.0  # one StartPolicy or Train call (a large model on a slow device)
 
 

@@ -20,6 +20,7 @@ from concurrent import futures
 import grpc
 
 from fedgrpo import serving
+from fedgrpo.serving import RETRYABLE_CODES as RETRYABLE
 from fedgrpo.serving import retry_backoff as backoff
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
@@ -30,7 +31,6 @@ from .server import Refused, RewardClientServicer
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 class Joiner:
