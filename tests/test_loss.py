@@ -299,3 +299,49 @@ def test_token_logprobs_gradient_matches_naive():
 def test_token_logprobs_shape_mismatch_rejected():
     with pytest.raises(ValueError):
         token_logprobs(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_token_logprobs_are_those_of_the_tempered_policy():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 13) * 4
+    ids = torch.randint(0, 13, (2, 4))
+    tempered = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    untempered = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    out = token_logprobs(logits, ids, 0.7)
+    torch.testing.assert_close(out, tempered)
+    assert not torch.allclose(out, untempered)  # the check can tell the two apart
+    torch.testing.assert_close(token_logprobs(logits, ids, 1.0), untempered)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -0.5, float("nan"), float("inf")])
+def test_token_logprobs_rejects_a_bad_temperature(temperature):
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(torch.zeros(1, 2, 5), torch.zeros(1, 2, dtype=torch.long), temperature)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("pad_value", [float("inf"), float("-inf"), 1e4, float("nan")])
+def test_padding_holding_overflow_leaves_loss_gradient_and_stats_finite(loss_type, pad_value):
+    """Whatever a padding position holds (an overflow in the policy, the old or
+    the reference log-probabilities), it must not reach the loss: masking by
+    multiplication gives inf * 0 = NaN there once beta > 0."""
+    logprobs, old, advantages, mask = example()
+    settings = LossSettings(loss_type=loss_type, beta=0.04)
+    clean_ref = torch.full((2, 3), -0.5, dtype=torch.float64)
+    clean_loss, clean_stats = policy_loss(logprobs, old, advantages, mask, settings, MAX_LEN, clean_ref)
+    clean_loss.backward()
+    clean_grad = logprobs.grad.clone()
+
+    padding = mask == 0
+    new = torch.where(padding, torch.tensor(-pad_value, dtype=torch.float64), logprobs.detach()).requires_grad_(True)
+    old_bad = torch.where(padding, torch.tensor(pad_value, dtype=torch.float64), old)
+    ref_bad = torch.where(padding, torch.tensor(pad_value, dtype=torch.float64), clean_ref)
+    loss, stats = policy_loss(new, old_bad, advantages, mask, settings, MAX_LEN, ref_bad)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(new.grad).all()
+    assert math.isfinite(stats.kl) and math.isfinite(stats.clip_ratio)
+    # Padding changes nothing at all: same loss, gradient and stats as with clean padding.
+    torch.testing.assert_close(loss, clean_loss)
+    torch.testing.assert_close(new.grad, clean_grad)
+    assert new.grad[padding].eq(0).all()
+    assert stats == clean_stats

@@ -9,7 +9,10 @@ For completion ``i`` and token ``t``, with ``ratio = exp(logp_new - logp_old)``:
 
 ``KL`` is the k3 estimator ``exp(ref - new) - (ref - new) - 1`` against a
 frozen reference policy; it is computed only when ``beta > 0`` (the reference
-log-probabilities may then be omitted). Padding tokens (mask 0) never count.
+log-probabilities may then be omitted). Padding tokens (mask 0) never count,
+whatever they hold: they are selected away with ``torch.where`` before any
+arithmetic, since masking by multiplication turns an overflow there into
+``inf * 0 = NaN`` in the loss, its gradient and the stats.
 
 Aggregations (``loss_type``), as in TRL's ``GRPOTrainer._compute_loss``:
 
@@ -91,9 +94,13 @@ def policy_loss(
     completion tokens and 0 on padding.
     """
     _check_shapes(logprobs, old_logprobs, advantages, completion_mask, ref_logprobs, settings, max_completion_length)
-    mask = completion_mask.to(logprobs.dtype)
+    valid = completion_mask.bool()
+    mask = valid.to(logprobs.dtype)
+    # Padding is replaced by 0 on the way in, not only zeroed on the way out:
+    # an inf there would otherwise still reach the backward pass as 0 * inf.
+    logprobs = _real_tokens(valid, logprobs)
     # Only the new policy is being optimised; everything else is data.
-    old_logprobs = old_logprobs.detach()
+    old_logprobs = _real_tokens(valid, old_logprobs.detach())
     advantages = advantages.detach().to(logprobs.dtype).unsqueeze(1)  # [B, 1], broadcast over tokens
 
     ratio = torch.exp(logprobs - old_logprobs)
@@ -102,10 +109,10 @@ def policy_loss(
 
     per_token_kl = None
     if settings.beta > 0:
-        per_token_kl = k3_kl(ref_logprobs.detach(), logprobs)
+        per_token_kl = _real_tokens(valid, k3_kl(_real_tokens(valid, ref_logprobs.detach()), logprobs))
         per_token_loss = per_token_loss + settings.beta * per_token_kl
 
-    masked_loss = per_token_loss * mask
+    masked_loss = _real_tokens(valid, per_token_loss)
     tokens = mask.sum()
     if settings.loss_type == "grpo":
         loss = (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -122,23 +129,34 @@ def policy_loss(
         # the other out-of-band tokens keep the unclipped term. TRL counts the same.
         is_low_clipped = (ratio < 1 - settings.epsilon_low) & (advantages < 0)
         is_high_clipped = (ratio > 1 + settings.epsilon_high) & (advantages > 0)
-        clipped = (is_low_clipped | is_high_clipped).to(mask.dtype)
+        clipped = is_low_clipped | is_high_clipped
         denominator = tokens.clamp(min=1.0)
         stats = LossStats(
-            kl=0.0 if per_token_kl is None else float((per_token_kl * mask).sum() / denominator),
-            clip_ratio=float((clipped * mask).sum() / denominator),
+            kl=0.0 if per_token_kl is None else float(per_token_kl.sum() / denominator),
+            clip_ratio=float((clipped & valid).sum() / denominator),
             tokens=int(tokens.item()),
         )
     return loss, stats
 
 
-def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
-    """Log-probability of each given token: [B, T, V] logits, [B, T] ids -> [B, T] (float32).
+def _real_tokens(valid: Tensor, values: Tensor) -> Tensor:
+    """``values`` on real tokens, exactly 0 on padding (whatever it held)."""
+    return torch.where(valid, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
-    Equal to ``logits.float().log_softmax(-1).gather(-1, ids)``, but one
-    sequence at a time, so at most one [T, V] float32 temporary exists instead
-    of a full [B, T, V] one. Float32 because a bf16/fp16 normaliser over a
-    large vocabulary loses precision; log_softmax rather than
+
+def token_logprobs(logits: Tensor, token_ids: Tensor, temperature: float = 1.0) -> Tensor:
+    """Log-probability of each given token under ``softmax(logits / temperature)``:
+    [B, T, V] logits, [B, T] ids -> [B, T] (float32).
+
+    The temperature is the sampler's: a completion drawn at temperature 0.7
+    came from ``softmax(logits / 0.7)``, so the ratio and the KL must use that
+    policy (TRL's GRPOTrainer divides the same way for policy, old and
+    reference log-probabilities).
+
+    Equal to ``(logits.float() / temperature).log_softmax(-1).gather(-1, ids)``,
+    but one sequence at a time, so at most one [T, V] float32 temporary exists
+    instead of a full [B, T, V] one. Float32 because a bf16/fp16 normaliser
+    over a large vocabulary loses precision; log_softmax rather than
     ``logit - logsumexp`` because it subtracts the max first, which keeps
     digits when logits are large.
     """
@@ -146,10 +164,15 @@ def token_logprobs(logits: Tensor, token_ids: Tensor) -> Tensor:
         raise ValueError(
             f"expected logits [B, T, V] and token_ids [B, T], got {tuple(logits.shape)} and {tuple(token_ids.shape)}"
         )
+    is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not is_number or not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if logits.size(0) == 0:
         return logits.new_empty(token_ids.shape, dtype=torch.float32)
     ids = token_ids.long().unsqueeze(-1)
-    rows = [row.float().log_softmax(-1).gather(-1, row_ids) for row, row_ids in zip(logits, ids)]
+    rows = [
+        (row.float() / temperature).log_softmax(-1).gather(-1, row_ids) for row, row_ids in zip(logits, ids)
+    ]
     return torch.stack(rows).squeeze(-1)
 
 
