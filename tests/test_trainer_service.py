@@ -108,6 +108,11 @@ def test_resume_from_checkpoint_keeps_version(trainer):
         ({"beta": -1.0}, "optimizer.beta"),
         ({"epsilon_low": 1.5}, "optimizer.epsilon_low"),
         ({"updates_per_batch": 0}, "optimizer.updates_per_batch"),
+        # Set explicitly, 0 is greedy sampling: no log-probabilities to train on (unset is 1.0).
+        ({"temperature": 0.0}, "optimizer.temperature"),
+        ({"temperature": -0.7}, "optimizer.temperature"),
+        ({"temperature": float("nan")}, "optimizer.temperature"),
+        ({"temperature": float("inf")}, "optimizer.temperature"),
     ],
 )
 def test_bad_optimizer_settings_are_invalid_argument(trainer, change, field):

@@ -3,7 +3,9 @@
 Contract of :func:`save_snapshot`:
 
 * ``out_dir`` receives ``model.safetensors`` (the model's state dict as
-  contiguous CPU tensors in the model's own dtype, with ``lm_head.weight``
+  contiguous CPU tensors in the model's own dtype, or floating-point tensors
+  cast to ``dtype`` when given: a trainer keeps float32 master weights and
+  publishes them in the serving dtype; with ``lm_head.weight``
   dropped when ``model.config.tie_word_embeddings`` is true, and safetensors
   metadata ``{"format": "pt"}``), ``config.json`` (the model's config without
   any ``quantization_config``, ``dtype`` set to the weights' dtype), and the
@@ -56,8 +58,10 @@ TOKENIZER_FILES = (
 _VERSION_RE = re.compile(r"^v(\d+)$")
 
 
-def snapshot_state_dict(model) -> dict:
+def snapshot_state_dict(model, dtype=None) -> dict:
     """The tensors :func:`save_snapshot` writes: name -> contiguous CPU tensor.
+
+    With ``dtype``, floating-point tensors are cast to it (others are kept).
 
     ``lm_head.weight`` is omitted when the config ties word embeddings.  A
     ``torch.compile`` wrapper prefix (``_orig_mod.``) is stripped.  Tensors
@@ -71,7 +75,10 @@ def snapshot_state_dict(model) -> dict:
         name = name.replace("_orig_mod.", "")
         if tied and name == "lm_head.weight":
             continue
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        t = t.to("cpu").contiguous()
         ptr = t.untyped_storage().data_ptr()
         if ptr in seen_ptrs:
             t = t.clone()
@@ -90,7 +97,7 @@ def _weights_dtype(state: dict):
     return torch.float32
 
 
-def save_snapshot(model, source_dir: Path, out_dir: Path) -> Path:
+def save_snapshot(model, source_dir: Path, out_dir: Path, dtype=None) -> Path:
     """Write ``model`` as a loadable HF folder at ``out_dir``; return ``out_dir``.
 
     ``source_dir`` is the folder the policy was originally loaded from (the
@@ -100,7 +107,7 @@ def save_snapshot(model, source_dir: Path, out_dir: Path) -> Path:
     from safetensors.torch import save_file
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    state = snapshot_state_dict(model)
+    state = snapshot_state_dict(model, dtype)
 
     staged = staging_dir(out_dir)
     try:

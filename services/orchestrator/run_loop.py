@@ -180,6 +180,7 @@ class RunExecutor:
             learning_rate=cfg.learning_rate, loss_type=cfg.loss_type, beta=cfg.beta,
             epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
             updates_per_batch=cfg.updates_per_batch, max_grad_norm=cfg.max_grad_norm,
+            temperature=cfg.temperature,
         ))
         pending = self.store.pending_step(run_id) if resume else None
         if pending is not None:

@@ -1,7 +1,7 @@
 """Configuration of the policy trainer service.
 
-CPU and GPU differ only here: ``device`` (cpu / cuda) and ``dtype``
-(float32 on CPU; bfloat16 on a GPU).
+CPU and GPU differ only here: ``device`` (cpu / cuda) and ``dtype`` (the
+compute and snapshot dtype; weights and optimizer state stay float32).
 """
 
 from __future__ import annotations
@@ -44,7 +44,13 @@ class TrainerSettings(ServiceSettings):
     )
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of the policy and reference.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Parameter dtype (bfloat16 on a GPU; float32 on a CPU)."
+        "float32",
+        description=(
+            "Compute dtype of forward and backward (torch.autocast) and dtype of the published snapshots "
+            "(set it to the orchestrator's --dtype). Weights, AdamW state and checkpoints stay float32 "
+            "(master weights) in every case. bfloat16: for a GPU, or a CPU with bf16 support; float16: "
+            "GPU, with dynamic loss scaling; float32: no autocast."
+        ),
     )
     torch_threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default.")
     keep_snapshots: int = Field(2, ge=1, description="Policy snapshots kept per run (older ones deleted).")

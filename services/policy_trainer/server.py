@@ -53,12 +53,16 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
     check("updates_per_batch", 1 <= msg.updates_per_batch <= 64, "in [1, 64]")
     check("max_grad_norm", math.isfinite(msg.max_grad_norm) and msg.max_grad_norm >= 0, ">= 0 (0 disables)")
     check("weight_decay", math.isfinite(msg.weight_decay) and msg.weight_decay >= 0, ">= 0")
+    # Unset (older callers) is 1.0; an explicit 0 (greedy) has no log-probabilities to train on.
+    temperature = msg.temperature if msg.HasField("temperature") else 1.0
+    check("temperature", math.isfinite(temperature) and temperature > 0, "a finite number > 0 (unset: 1.0)")
     return OptimizerConfig(
         learning_rate=msg.learning_rate,
         loss=LossSettings(msg.loss_type, msg.beta, msg.epsilon_low, msg.epsilon_high),
         updates_per_batch=msg.updates_per_batch,
         max_grad_norm=msg.max_grad_norm,
         weight_decay=msg.weight_decay,
+        temperature=temperature,
     )
 
 

@@ -7,6 +7,15 @@ publishes the new weights as a Hugging Face snapshot ``v<N>`` that vLLM can
 reload in place. Steps are idempotent: a batch whose step was already applied
 returns the recorded result instead of training twice. One run at a time.
 
+Precision (``precision.py``): the policy's weights and AdamW state are float32
+whatever ``dtype`` says; ``dtype`` is the compute dtype under autocast and
+the dtype of the published snapshots. Checkpoints hold the float32 master
+weights, the optimizer state and the float16 loss scaler. The frozen
+reference (beta > 0) is kept in ``dtype``: it is never updated.
+
+Log-probabilities (policy, recomputed old, reference) are those of
+``softmax(logits / temperature)``, the run's sampling temperature.
+
 ``applied_steps`` is the lineage of the weights: the steps whose updates they
 contain, in order. It is checkpointed with them, so after a crash it says
 exactly which steps the caller must replay (those after ``checkpoint_step``).
@@ -29,6 +38,7 @@ from fedgrpo.models import prune_snapshots, save_snapshot
 
 from .batching import PackedBatch, Sample, pack
 from .loss import LossSettings, policy_loss, token_logprobs
+from .precision import Precision, optimizer_step
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,8 @@ class OptimizerConfig:
     updates_per_batch: int = 2
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
+    # The rollouts' sampling temperature: log-probabilities are of logits / temperature.
+    temperature: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,8 +104,8 @@ class PolicyTrainer:
     ) -> None:
         self.base_dir = Path(base_dir)
         self.state_dir = Path(state_dir)
-        self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
+        self.precision = Precision.of(device, dtype)
+        self.device = self.precision.device
         self.keep_snapshots = keep_snapshots
         self.checkpoint_every = checkpoint_every
         self.gradient_checkpointing = gradient_checkpointing
@@ -102,6 +114,7 @@ class PolicyTrainer:
         self.model: PreTrainedModel | None = None
         self.reference: PreTrainedModel | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler = self.precision.grad_scaler()
         self.version = 0
         self.applied_steps: list[int] = []
         self.checkpoint_step = 0
@@ -129,7 +142,8 @@ class PolicyTrainer:
 
     # ---- lifecycle ---------------------------------------------------------
     def _load_base(self) -> PreTrainedModel:
-        model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=self.dtype)
+        # float32 master weights whatever the compute dtype (module docstring).
+        model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)
         return model.to(self.device)
 
     def start(self, run_id: str, config: OptimizerConfig, restart: bool = False) -> Version:
@@ -169,10 +183,11 @@ class PolicyTrainer:
         self.model.train()
         self.reference = None
         if config.loss.beta > 0:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.reference = copy.deepcopy(self.model).to(self.precision.dtype).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
+        self.scaler = self.precision.grad_scaler()
         self.version, self.applied_steps, self.checkpoint_step = 0, [], 0
         self.results = {}
         ckpt = self.run_dir(run_id) / "checkpoint"
@@ -183,16 +198,18 @@ class PolicyTrainer:
 
     # ---- one step ----------------------------------------------------------
     def completion_logprobs(self, model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
-        out = model(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            logits_to_keep=batch.completion_width + 1,
-            use_cache=False,
-        )
-        # Logits at column t predict token t + 1: drop the last one.
-        logits = out.logits[:, :-1, :].float()
-        return token_logprobs(logits, batch.completion_ids)
+        """[B, C] float32 log-probabilities of the completion tokens at the run's temperature."""
+        with self.precision.autocast():
+            out = model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                logits_to_keep=batch.completion_width + 1,
+                use_cache=False,
+            )
+        # Logits at column t predict token t + 1: drop the last one. token_logprobs
+        # upcasts one row at a time to float32.
+        return token_logprobs(out.logits[:, :-1, :], batch.completion_ids, self.config.temperature)
 
     def train(self, step: int, policy_version: int, samples: list[Sample], max_completion_tokens: int) -> StepResult:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
@@ -217,27 +234,31 @@ class PolicyTrainer:
                 old = self.completion_logprobs(self.model, batch)
             ref = self.completion_logprobs(self.reference, batch) if self.reference is not None else None
         losses, kls, clips, norms = [], [], [], []
-        for _ in range(self.config.updates_per_batch):
+        for update in range(self.config.updates_per_batch):
             logprobs = self.completion_logprobs(self.model, batch)
             loss, stats = policy_loss(
                 logprobs, old, batch.advantages, batch.completion_mask, self.config.loss, max_len, ref
             )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            max_norm = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-            self.optimizer.step()
+            outcome = optimizer_step(
+                loss, self.model.parameters(), self.optimizer, self.scaler, self.config.max_grad_norm
+            )
+            if not outcome.applied:
+                log.warning(
+                    "step %d update %d skipped: gradient norm %s is not finite (%s loss scale now %g)",
+                    step, update + 1, outcome.grad_norm, self.precision.dtype, outcome.loss_scale,
+                )
             losses.append(loss.item())
             kls.append(stats.kl)
             clips.append(stats.clip_ratio)
-            norms.append(float(norm))
+            if outcome.applied:
+                norms.append(outcome.grad_norm)
         train_seconds = time.monotonic() - started
 
         started = time.monotonic()
         self.version += 1
         self.applied_steps.append(step)
         path = self.snapshot_path(self.run_id, self.version)
-        save_snapshot(self.model, self.base_dir, path)
+        save_snapshot(self.model, self.base_dir, path, dtype=self.precision.dtype)
         prune_snapshots(path.parent, self.keep_snapshots)
         if step % self.checkpoint_every == 0:
             self._save_checkpoint(self.run_dir(self.run_id) / "checkpoint")
@@ -247,7 +268,8 @@ class PolicyTrainer:
             loss=sum(losses) / len(losses),
             kl=sum(kls) / len(kls),
             clip_ratio=sum(clips) / len(clips),
-            grad_norm=sum(norms) / len(norms),
+            # Over the applied updates: a float16 overflow skip is the scaler's protocol, logged above.
+            grad_norm=sum(norms) / len(norms) if norms else float("nan"),
             sequences=len(samples),
             tokens=int(batch.completion_mask.sum().item()),
             train_seconds=train_seconds,
@@ -263,7 +285,12 @@ class PolicyTrainer:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save(
-            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}, tmp / "weights.pt"
+            {
+                "model": self.model.state_dict(),  # the float32 master weights
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),  # empty unless float16
+            },
+            tmp / "weights.pt",
         )
         state = {
             "version": self.version, "last_step": self.last_step, "applied_steps": self.applied_steps,
@@ -282,12 +309,16 @@ class PolicyTrainer:
         blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
         self.model.load_state_dict(blobs["model"])
         self.optimizer.load_state_dict(blobs["optimizer"])
+        if blobs.get("scaler"):
+            self.scaler.load_state_dict(blobs["scaler"])
         self.version, self.applied_steps = state["version"], applied_steps
         self.checkpoint_step = self.last_step
         # Snapshots newer than the checkpoint were never confirmed: republish
         # the checkpoint's weights so the version number means one thing.
         if self.version > 0:
-            save_snapshot(self.model, self.base_dir, self.snapshot_path(self.run_id, self.version))
+            save_snapshot(
+                self.model, self.base_dir, self.snapshot_path(self.run_id, self.version), dtype=self.precision.dtype
+            )
 
 
 def checkpoint_lineage(state: dict, path: Path) -> list[int]:
