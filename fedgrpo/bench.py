@@ -3,7 +3,10 @@
 1. One training step, split into generate, score, train and weight sync: a
    short real run of the whole federation (services as processes), read back
    from its metrics.
-2. Generation throughput for the same model and prompts with the vLLM engine
+2. The trainer's step time in float32 and in bfloat16 (float32 master
+   weights, bf16 autocast compute; see services/policy_trainer/precision.py)
+   on the same batch, in process, and their ratio.
+3. Generation throughput for the same model and prompts with the vLLM engine
    and with the transformers engine, and their ratio. The last line reads
    ``generation speedup vllm/transformers: <ratio>``.
 """
@@ -36,6 +39,15 @@ class BenchSettings(BaseSettings):
     max_tokens: int = Field(48, ge=1, description="Tokens per completion.")
     repeats: int = Field(2, ge=1, description="Timed generation calls per engine (after one warm-up).")
     step_runs: int = Field(3, ge=0, description="Training steps of the federation run (0 skips it).")
+    train_steps: int = Field(
+        1, ge=0,
+        description="Timed trainer steps per dtype, float32 then bfloat16, after a 2-sequence warm-up (0 skips).",
+    )
+    train_sequences: int = Field(
+        8, ge=1,
+        description="Sequences per timed trainer step (make run trains 32; bf16 on a CPU without bf16 "
+        "instructions is ~15x slower, hence the small default).",
+    )
     cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
     runs_dir: Path = Field(Path("runs/bench"), description="Where the benchmark's run is written.")
 
@@ -85,6 +97,45 @@ def _step_times(settings: BenchSettings) -> None:
               f"(per step: {', '.join(f'{v:.2f}' for v in values)})")
 
 
+def _train_step_seconds(settings: BenchSettings, model_dir: Path, prompts: list[list[int]], dtype: str) -> float:
+    """Mean seconds of one trainer update (forward, backward, AdamW; no snapshot) in ``dtype``."""
+    import tempfile
+
+    import torch
+
+    from services.policy_trainer.batching import Sample
+    from services.policy_trainer.loss import LossSettings
+    from services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
+
+    with tempfile.TemporaryDirectory(prefix="fedgrpo-bench-") as state:
+        trainer = PolicyTrainer(model_dir, Path(state), settings.device, dtype, checkpoint_every=10**9)
+        trainer.start("bench", OptimizerConfig(learning_rate=1e-6, loss=LossSettings("bnpo"), updates_per_batch=1))
+        generator = torch.Generator().manual_seed(0)
+        vocab = trainer.model.config.vocab_size
+        batch = []
+        for i in range(settings.train_sequences):
+            completion = torch.randint(vocab // 10, vocab, (settings.max_tokens,), generator=generator).tolist()
+            batch.append(Sample(prompts[i % len(prompts)], completion, None, 1.0 if i % 2 else -1.0))
+        trainer.train(1, 0, batch[:2], settings.max_tokens)  # warm-up (allocations, kernel selection)
+        seconds = [
+            trainer.train(step, step - 1, batch, settings.max_tokens).train_seconds
+            for step in range(2, settings.train_steps + 2)
+        ]
+        del trainer
+        gc.collect()
+    return statistics.fmean(seconds)
+
+
+def _train_dtypes(settings: BenchSettings, model_dir: Path, prompts: list[list[int]]) -> None:
+    print(f"\n== trainer step: {settings.model} on {settings.device}, {settings.train_sequences} sequences x "
+          f"{settings.max_tokens} completion tokens, 1 AdamW update, mean of {settings.train_steps} steps ==")
+    seconds = {}
+    for dtype in ("float32", "bfloat16"):
+        seconds[dtype] = _train_step_seconds(settings, model_dir, prompts, dtype)
+        print(f"train step seconds {dtype:9s} {seconds[dtype]:8.2f}")
+    print(f"train step speedup bfloat16/float32: {seconds['float32'] / seconds['bfloat16']:.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
@@ -102,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
         _step_times(settings)
 
     prompts = _prompts(settings, AutoTokenizer.from_pretrained(model_dir))
+    if settings.train_steps:
+        _train_dtypes(settings, model_dir, prompts)
     print(f"\n== generation: {settings.model}, {len(prompts)} prompts x {settings.n} completions, "
           f"up to {settings.max_tokens} tokens, temperature 1.0 ==")
     engine = make_engine("transformers", model_dir, device=settings.device, dtype=settings.dtype)
