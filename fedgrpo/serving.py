@@ -6,7 +6,10 @@ its servicers, and who may call it) with the standard gRPC health service
 ``Guard`` (tokens, identities, rates, undecodable requests; see
 ``fedgrpo.security``), RPC metrics, and TLS from the settings' identity
 (mutual TLS where the endpoint requires client certificates); it blocks until
-SIGINT/SIGTERM, then drains in-flight calls. ``channel()`` dials a service
+SIGINT/SIGTERM, then drains in-flight calls. Ports are never shared: gRPC's
+default SO_REUSEPORT would let a second service bind a port in use and take
+some of its connections (health checks then reach the wrong process), so a
+taken port refuses the start with a message naming the flag and env var. ``channel()`` dials a service
 with the same identity and message bounds. ``invalid()`` / ``not_found()``
 abort an RPC with a status whose message names the offending field, so
 callers always learn what to fix.
@@ -46,6 +49,10 @@ def message_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]
     return [("grpc.max_send_message_length", max_bytes), ("grpc.max_receive_message_length", max_bytes)]
 
 
+# A server owns its port alone (gRPC Python sets SO_REUSEPORT unless told not to).
+SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
+
+
 @dataclass
 class Endpoint:
     """One listening port of a service and who may call it."""
@@ -58,6 +65,8 @@ class Endpoint:
     tokens: Collection[str] = ()
     # Certificate identities allowed to call; empty: any the CA signed.
     allowed_peers: Collection[str] = ()
+    # The settings field that sets ``port`` (named, with its env var, when the port is taken).
+    port_field: str = "port"
 
 
 def invalid(context: grpc.ServicerContext, field: str, problem: str) -> NoReturn:
@@ -92,7 +101,7 @@ def build_server(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[MetricsInterceptor(), guard],
-        options=message_options(settings.max_message_bytes),
+        options=[*message_options(settings.max_message_bytes), *SERVER_OPTIONS],
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -102,12 +111,20 @@ def build_server(
         names.append(name)
     reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{endpoint.port}"
-    if identity is None:
-        bound = server.add_insecure_port(address)
-    else:
-        bound = server.add_secure_port(address, identity.server_credentials(endpoint.client_auth))
+    try:
+        if identity is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, identity.server_credentials(endpoint.client_auth))
+    except RuntimeError:  # grpcio >= 1.5x raises where older versions returned 0
+        bound = 0
     if bound == 0:
-        raise SystemExit(f"cannot listen on {address}: the port is taken or the host is not local")
+        field = endpoint.port_field
+        how = f"--{field.replace('_', '-')} / {settings.model_config.get('env_prefix', '')}{field.upper()}"
+        raise SystemExit(
+            f"cannot listen on {address}: port {endpoint.port} is in use by another process (or {settings.host!r} "
+            f"is not an address of this host); choose another port with {how}"
+        )
     return server, health_servicer
 
 

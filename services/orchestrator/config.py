@@ -14,7 +14,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from fedgrpo.models.registry import KNOWN_MODELS
 from fedgrpo.settings import CommaList, ServiceSettings
+
+# The built-in models, listed under --model in --help.
+_MODELS = "; ".join(f"{name} = {about}" for name, about in KNOWN_MODELS.items())
 
 
 class OrchestratorSettings(ServiceSettings):
@@ -57,8 +61,8 @@ class OrchestratorSettings(ServiceSettings):
     )
     model: str = Field(
         "smollm2-135m-instruct",
-        description="Served policy: smollm2-135m-instruct, tiny-llama, or a Hugging Face folder. "
-        "Must be the trainer's model.",
+        description=f"Served policy: a built-in model name or a Hugging Face folder (with config.json); "
+        f"must be the trainer's model. Built-in: {_MODELS}.",
     )
     cache_dir: Path = Field(Path(".cache/models"), description="Where prepared base models are cached.")
     runs_dir: Path = Field(Path("runs"), description="Run state and artifacts: runs/<run id>/.")
@@ -75,7 +79,12 @@ class OrchestratorSettings(ServiceSettings):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Rollout engine dtype (bfloat16 on a GPU)."
     )
-    max_model_len: int = Field(1024, ge=64, description="Longest prompt + completion, in tokens.")
+    max_model_len: int | None = Field(
+        None, ge=64,
+        description="Longest prompt + completion, in tokens; bounds every run's max_tokens and Generate call. "
+        "Default: the model's context length (max_position_embeddings) capped at 2048. More than the model "
+        "holds, or than --vllm-kv-cache-gib fits, is refused at start.",
+    )
     vllm_kv_cache_gib: int = Field(
         1, ge=1, description="CPU only: GiB reserved for vLLM's KV cache (VLLM_CPU_KVCACHE_SPACE)."
     )
@@ -91,7 +100,10 @@ class OrchestratorSettings(ServiceSettings):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads for the transformers backend; 0 = default.")
     bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")
     bank_size: int = Field(1000, ge=1, le=100_000, description="Questions per domain in the bank.")
-    seed: int = Field(0, description="Global sampling seed of the rollout engine.")
+    seed: int = Field(
+        0, description="Seed of the rollout engine's unseeded calls (Generate); a run's sampling follows its "
+        "spec's seed and step instead.",
+    )
     confidence_graph: bool = Field(
         True, description="Build the confidence graph at start (embed the auxiliary set, probe every client)."
     )

