@@ -163,3 +163,15 @@ def test_resume_refuses_runs_evaluated_on_other_questions(tmp_path):
     _record(tmp_path, [], run("random", 1, 0.5, 0.3), started=0.0, earlier=0.0)
     with pytest.raises(SystemExit, match="other held-out questions"):
         _recorded(tmp_path, "another")
+
+
+def test_rollouts_per_question_are_stated_per_method():
+    from fedgrpo.job.experiment import rollouts_per_question
+
+    names = {"federated": ["client-0", "client-1"], "gt_free": ["gtfree-0", "gtfree-1"], "central": ["central"]}
+    consensus = ExperimentSettings()
+    assert {rollouts_per_question(method_spec(consensus, m, 0, names))
+            for m in ("fedgrpo", "random", "all", "centralised", "gt_free")} == {8}
+    pooled = ExperimentSettings(reward_reading="pooled")
+    got = {m: rollouts_per_question(method_spec(pooled, m, 0, names)) for m in ("fedgrpo", "all", "centralised")}
+    assert got == {"fedgrpo": 16, "all": 8, "centralised": 8}  # M x G where each expert scores its own block
