@@ -31,19 +31,25 @@ class Accuracy:
 
 def held_out_accuracy(
     stub: pb_grpc.OrchestratorServiceStub, questions: Sequence[LabelledQuestion], max_tokens: int,
-    timeout: float = 600,
+    timeout: float = 600, batch: int = 100,
 ) -> Accuracy:
-    reply = stub.Generate(
-        pb.GenerateRequest(
-            prompts=[user_message(q.text) for q in questions], n=1, temperature=0.0, max_tokens=max_tokens
-        ),
-        timeout=timeout,
-    )
     right: dict[str, list[int]] = {}
     for q in questions:
         right.setdefault(q.domain, [])
-    for q, result in zip(questions, reply.results, strict=True):
-        right[q.domain].append(int(is_correct(q.domain, q.entry, result.completions[0].text)))
+    versions = set()
+    for start in range(0, len(questions), batch):  # Generate takes at most MAX_GENERATE_PROMPTS prompts a call
+        chunk = questions[start:start + batch]
+        reply = stub.Generate(
+            pb.GenerateRequest(
+                prompts=[user_message(q.text) for q in chunk], n=1, temperature=0.0, max_tokens=max_tokens
+            ),
+            timeout=timeout,
+        )
+        versions.add(reply.policy.version)
+        for q, result in zip(chunk, reply.results, strict=True):
+            right[q.domain].append(int(is_correct(q.domain, q.entry, result.completions[0].text)))
+    if len(versions) != 1:
+        raise RuntimeError(f"held-out evaluation: answered by policy versions {sorted(versions)}, expected one")
     per = {d: sum(v) / len(v) for d, v in right.items()}
     total = [x for v in right.values() for x in v]
-    return Accuracy(per, sum(total) / len(total), reply.policy.version, len(total), right)
+    return Accuracy(per, sum(total) / len(total), versions.pop(), len(total), right)
