@@ -1,7 +1,7 @@
 # fedgrpo: every target installs what is missing first.
 #   make run        the main job (CPU, SmolLM2-135M, whole federation on this machine)
 #   make test       every test
-#   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free (3 seeds, ~50 min)
+#   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free (3 seeds, ~60 min)
 #   make bench      generation and training-step benchmark
 #   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
 #   make lint       buf lint of protos/

@@ -1,5 +1,6 @@
-"""The experiment's figures and claims, computed by hand; the settings' presets and refusals."""
+"""The experiment's figures and claims, computed by hand; the settings' presets and refusals; --resume."""
 
+import json
 import math
 
 import pytest
@@ -9,11 +10,22 @@ from fedgrpo.job.experiment import ExperimentSettings, method_spec
 from fedgrpo.job.experiment_report import MethodRun, claims, render_markdown, summarise
 
 
-def run(method, seed, add1, sub1, precision=1.0, wire=None, steps=2):
+QUESTIONS = 100  # per domain
+
+
+def correct_at(rate, offset=0):
+    """QUESTIONS answers of which a share ``rate`` is right, the right ones starting at ``offset``."""
+    right = round(rate * QUESTIONS)
+    return [int((i - offset) % QUESTIONS < right) for i in range(QUESTIONS)]
+
+
+def run(method, seed, add1, sub1, precision=1.0, wire=None, steps=2, offset=0):
     return MethodRun(
         method, seed, f"r{seed}", {"add1": add1, "sub1": sub1}, (add1 + sub1) / 2,
         steps=[{"reward_mean": 0.1 * (i + 1), "routing_precision": precision} for i in range(steps)],
         wire=wire or {}, n_steps=steps, seconds=10.0 * (seed + 1),
+        correct={"add1": correct_at(add1, offset), "sub1": correct_at(sub1, offset)}, held_out_digest="d1",
+        rollouts_per_question=8 if steps else 0,
     )
 
 
@@ -40,41 +52,58 @@ def test_one_seed_has_zero_spread():
     assert math.isnan(s["routing_precision"]) and s["reward_curve"] == []
 
 
-def test_claims_report_what_holds_and_what_does_not():
-    summary = summarise([
+def test_claims_are_paired_with_intervals_and_verdicts():
+    records = [
         run("zero_shot", -1, 0.4, 0.2, steps=0),
-        run("fedgrpo", 0, 0.6, 0.4, precision=0.95),
-        run("random", 0, 0.62, 0.4, precision=0.4),
-        run("centralised", 0, 0.7, 0.4),
-        run("gt_free", 0, 0.45, 0.2),
-    ])
-    got = {c["claim"]: c for c in claims(summary, experts=2, clients=5)}
-    assert got["routing precision >= 0.9"]["holds"]
+        # FedGRPO answers the same questions as random, and one more in every ten: a clear paired win
+        *(run("fedgrpo", s, 0.6, 0.4, precision=0.95) for s in range(3)),
+        *(run("random", s, 0.5, 0.3, precision=0.4) for s in range(3)),
+        # centralised is right on other questions at nearly the same rate: the difference is noisy
+        *(run("centralised", s, 0.62, 0.4, offset=50) for s in range(3)),
+        *(run("gt_free", s, 0.1, 0.1) for s in range(3)),
+    ]
+    summary = summarise(records)
+    got = {c["claim"]: c for c in claims(summary, experts=2, clients=5, records=records)}
+    assert got["routing precision >= 0.9"]["verdict"] == "holds"
     assert "random selection 0.400 (M/K = 0.40)" in got["routing precision >= 0.9"]["numbers"]
-    assert not got["FedGRPO beats random expert selection"]["holds"]
-    assert not got["FedGRPO within 3 points of centralised GRPO"]["holds"]  # 0.50 vs 0.55
-    assert got["ground-truth-free FedGRPO beats zero-shot"]["holds"]
+    win = got["FedGRPO beats random expert selection"]
+    assert win["verdict"] == "holds" and win["difference"] == pytest.approx(0.1) and win["interval"][0] > 0
+    assert (win["seeds"], win["questions"]) == (3, 200)
+    near = got["FedGRPO within 3 points of centralised GRPO"]
+    assert near["verdict"] == "inconclusive" and near["interval"][0] < -0.03 < near["interval"][1]
+    worse = got["ground-truth-free FedGRPO beats zero-shot"]  # 0.1 vs zero-shot's 0.3, same questions
+    assert worse["verdict"] == "does not hold" and worse["interval"][1] < 0 and worse["seeds"] == 3
 
 
 def test_markdown_has_the_table_and_the_claims():
-    records = [run("zero_shot", -1, 0.4, 0.2, steps=0), run("fedgrpo", 0, 0.6, 0.4, wire={"a": (10, 2)})]
+    records = [run("zero_shot", -1, 0.4, 0.2, steps=0), run("fedgrpo", 0, 0.6, 0.4, wire={"a": (10, 2)}),
+               run("random", 0, 0.5, 0.3)]
     summary = summarise(records)
     settings = ExperimentSettings(domains=["add1", "sub1"], seeds=[0]).model_dump(mode="json")
     text = render_markdown({
         "settings": settings, "methods": summary, "wall_seconds": 120.0,
-        "claims": claims(summary, 2, 5), "holdings": {"client-0": ["add1"], "client-1": []},
+        "claims": claims(summary, 2, 5, records), "holdings": {"client-0": ["add1"], "client-1": []},
+        "held_out": {"questions_per_domain": {"add1": 100, "sub1": 100}, "questions": 200, "seed": 7,
+                     "overlaps": {"held_out_training": 0, "held_out_auxiliary": 0, "training_auxiliary": 0}},
         "graph_accuracy": {"client-0": {"add1": 1.0, "sub1": 0.75}}, "probe_bytes_per_client": 5000.0,
     })
     assert "| FedGRPO (confidence graph) | 0.600 ± 0.000 | 0.400 ± 0.000 | **0.500 ± 0.000** |" in text
     assert "| client-0 | add1 | add1 1.00, sub1 0.75 |" in text
     assert "routing precision >= 0.9" in text and "Wall time 2.0 min" in text
+    assert "200 evaluation questions (add1 100, sub1 100)" in text
+    assert "held-out and training pool 0, held-out and auxiliary set 0, training pool and auxiliary set 0" in text
+    assert "| FedGRPO (confidence graph) | 1.000 | 8 | 5 | 1 | 10 |" in text  # precision, rollouts, bytes, s
+    # the paired claim: its difference, interval and verdict
+    assert "| FedGRPO beats random expert selection | **holds** | +10.0 points | [+" in text
+    assert "95% CI [" in text and "1 seed(s) x 200 questions, paired" in text
 
 
 def test_scale_presets_apply_unless_an_option_is_given():
     default = ExperimentSettings()
-    assert (default.clients, default.steps) == (5, 14) and "letter_counting" in default.domains
+    assert (default.clients, default.steps, default.eval_questions) == (5, 12, 100)
+    assert "letter_counting" in default.domains
     large = ExperimentSettings(scale="large", steps=7)
-    assert large.clients == 10 and large.steps == 7 and len(large.domains) == 8
+    assert large.clients == 10 and large.steps == 7 and len(large.domains) == 5
 
 
 @pytest.mark.parametrize(
@@ -97,7 +126,7 @@ def test_methods_differ_only_in_their_experts():
     names = {"federated": ["client-0", "client-1"], "gt_free": ["gtfree-0", "gtfree-1"], "central": ["central"]}
     specs = {m: method_spec(s, m, 3, names) for m in ("fedgrpo", "random", "all", "centralised", "gt_free")}
     assert {(sp.steps, sp.seed, sp.questions_per_step, tuple(sp.tasks)) for sp in specs.values()} == {
-        (14, 3, 2, tuple(s.domains))
+        (12, 3, 2, tuple(s.domains))
     }
     assert specs["fedgrpo"].expert_selection == "confidence_graph" and list(specs["fedgrpo"].reward_clients) == [
         "client-0", "client-1"]
@@ -111,15 +140,38 @@ def test_records_round_trip_for_resume(tmp_path):
 
     records = []
     _record(tmp_path, records, run("fedgrpo", 0, 0.5, 0.3, wire={"a": (10, 2)}), started=0.0, earlier=100.0)
-    back, elapsed = _recorded(tmp_path)
+    back, elapsed = _recorded(tmp_path, "d1")
     assert elapsed > 100.0 and len(back) == 1
     assert summarise(back) == summarise(records)
+    assert back[0].correct == records[0].correct
 
 
-def test_a_difference_within_the_seed_spread_is_called_not_significant():
-    summary = summarise([
-        run("fedgrpo", 0, 0.6, 0.4), run("fedgrpo", 1, 0.8, 0.6),  # average 0.6 +- 0.141
-        run("random", 0, 0.55, 0.45), run("random", 1, 0.55, 0.45),  # average 0.5 +- 0
-    ])
-    claim = claims(summary, 2, 5)[1]
-    assert claim["holds"] and "not significant" in claim["numbers"]
+def test_resume_refuses_records_without_per_question_results(tmp_path):
+    from fedgrpo.job.experiment import _recorded
+
+    old = run("fedgrpo", 0, 0.5, 0.3).to_json()
+    for key in ("correct", "held_out_digest", "rollouts_per_question"):
+        old.pop(key)  # a record written before paired claims
+    (tmp_path / "records.jsonl").write_text(json.dumps(old) + "\n")
+    with pytest.raises(SystemExit, match="fedgrpo seed 0 has no per-question results"):
+        _recorded(tmp_path, "d1")
+
+
+def test_resume_refuses_runs_evaluated_on_other_questions(tmp_path):
+    from fedgrpo.job.experiment import _record, _recorded
+
+    _record(tmp_path, [], run("random", 1, 0.5, 0.3), started=0.0, earlier=0.0)
+    with pytest.raises(SystemExit, match="other held-out questions"):
+        _recorded(tmp_path, "another")
+
+
+def test_rollouts_per_question_are_stated_per_method():
+    from fedgrpo.job.experiment import rollouts_per_question
+
+    names = {"federated": ["client-0", "client-1"], "gt_free": ["gtfree-0", "gtfree-1"], "central": ["central"]}
+    consensus = ExperimentSettings()
+    assert {rollouts_per_question(method_spec(consensus, m, 0, names))
+            for m in ("fedgrpo", "random", "all", "centralised", "gt_free")} == {8}
+    pooled = ExperimentSettings(reward_reading="pooled")
+    got = {m: rollouts_per_question(method_spec(pooled, m, 0, names)) for m in ("fedgrpo", "all", "centralised")}
+    assert got == {"fedgrpo": 16, "all": 8, "centralised": 8}  # M x G where each expert scores its own block

@@ -1,21 +1,23 @@
 """Held-out accuracy of the policy the orchestrator is serving.
 
 The evaluator is the caller's own harness: it holds labelled held-out
-questions (a reasoning-gym seed no client or run uses), asks the
-orchestrator's ``Generate`` for greedy answers, and checks them with each
-task's verifier. Returns accuracy per domain and overall, and the policy
-version that answered.
+questions (``held_out.disjoint_held_out``: none in the training pool or the
+auxiliary set), asks the orchestrator's ``Generate`` for greedy answers, and
+checks them with each task's verifier. Returns accuracy per domain and
+overall, each question's correctness (in question order, for paired
+comparisons between methods) and the policy version that answered.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fedgrpo.tasks import build_questions, is_correct, user_message
+from fedgrpo.tasks import LabelledQuestion, is_correct, user_message
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
-HELD_OUT_SEED = 1_000_003  # far from any bank or run seed
+from .held_out import HELD_OUT_SEED  # noqa: F401  (re-exported: where held-out questions come from)
 
 
 @dataclass(frozen=True)
@@ -24,21 +26,30 @@ class Accuracy:
     overall: float
     policy_version: int
     questions: int
+    correct: dict[str, list[int]]  # domain -> 1/0 per held-out question of that domain, in question order
 
 
 def held_out_accuracy(
-    stub: pb_grpc.OrchestratorServiceStub, domains: list[str], per_domain: int, max_tokens: int, timeout: float = 600
+    stub: pb_grpc.OrchestratorServiceStub, questions: Sequence[LabelledQuestion], max_tokens: int,
+    timeout: float = 600, batch: int = 100,
 ) -> Accuracy:
-    questions = [q for d in domains for q in build_questions(d, HELD_OUT_SEED, per_domain)]
-    reply = stub.Generate(
-        pb.GenerateRequest(
-            prompts=[user_message(q.text) for q in questions], n=1, temperature=0.0, max_tokens=max_tokens
-        ),
-        timeout=timeout,
-    )
-    right: dict[str, list[bool]] = {d: [] for d in domains}
-    for q, result in zip(questions, reply.results):
-        right[q.domain].append(is_correct(q.domain, q.entry, result.completions[0].text))
+    right: dict[str, list[int]] = {}
+    for q in questions:
+        right.setdefault(q.domain, [])
+    versions = set()
+    for start in range(0, len(questions), batch):  # Generate takes at most MAX_GENERATE_PROMPTS prompts a call
+        chunk = questions[start:start + batch]
+        reply = stub.Generate(
+            pb.GenerateRequest(
+                prompts=[user_message(q.text) for q in chunk], n=1, temperature=0.0, max_tokens=max_tokens
+            ),
+            timeout=timeout,
+        )
+        versions.add(reply.policy.version)
+        for q, result in zip(chunk, reply.results, strict=True):
+            right[q.domain].append(int(is_correct(q.domain, q.entry, result.completions[0].text)))
+    if len(versions) != 1:
+        raise RuntimeError(f"held-out evaluation: answered by policy versions {sorted(versions)}, expected one")
     per = {d: sum(v) / len(v) for d, v in right.items()}
     total = [x for v in right.values() for x in v]
-    return Accuracy(per, sum(total) / len(total), reply.policy.version, len(total))
+    return Accuracy(per, sum(total) / len(total), versions.pop(), len(total), right)

@@ -17,12 +17,16 @@ wire. Methods:
     gt_free        FedGRPO with model-based judging only (paper Table 2)
 
 Each training method runs once per seed; after each run the policy is
-evaluated greedily on the same held-out questions. ``experiment_report``
-turns the records into report.md, report.json and plots.
+evaluated greedily on the same held-out questions, none of which is in the
+training pool or the auxiliary set (``held_out``), and each question's
+correctness is recorded so methods are compared paired (``paired``).
+``experiment_report`` turns the records into report.md, report.json and
+plots.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +45,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
 from .evaluate import held_out_accuracy
+from .held_out import HeldOut, disjoint_held_out
 from .experiment_report import MethodRun, write_report
 from .launcher import Federation
 from .main_job import follow_run
@@ -52,18 +57,22 @@ log = logging.getLogger(__name__)
 Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free"]
 METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free")
 
-# --scale presets; an option given explicitly always wins over its preset.
+# --scale presets; an option given explicitly always wins over its preset. Domains have question
+# spaces far larger than the bank (1000 per domain) plus the held-out set, so held-out questions
+# can be new ones (add1/sub1/mul1/leg_counting have ~110-121 texts: the bank holds them all).
+# SmolLM2-135M zero-shot greedy accuracy, 100 held-out questions each (measured here):
+# add2 0.07, chain3 0.07, letter_counting 0.61, sub2 0.02, leg_counting2 0.01.
+# default: 12 steps and 3 domains x 100 questions keep ~60 min on 2 CPU cores (a greedy evaluation
+# of 300 questions took 66 s; 16 of them; runs ~2.8 min each at 12 steps).
 SCALES: dict[str, dict] = {
-    "default": dict(clients=5, steps=14, eval_questions=30,
-                    domains=["add1", "sub1", "mul1", "chain3", "letter_counting"]),
-    "large": dict(clients=10, steps=40, eval_questions=100,
-                  domains=["add1", "sub1", "mul1", "add2", "chain3", "letter_counting", "leg_counting",
-                           "leg_counting2"]),
+    "default": dict(clients=5, steps=12, eval_questions=100, domains=["add2", "chain3", "letter_counting"]),
+    "large": dict(clients=10, steps=40, eval_questions=200,
+                  domains=["add2", "sub2", "chain3", "letter_counting", "leg_counting2"]),
 }
 
 
 class ExperimentSettings(BaseSettings):
-    """The experiment; defaults (``--scale default``) take about 50 minutes on a 2-core CPU with SmolLM2-135M."""
+    """The experiment; defaults (``--scale default``) take about 60 minutes on a 2-core CPU with SmolLM2-135M."""
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_EXPERIMENT_", cli_prog_name="fedgrpo experiment", cli_kebab_case=True,
@@ -71,8 +80,8 @@ class ExperimentSettings(BaseSettings):
     )
 
     scale: Literal["default", "large"] = Field(
-        "default", description="Preset of clients, steps, eval questions and domains: default (~50 min on "
-        "2 CPU cores) or large (10 clients, 8 domains, 40 steps: hours on a CPU, minutes on a GPU).",
+        "default", description="Preset of clients, steps, eval questions and domains: default (~60 min on "
+        "2 CPU cores) or large (10 clients, 5 domains, 40 steps: hours on a CPU, minutes on a GPU).",
     )
     methods: list[Method] = Field(list(METHODS), description="Methods to run (JSON list or comma-separated).")
     model: str = Field("smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-policy or a HF folder.")
@@ -84,7 +93,7 @@ class ExperimentSettings(BaseSettings):
     alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of the domain split (paper: 0.1).")
     split_seed: int = Field(0, description="Seed of the Dirichlet split (the federation is the same for every seed).")
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Training seeds: question order and sampling.")
-    steps: int = Field(14, ge=1, description="Training steps per run (default: the scale's).")
+    steps: int = Field(12, ge=1, description="Training steps per run (default: the scale's).")
     questions_per_step: int = Field(
         2, ge=1, description="Questions per step (2: twice the updates of `fedgrpo run`'s 4 for the same compute)."
     )
@@ -100,7 +109,10 @@ class ExperimentSettings(BaseSettings):
         32, ge=1, description="Longest reply of a client's judge model (cut shorter, its last number is often a "
         "step of its working, which candidates cut at the same place then match).",
     )
-    eval_questions: int = Field(30, ge=1, description="Held-out questions per domain (default: the scale's).")
+    eval_questions: int = Field(
+        100, ge=1, description="Held-out questions per domain (default: the scale's), none of them in the "
+        "training pool or the auxiliary set; a domain whose question space cannot supply them is refused.",
+    )
     backend: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (bfloat16 on a GPU).")
@@ -133,6 +145,17 @@ class ExperimentSettings(BaseSettings):
         return self
 
 
+def rollouts_per_question(spec: pb.RunSpec) -> int:
+    """Candidates the policy samples per training question: G (consensus), M x G (pooled: a block per expert)."""
+    pooled = spec.reward_reading == "pooled" and spec.expert_selection != "all"
+    return spec.candidates_per_question * (spec.experts_per_question if pooled else 1)
+
+
+def held_out_digest(held_out: HeldOut) -> str:
+    """Names the held-out questions (ids in order): runs are compared only on the same ones."""
+    return hashlib.sha256("\n".join(q.question_id for q in held_out.questions).encode()).hexdigest()[:16]
+
+
 def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, list[str]]) -> pb.RunSpec:
     """The run spec of one training method: the same budget for all, different experts."""
     selection, clients, m = {
@@ -154,8 +177,9 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
 
 
 class _Experiment:
-    def __init__(self, s: ExperimentSettings, out: Path, console: Console) -> None:
-        self.s, self.out, self.console = s, out, console
+    def __init__(self, s: ExperimentSettings, out: Path, console: Console, held_out: HeldOut) -> None:
+        self.s, self.out, self.console, self.held_out = s, out, console, held_out
+        self.digest = held_out_digest(held_out)
         self.relays: dict[str, ByteCountingRelay] = {}
         self.names: dict[str, list[str]] = {"federated": [], "gt_free": [], "central": []}
         self.split = dirichlet_split(s.domains, s.clients, s.alpha, s.split_seed)
@@ -215,7 +239,7 @@ class _Experiment:
             raise SystemExit(f"{method} seed {seed}: run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error}")
         train_seconds = time.monotonic() - started
         after = self.wire()
-        accuracy = held_out_accuracy(stub, s.domains, s.eval_questions, s.max_tokens)
+        accuracy = held_out_accuracy(stub, self.held_out.questions, s.max_tokens)
         self._free_disk(run)
         used = list(spec.reward_clients)
         wire = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in used}
@@ -224,7 +248,7 @@ class _Experiment:
             f"({', '.join(f'{d} {a:.2f}' for d, a in accuracy.per_domain.items())}), {train_seconds:.0f}s"
         )
         return MethodRun(method, seed, run.run_id, accuracy.per_domain, accuracy.overall, steps,
-                         wire, len(steps), train_seconds)
+                         wire, len(steps), train_seconds, accuracy.correct, self.digest, rollouts_per_question(spec))
 
     def _free_disk(self, run: pb.Run) -> None:
         """A run's trainer state (snapshots, optimizer checkpoint: ~2.6 GB for SmolLM2) is not needed once it
@@ -235,10 +259,10 @@ class _Experiment:
 
     def zero_shot(self, stub) -> MethodRun:
         started = time.monotonic()
-        accuracy = held_out_accuracy(stub, self.s.domains, self.s.eval_questions, self.s.max_tokens)
+        accuracy = held_out_accuracy(stub, self.held_out.questions, self.s.max_tokens)
         self.console.log(f"zero-shot held-out accuracy {accuracy.overall:.3f}")
         return MethodRun("zero_shot", -1, "", accuracy.per_domain, accuracy.overall, [], {}, 0,
-                         time.monotonic() - started)
+                         time.monotonic() - started, accuracy.correct, self.digest, 0)
 
 
 def run_experiment(s: ExperimentSettings) -> Path:
@@ -247,18 +271,23 @@ def run_experiment(s: ExperimentSettings) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedgrpo.models import resolve_model
 
+    try:
+        held_out = disjoint_held_out(s.domains, s.eval_questions)
+    except ValueError as err:
+        raise SystemExit(f"fedgrpo experiment: {err}") from None
     out = s.resume or s.out_dir / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    records, earlier_seconds = _recorded(out) if s.resume else ([], 0.0)
+    records, earlier_seconds = _recorded(out, held_out_digest(held_out)) if s.resume else ([], 0.0)
     done = {(r.method, r.seed) for r in records}
     if s.resume:
         console.log(f"resuming {out}: {len(records)} runs recorded ({earlier_seconds / 60:.1f} min)")
     console.log(f"experiment in {out}: methods {', '.join(s.methods)}; seeds {s.seeds}; {s.steps} steps; "
-                f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha})")
+                f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha}); {held_out.total} held-out "
+                f"questions, overlaps {held_out.overlaps}")
     for model in {s.model, s.judge_model}:
         console.log(f"preparing model {model} ...")
         resolve_model(model, s.cache_dir)
-    exp = _Experiment(s, out, console)
+    exp = _Experiment(s, out, console, held_out)
     for k, held in enumerate(exp.split.holdings):
         console.log(f"client-{k} holds {', '.join(held) or 'no domain (judges with its model only)'}")
     with Federation(out / "logs" / time.strftime("%H%M%S")) as fed:
@@ -276,6 +305,7 @@ def run_experiment(s: ExperimentSettings) -> Path:
     path = write_report(
         out, s.model_dump(mode="json"), exp.split, exp.names, records, graph_dict, probe_wire,
         wall_seconds=earlier_seconds + time.monotonic() - started, resumed=bool(s.resume),
+        held_out=held_out.to_json(),
     )
     console.print(path.read_text())
     console.print(f"report: {path} (report.json and plots beside it); total {time.monotonic() - started:.0f}s")
@@ -290,11 +320,27 @@ def _record(out: Path, records: list[MethodRun], record: MethodRun, started: flo
         f.write(json.dumps(line) + "\n")
 
 
-def _recorded(out: Path) -> tuple[list[MethodRun], float]:
+def _recorded(out: Path, digest: str) -> tuple[list[MethodRun], float]:
+    """The runs of an earlier session. Runs recorded without per-question results (before paired claims)
+    or on other held-out questions cannot be paired with new ones: they are refused, not re-run
+    silently (their policies are deleted once evaluated, so they cannot be re-evaluated)."""
     path = out / "records.jsonl"
     if not path.exists():
         raise SystemExit(f"fedgrpo experiment: resume: {path} does not exist")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        run = f"{r.get('method')} seed {r.get('seed')}"
+        if not r.get("correct"):
+            raise SystemExit(
+                f"fedgrpo experiment: resume: {path}: run {run} has no per-question results ('correct'), "
+                "recorded by an older version; paired claims need them. Start a new experiment (without --resume)."
+            )
+        if r.get("held_out_digest") != digest:
+            raise SystemExit(
+                f"fedgrpo experiment: resume: {path}: run {run} was evaluated on other held-out questions "
+                f"(digest {r.get('held_out_digest')!r}, expected {digest!r}: domains or --eval-questions "
+                "differ); resume with the same settings or start a new experiment."
+            )
     elapsed = max((r.pop("elapsed_seconds", 0.0) for r in rows), default=0.0)
     return [MethodRun(**r) for r in rows], elapsed
 

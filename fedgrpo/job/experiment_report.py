@@ -2,10 +2,14 @@
 
 ``summarise(records)`` is pure: per method, held-out accuracy per domain and
 on average (mean and sample std over seeds), routing precision, bytes per
-client per step in each direction, and seconds per run. ``claims`` checks
-the issue's claims against those figures and says, with the numbers, whether
-each holds. ``write_report`` writes report.md, report.json (the same
-figures), accuracy_by_method.png, reward_curves.png and confidence_graph.png.
+client per step in each direction, seconds per run and rollouts per
+question. ``claims`` checks the issue's claims: routing precision against its
+threshold, and each accuracy claim by a paired comparison of per-question
+correctness (``paired``: mean difference, 95% bootstrap interval over seeds
+and questions, verdict holds / does not hold / inconclusive).
+``write_report`` writes report.md, report.json (the same figures, the
+held-out set's size and overlaps), accuracy_by_method.png, reward_curves.png
+and confidence_graph.png.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from .paired import MARGIN, RESAMPLES, RNG_SEED, compare
 
 LABELS = {
     "zero_shot": "zero-shot",
@@ -40,6 +46,9 @@ class MethodRun:
     wire: dict[str, tuple[int, int]] = field(default_factory=dict)  # client -> (bytes to it, bytes from it)
     n_steps: int = 0
     seconds: float = 0.0
+    correct: dict[str, list[int]] = field(default_factory=dict)  # domain -> 1/0 per held-out question, in order
+    held_out_digest: str = ""  # which held-out questions: runs pair only on the same ones
+    rollouts_per_question: int = 0  # candidates the policy sampled per training question
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -83,46 +92,72 @@ def summarise(records: Sequence[MethodRun]) -> dict[str, dict]:
             "bytes_from_client_per_step": _mean_std(from_client)[0],
             "clients_used": sorted({c for r in runs for c in r.wire}),
             "seconds_per_run": _mean_std([r.seconds for r in runs])[0],
+            "rollouts_per_question": runs[0].rollouts_per_question,
             "reward_curve": curve,
         }
     return out
 
 
-def claims(summary: Mapping[str, dict], experts: int, clients: int) -> list[dict]:
-    """The issue's done-when claims, each with whether it holds and the numbers behind it."""
+def _by_seed(records: Sequence[MethodRun], method: str) -> dict[int, list[int]]:
+    """seed -> correctness per held-out question (domains in record order, concatenated)."""
+    return {r.seed: [x for d in r.correct for x in r.correct[d]] for r in records if r.method == method}
+
+
+def _strata(records: Sequence[MethodRun], method: str) -> list[str]:
+    r = next(r for r in records if r.method == method)
+    return [d for d in r.correct for _ in r.correct[d]]
+
+
+# (claim, method A, method B, kind): A - B is the paired difference.
+PAIRED_CLAIMS = [
+    ("FedGRPO beats random expert selection", "fedgrpo", "random", "beats"),
+    ("FedGRPO within 3 points of centralised GRPO", "fedgrpo", "centralised", "within"),
+    ("ground-truth-free FedGRPO beats zero-shot", "gt_free", "zero_shot", "beats"),
+]
+
+
+def claims(summary: Mapping[str, dict], experts: int, clients: int,
+           records: Sequence[MethodRun] = ()) -> list[dict]:
+    """The issue's done-when claims, each with its verdict and the numbers behind it.
+
+    Accuracy claims are paired (``paired.compare``): the mean over seeds and questions of A's minus B's
+    correctness, with a 95% bootstrap interval over seeds and questions; the verdict follows the interval."""
     result = []
-
-    def avg(method: str) -> float:
-        return summary[method]["average"]["mean"]
-
     if "fedgrpo" in summary:
         p = summary["fedgrpo"]["routing_precision"]
         text = f"FedGRPO routing precision {p:.3f} (needs >= 0.9)"
         if "random" in summary:
             text += f"; random selection {summary['random']['routing_precision']:.3f} (M/K = {experts / clients:.2f})"
-        result.append({"claim": "routing precision >= 0.9", "holds": p >= 0.9, "numbers": text})
-    if {"fedgrpo", "random"} <= summary.keys():
-        f, r = avg("fedgrpo"), avg("random")
-        result.append({"claim": "FedGRPO beats random expert selection", "holds": f > r,
-                       "numbers": f"FedGRPO {f:.3f} vs random {r:.3f} ({100 * (f - r):+.1f} points)",
-                       "methods": ("fedgrpo", "random")})
-    if {"fedgrpo", "centralised"} <= summary.keys():
-        f, c = avg("fedgrpo"), avg("centralised")
-        result.append({"claim": "FedGRPO within 3 points of centralised GRPO", "holds": f >= c - 0.03,
-                       "numbers": f"FedGRPO {f:.3f} vs centralised {c:.3f} ({100 * (f - c):+.1f} points)",
-                       "methods": ("fedgrpo", "centralised")})
-    if {"gt_free", "zero_shot"} <= summary.keys():
-        g, z = avg("gt_free"), avg("zero_shot")
-        result.append({"claim": "ground-truth-free FedGRPO beats zero-shot", "holds": g > z,
-                       "numbers": f"ground-truth-free {g:.3f} vs zero-shot {z:.3f} ({100 * (g - z):+.1f} points)",
-                       "methods": ("gt_free", "zero_shot")})
-    for c in result:
-        if "methods" in c:
-            a, b = (summary[m]["average"] for m in c.pop("methods"))
-            spread = max(a["std"], b["std"])
-            if abs(a["mean"] - b["mean"]) <= spread:
-                c["numbers"] += f"; the difference is within the seed spread (std up to {spread:.3f}): not significant"
+        result.append({"claim": "routing precision >= 0.9", "verdict": "holds" if p >= 0.9 else "does not hold",
+                       "holds": p >= 0.9, "numbers": text})
+    for claim, a, b, kind in PAIRED_CLAIMS:
+        if not {a, b} <= summary.keys():
+            continue
+        have = [r for r in records if r.method in (a, b)]
+        if not have or not all(r.correct for r in have):
+            continue
+        c = compare(_by_seed(records, a), _by_seed(records, b), _strata(records, a), kind)
+        rule = ("the interval must lie above 0" if kind == "beats"
+                else f"the interval must lie inside +-{100 * MARGIN:.0f} points")
+        result.append({
+            "claim": claim, "verdict": c.verdict, "holds": c.verdict == "holds", "methods": [a, b],
+            "difference": c.difference, "interval": [c.low, c.high], "seeds": c.seeds, "questions": c.questions,
+            "numbers": f"{summary[a]['label']} minus {summary[b]['label']}: {100 * c.difference:+.1f} points, "
+                       f"95% CI [{100 * c.low:+.1f}, {100 * c.high:+.1f}] over {c.seeds} seed(s) x "
+                       f"{c.questions} questions, paired ({rule})",
+        })
     return result
+
+
+def _held_out_line(h: Mapping) -> str:
+    if not h:
+        return "(not recorded)"
+    per = ", ".join(f"{d} {n}" for d, n in h["questions_per_domain"].items())
+    o = h["overlaps"]
+    return (f"{h['questions']} evaluation questions ({per}), greedy, the same for every method, drawn with seed "
+            f"{h['seed']} and deduplicated by normalised text. Overlap (distinct normalised texts shared): "
+            f"held-out and training pool {o['held_out_training']}, held-out and auxiliary set "
+            f"{o['held_out_auxiliary']}, training pool and auxiliary set {o['training_auxiliary']}.")
 
 
 def _pm(stat: Mapping[str, float]) -> str:
@@ -143,9 +178,12 @@ def render_markdown(report: Mapping) -> str:
         f"{', '.join(domains)} by a Dirichlet(alpha = {s['alpha']}) split (seed {s['split_seed']}); "
         f"{s['steps']} steps of {s['questions_per_step']} questions x {s['candidates_per_question']} candidates, "
         f"M = {s['experts_per_question']}, {s['reward_reading']} reading, {s['loss_type']}, lr {s['learning_rate']}; "
-        f"seeds {s['seeds']}; held-out: {s['eval_questions']} questions per domain, greedy, the same for every "
-        f"method. Wall time {report['wall_seconds'] / 60:.1f} min on this machine"
+        f"seeds {s['seeds']}. Wall time {report['wall_seconds'] / 60:.1f} min on this machine"
         + (" (resumed: the sum of the sessions, each with its own start-up)." if report.get("resumed") else "."),
+        "",
+        "## Held-out questions",
+        "",
+        _held_out_line(report.get("held_out", {})),
         "",
         "## Held-out accuracy (mean ± sample std over seeds)",
         "",
@@ -161,14 +199,16 @@ def render_markdown(report: Mapping) -> str:
         "",
         "## Routing, traffic and time",
         "",
-        "| method | routing precision | bytes to a client per step | bytes from a client per step | s per run |",
-        "|---|---|---|---|---|",
+        "| method | routing precision | rollouts per question | bytes to a client per step "
+        "| bytes from a client per step | s per run |",
+        "|---|---|---|---|---|---|",
     ]
     for key, m in summary.items():
         if key == "zero_shot":
             continue
         lines.append(
-            f"| {m['label']} | {_num(m['routing_precision'])} | {_num(m['bytes_to_client_per_step'], '{:,.0f}')} "
+            f"| {m['label']} | {_num(m['routing_precision'])} | {m.get('rollouts_per_question', 0) or '-'} "
+            f"| {_num(m['bytes_to_client_per_step'], '{:,.0f}')} "
             f"| {_num(m['bytes_from_client_per_step'], '{:,.0f}')} | {_num(m['seconds_per_run'], '{:.0f}')} |"
         )
     lines += [
@@ -176,13 +216,34 @@ def render_markdown(report: Mapping) -> str:
         "Routing precision: the fraction of questions whose experts include a client holding the question's "
         "domain. Bytes are counted on the wire (TCP bytes through a relay in front of each client: gRPC, "
         "HTTP/2 framing and headers included), per client the run used, divided by the run's steps. "
+        "Rollouts per question: candidates the policy sampled for each training question (consensus: G, every "
+        "expert scores all of them; pooled: M x G, each expert its own block of G). "
         f"Probing at join cost each client {_num(report['probe_bytes_per_client'], '{:,.0f}')} bytes on average.",
         "",
         "## Claims",
         "",
     ]
+    lines += [
+        "Accuracy claims compare methods paired: per (seed, question), method A's correctness minus method "
+        "B's on the same held-out question after runs with the same seed (zero-shot, one evaluation, pairs with "
+        f"every seed). The interval is a 95% percentile bootstrap ({RESAMPLES:,} resamples, generator seed "
+        f"{RNG_SEED}) over seeds and questions (questions resampled within each domain). \"beats\" holds only when "
+        f"the interval lies above 0; \"within {100 * MARGIN:.0f} points\" only when it lies inside "
+        f"±{MARGIN:.2f}; otherwise the claim is inconclusive (or does not hold when the interval excludes it).",
+        "",
+        "| claim | verdict | paired difference | 95% interval |",
+        "|---|---|---|---|",
+    ]
     for c in report["claims"]:
-        lines.append(f"- **{c['claim']}**: {'holds' if c['holds'] else 'does NOT hold'}. {c['numbers']}.")
+        if "interval" in c:
+            lo, hi = c["interval"]
+            lines.append(f"| {c['claim']} | **{c['verdict']}** | {100 * c['difference']:+.1f} points "
+                         f"| [{100 * lo:+.1f}, {100 * hi:+.1f}] |")
+        else:
+            lines.append(f"| {c['claim']} | **{c['verdict']}** | - | - |")
+    lines.append("")
+    for c in report["claims"]:
+        lines.append(f"- **{c['claim']}**: {c['verdict']}. {c['numbers']}.")
     lines += ["", "## The federation", "", "| client | holds | probed judging accuracy per domain |", "|---|---|---|"]
     for name, held in report["holdings"].items():
         acc = report["graph_accuracy"].get(name, {})
@@ -256,6 +317,7 @@ def write_report(
     probe_wire: Mapping[str, tuple[int, int]],
     wall_seconds: float,
     resumed: bool = False,
+    held_out: Mapping | None = None,
 ) -> Path:
     from services.orchestrator.graph_plot import draw
 
@@ -271,8 +333,9 @@ def write_report(
         "settings": dict(settings),
         "wall_seconds": wall_seconds,
         "resumed": resumed,
+        "held_out": dict(held_out or {}),
         "methods": summary,
-        "claims": claims(summary, settings["experts_per_question"], settings["clients"]),
+        "claims": claims(summary, settings["experts_per_question"], settings["clients"], records),
         "holdings": holdings,
         "split_shares": split.shares,
         "graph_accuracy": accuracy,

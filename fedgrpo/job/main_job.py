@@ -26,6 +26,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
 from .evaluate import held_out_accuracy
+from .held_out import disjoint_held_out
 from .launcher import Federation
 from .report import accuracy_table, plot_rewards, write_summary
 
@@ -45,7 +46,8 @@ class JobSettings(BaseSettings):
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (bfloat16 on a GPU).")
     clients: list[str] = Field(
-        ["add1,sub1", "sub1,mul1", "mul1,add1"],
+        # Domains with question spaces far larger than the bank, so held-out questions are new ones.
+        ["add2,letter_counting", "letter_counting,chain3", "chain3,add2"],
         description="One entry per reward client: the domains it holds, comma-separated "
         "(on the command line: JSON, e.g. '[\"add1,sub1\",\"mul1\"]').",
     )
@@ -71,7 +73,10 @@ class JobSettings(BaseSettings):
     max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     updates_per_batch: int = Field(1, ge=1, description="Optimiser steps per batch.")
     seed: int = Field(0, description="Question sampling and engine seed.")
-    eval_questions: int = Field(50, ge=1, description="Held-out questions per domain, before and after.")
+    eval_questions: int = Field(
+        100, ge=1, description="Held-out questions per domain, before and after; none of them is in the training "
+        "pool or the auxiliary set (a domain too small to supply them is refused).",
+    )
     runs_dir: Path = Field(Path("runs"), description="Where runs/<run id>/ is written.")
     cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
     state_dir: Path = Field(Path(".cache/trainer"), description="Trainer snapshots and checkpoints.")
@@ -160,6 +165,12 @@ def run_job(s: JobSettings) -> dict:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedgrpo.models import resolve_model
 
+    try:
+        held_out = disjoint_held_out(tasks, s.eval_questions)
+    except ValueError as err:
+        raise SystemExit(f"fedgrpo run: {err}") from None
+    console.log(f"held-out: {held_out.total} questions ({held_out.per_domain}), overlaps with the training pool "
+                f"and the auxiliary set {held_out.overlaps}")
     console.log(f"preparing model {s.model} ...")
     resolve_model(s.model, s.cache_dir)  # once here, so services never race to convert it
     log_dir = s.runs_dir / "_logs" / time.strftime("%Y%m%d-%H%M%S")
@@ -175,7 +186,7 @@ def run_job(s: JobSettings) -> dict:
         token = None if certs is None else (certs / "api-token").read_text().strip()
         stub = pb_grpc.OrchestratorServiceStub(serving.channel(address, fed.identity(), token=token))
         console.log(f"held-out accuracy before training ({s.eval_questions} questions per domain) ...")
-        before = held_out_accuracy(stub, tasks, s.eval_questions, s.max_tokens)
+        before = held_out_accuracy(stub, held_out.questions, s.max_tokens)
         spec = pb.RunSpec(
             tasks=tasks, steps=s.steps, questions_per_step=s.questions_per_step,
             candidates_per_question=s.candidates_per_question, experts_per_question=s.experts_per_question,
@@ -189,12 +200,12 @@ def run_job(s: JobSettings) -> dict:
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error} (logs: {log_dir})")
         console.log("held-out accuracy after training ...")
-        after = held_out_accuracy(stub, tasks, s.eval_questions, s.max_tokens)
+        after = held_out_accuracy(stub, held_out.questions, s.max_tokens)
     run_dir = Path(run.artifacts_path)
     run_dict = json_format.MessageToDict(run, preserving_proto_field_name=True)
-    summary = write_summary(run_dir / "summary.json", run_dict, before, after, steps)
+    summary = write_summary(run_dir / "summary.json", run_dict, before, after, steps, held_out.to_json())
     plot_rewards(run_dir / "reward_curve.png", steps, f"FedGRPO run {run.run_id} ({s.model})")
-    console.print(accuracy_table(before, after))
+    console.print(accuracy_table(before, after, held_out.overlaps))
     console.print(
         f"mean reward: first quarter {summary['reward_mean_first_quarter']:.3f} -> "
         f"last quarter {summary['reward_mean_last_quarter']:.3f}"

@@ -16,7 +16,9 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
-def write_summary(path: Path, run: dict, before: Accuracy, after: Accuracy, steps: list[dict]) -> dict:
+def write_summary(
+    path: Path, run: dict, before: Accuracy, after: Accuracy, steps: list[dict], held_out: dict | None = None
+) -> dict:
     rewards = [s["reward_mean"] for s in steps if s.get("reward_mean") is not None]
     first, last = quarter_means(rewards) if rewards else (float("nan"), float("nan"))
     summary = {
@@ -24,6 +26,7 @@ def write_summary(path: Path, run: dict, before: Accuracy, after: Accuracy, step
         "state": run["state"],
         "spec": run["spec"],
         "steps_completed": len(steps),
+        "held_out": held_out or {},
         "accuracy_before": {"overall": before.overall, "per_domain": before.per_domain,
                             "policy_version": before.policy_version, "questions": before.questions},
         "accuracy_after": {"overall": after.overall, "per_domain": after.per_domain,
@@ -63,8 +66,13 @@ def plot_rewards(path: Path, steps: list[dict], title: str) -> None:
     plt.close(fig)
 
 
-def accuracy_table(before: Accuracy, after: Accuracy) -> Table:
-    table = Table(title=f"Held-out accuracy (greedy, {before.questions} questions)")
+def accuracy_table(before: Accuracy, after: Accuracy, overlaps: dict[str, int] | None = None) -> Table:
+    shared = "" if overlaps is None else (
+        f"; shared with the training pool {overlaps['held_out_training']}, "
+        f"with the auxiliary set {overlaps['held_out_auxiliary']}"
+    )
+    per = ", ".join(f"{d} {len(v)}" for d, v in before.correct.items())
+    table = Table(title=f"Held-out accuracy (greedy, {before.questions} questions: {per}{shared})")
     table.add_column("domain")
     table.add_column(f"before (v{before.policy_version})", justify="right")
     table.add_column(f"after (v{after.policy_version})", justify="right")

@@ -80,6 +80,7 @@ _DOMAIN_LIST = [
     Domain("sub1", "basic_arithmetic", _arith("-", 1), "1-digit subtraction (results may be negative)"),
     Domain("mul1", "basic_arithmetic", _arith("*", 1), "1-digit multiplication, e.g. 'Calculate 4 * 6.'"),
     Domain("add2", "basic_arithmetic", _arith("+", 2), "2-digit addition, e.g. 'Calculate 37 + 58.'"),
+    Domain("sub2", "basic_arithmetic", _arith("-", 2), "2-digit subtraction (results may be negative)"),
     Domain(
         "chain3",
         "chain_sum",
