@@ -283,6 +283,7 @@ def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the
         second_events, second = wait(stub, stub.CreateRun(pb.CreateRunRequest(
             spec=pb.RunSpec(**dict(spec, steps=1, confidence_update_rate=0.0)))).run_id)
         graph = json.loads(stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest()).graph_json)
+        run_view = json.loads(stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id)).graph_json)
         log_text = services["orchestrator"].log_path.read_text()
     steps = [e.step for e in events if e.HasField("step")]
     assert "client-0" in steps[0].rewards_by_client  # it judged, and was measured
@@ -293,6 +294,7 @@ def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the
     assert final["client-0"] == pytest.approx(0.25)  # 0.5 * 0.5 + 0.5 * 0 at step 2, then unchanged
     assert min(final["client-1"], final["client-2"]) >= 0.5
     assert f"run {run.run_id} step 2: confidence client-0 0.250 (agreed 0.00)" in log_text
+    assert {n["name"]: n["confidence"] for n in run_view["graph"]["nodes"] if n["kind"] == "client"} == final
 
     assert second.state == pb.RUN_STATE_SUCCEEDED, second.error
     start = [e.step for e in second_events if e.HasField("step")][0]

@@ -22,8 +22,10 @@ its confidence (1.0, as probed, if the run has none yet) towards its mean
 agreement over the step (``competence.online_update``); others keep theirs.
 
 The state is the run's, not the federation's: the caller keeps it with the
-run (step metrics ``confidence_by_client``) and never writes it into the
-probed graph, so one run's updates cannot steer the routing of the next.
+run (step metrics ``confidence_by_client``, stored with each step) and never
+writes it into the probed graph, so one run's updates cannot steer the
+routing of the next; ``start_confidence`` gives a new run the probed values
+and a resumed run its own last ones.
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def step_agreements(
             if value is not None:
                 result.setdefault(name, []).append(value)
     return result
+
+
+def start_confidence(probed: Mapping[str, float], saved: Mapping[str, float] | None = None) -> dict[str, float]:
+    """Where a run's confidence starts: the probed graph's, overlaid by the run's own ``saved`` values
+    (its last completed step's ``confidence_by_client``, when it resumes after a restart)."""
+    return {**probed, **(saved or {})}
 
 
 def updated_confidence(

@@ -138,10 +138,12 @@ class ExpertRouter:
         with self.lock:
             return {name: self.graph.confidence(name) for name in self.graph.clients()}
 
-    def snapshot(self) -> tuple[str, dict[str, dict[str, float]]]:
-        """The graph as JSON, and each client's judging accuracy per domain."""
+    def snapshot(self, confidence: Mapping[str, float] | None = None) -> tuple[str, dict[str, dict[str, float]]]:
+        """The graph as JSON (its clients carrying a run's ``confidence`` when given), and each client's
+        judging accuracy per domain."""
         with self.lock:
-            return json.dumps(self.graph.to_json()), self.graph.client_domain_weights()
+            graph = self.graph.with_confidence(confidence) if confidence else self.graph
+            return json.dumps(graph.to_json()), graph.client_domain_weights()
 
     def export(self, directory, confidence: Mapping[str, float] | None = None) -> None:
         """Write the graph into a run's folder, its clients carrying the run's ``confidence`` when given."""

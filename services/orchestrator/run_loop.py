@@ -48,7 +48,7 @@ from .advantages import question_advantages
 from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
-from .online_confidence import step_agreements, updated_confidence
+from .online_confidence import start_confidence, step_agreements, updated_confidence
 from .questions import QuestionBank
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
@@ -326,7 +326,7 @@ class RunExecutor:
         if self.router is None:
             return {}
         last = self.store.last_step(run_id)
-        return {**self.router.probed_confidence(), **(dict(last.confidence_by_client) if last else {})}
+        return start_confidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
 
     def _update_confidence(
         self, run_id: str, cfg: RunConfig, step: int, m: pb.StepMetrics, experts: Sequence[Sequence[str]],
