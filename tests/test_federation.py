@@ -234,6 +234,7 @@ def test_a_run_uses_only_the_reward_clients_it_names(fed):
         ({"reward_clients": ["client-1"], "experts_per_question": 2}, "spec.experts_per_question"),
         ({"reward_clients": ["client-1"], "experts_per_question": 1, "tasks": ["sub1"]}, "spec.tasks"),
         ({"confidence_update_rate": 1.5}, "spec.confidence_update_rate"),
+        ({"zero_signal_groups": "skip"}, "spec.zero_signal_groups"),
     ],
 )
 def test_run_specs_naming_unusable_clients_are_refused(fed, change, field):
