@@ -86,3 +86,16 @@ def test_a_poisoning_client_loses_its_questions_within_a_few_steps():
     # step 1: a, b disagree (both 0.5); step 2: c, a disagree (c 0.5, a 0.25); then b, c agree and climb
     assert chosen == [["a", "b"], ["c", "a"], ["b", "c"], ["b", "c"]]
     assert confidence == pytest.approx({"a": 0.25, "b": 0.875, "c": 0.875})
+
+
+def test_run_confidence_starts_from_the_probes_or_its_saved_values_and_reports_what_moved():
+    from services.orchestrator.online_confidence import RunConfidence
+
+    probed = {"a": 1.0, "b": 1.0, "c": 1.0}
+    fresh, resumed = RunConfidence(probed), RunConfidence(probed, {"a": 0.25})
+    assert fresh.values == probed and resumed.values == {"a": 0.25, "b": 1.0, "c": 1.0}
+    moved = fresh.update([["a", "b"]], [[WRONG, RIGHT]], [[1.0, 1.0]], 0.5, 0.5)
+    assert moved == "a 0.500 (agreed 0.00), b 0.500 (agreed 0.00)"
+    assert fresh.of(["a", "c"]) == {"a": 0.5, "c": 1.0} and fresh.of() == {"a": 0.5, "b": 0.5, "c": 1.0}
+    assert probed == {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert fresh.update([["a"]], [[WRONG]], [[1.0]], 0.5, 0.5) == ""  # one expert: nothing measured

@@ -16,6 +16,8 @@ other), so one question cannot say which of the two is wrong; the clients
 that disagree with *everyone* they are paired with fall furthest over steps,
 while two agreeing experts climb back.
 
+``RunConfidence`` holds one run's values and applies both.
+
 ``updated_confidence(confidence, agreements, rate)`` returns the run's new
 confidence per client: each measured client moves ``rate`` of the way from
 its confidence (1.0, as probed, if the run has none yet) towards its mean
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from .advantages import consensus_rewards
 from .competence import online_update
@@ -105,3 +107,25 @@ def updated_confidence(
         if values:
             result[name] = online_update(result.get(name, PROBED_CONFIDENCE), statistics.fmean(values), rate)
     return result
+
+
+class RunConfidence:
+    """One run's online confidence per client, as ``start_confidence`` starts it and ``update`` moves it."""
+
+    def __init__(self, probed: Mapping[str, float] | None = None, saved: Mapping[str, float] | None = None) -> None:
+        self.values = start_confidence(probed or {}, saved)
+
+    def update(
+        self, experts: Sequence[Sequence[str]], rows: Sequence[Sequence[Sequence[float]]],
+        weights: Sequence[Sequence[float] | None], threshold: float, rate: float,
+    ) -> str:
+        """Apply one step's leave-one-out agreements (``step_agreements``); returns what moved, for the log."""
+        agreements = step_agreements(experts, rows, weights, threshold)
+        self.values = updated_confidence(self.values, agreements, rate)
+        return ", ".join(
+            f"{name} {self.values[name]:.3f} (agreed {statistics.fmean(a):.2f})" for name, a in sorted(agreements.items())
+        )
+
+    def of(self, names: Collection[str] = ()) -> dict[str, float]:
+        """The confidence of the named clients it knows (all when ``names`` is empty)."""
+        return {n: c for n, c in self.values.items() if not names or n in names}

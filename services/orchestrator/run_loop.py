@@ -48,7 +48,7 @@ from .advantages import question_advantages
 from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
-from .online_confidence import start_confidence, step_agreements, updated_confidence
+from .online_confidence import RunConfidence
 from .questions import QuestionBank
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
@@ -129,7 +129,7 @@ class RunExecutor:
         self.configs: dict[str, RunConfig] = {}
         # The online confidence of the run executing now (runs execute one at a time): its own,
         # started from the probed graph for each run and never written back into the graph.
-        self.confidence: dict[str, float] = {}
+        self.confidence = RunConfidence()
         self.resuming: set[str] = set()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
@@ -202,7 +202,9 @@ class RunExecutor:
             self.policy.load(version)
         obs.POLICY_VERSION.set(version.version)
         self.store.update(run_id, policy=version)
-        self.confidence = self._start_confidence(run_id)
+        if self.router is not None:
+            last = self.store.last_step(run_id)  # a resumed run goes on with its own confidence
+            self.confidence = RunConfidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
         done = self.store.completed_steps(run_id)
         self.resuming.discard(run_id)
         for step in range((done[-1] if done else 0) + 1, cfg.steps + 1):
@@ -230,7 +232,7 @@ class RunExecutor:
             )
         self._export_model(run_id, version)
         if self.router is not None:
-            self.router.export(self.store.run_dir(run_id), self.confidence)
+            self.router.export(self.store.run_dir(run_id), self.confidence.values)
 
     def _step(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
@@ -288,7 +290,14 @@ class RunExecutor:
         sequences, m.zero_advantage_groups = train_sequences(
             prompts, groups, [a for _, a in readings], cfg.zero_signal_groups
         )
-        self._update_confidence(run_id, cfg, step, m, [o.experts for o in outcomes], rows, weights, threshold)
+        if self.router is not None and cfg.expert_selection == "confidence_graph":
+            if cfg.confidence_update_rate > 0 and cfg.reward_reading == "consensus":
+                moved = self.confidence.update(
+                    [o.experts for o in outcomes], rows, weights, threshold, cfg.confidence_update_rate
+                )
+                if moved:
+                    log.info("run %s step %d: confidence %s", run_id, step, moved)
+            m.confidence_by_client.update(self.confidence.of(cfg.reward_clients))
         m.questions = len(questions)
         m.completions = sum(len(g) for g in groups)
         m.completion_tokens_mean = statistics.fmean(len(s.token_ids) for g in groups for s in g)
@@ -320,33 +329,6 @@ class RunExecutor:
         m.step_seconds = time.monotonic() - started
         return m, version
 
-    def _start_confidence(self, run_id: str) -> dict[str, float]:
-        """Where the run's online confidence starts: the probed graph, then the run's own updates up to
-        its last completed step (a resumed run goes on with them; a new run has none)."""
-        if self.router is None:
-            return {}
-        last = self.store.last_step(run_id)
-        return start_confidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
-
-    def _update_confidence(
-        self, run_id: str, cfg: RunConfig, step: int, m: pb.StepMetrics, experts: Sequence[Sequence[str]],
-        rows: Sequence[Sequence[Sequence[float]]], weights: Sequence[Sequence[float]], threshold: float,
-    ) -> None:
-        """Apply the online update to the run's confidence (graph-routed consensus runs) and report it."""
-        if self.router is None or cfg.expert_selection != "confidence_graph":
-            return
-        if cfg.confidence_update_rate > 0 and cfg.reward_reading == "consensus":
-            agreements = step_agreements(experts, rows, weights, threshold)
-            self.confidence = updated_confidence(self.confidence, agreements, cfg.confidence_update_rate)
-            if agreements:
-                log.info("run %s step %d: confidence %s", run_id, step, ", ".join(
-                    f"{n} {self.confidence[n]:.3f} (agreed {statistics.fmean(a):.2f})"
-                    for n, a in sorted(agreements.items())))
-        allowed = set(cfg.reward_clients)
-        for name, value in self.confidence.items():
-            if not allowed or name in allowed:
-                m.confidence_by_client[name] = value
-
     @staticmethod
     def _train_figures(m: pb.StepMetrics, reply: tpb.TrainResponse) -> None:
         m.loss, m.kl, m.clip_ratio = reply.metrics.loss, reply.metrics.kl, reply.metrics.clip_ratio
@@ -367,7 +349,7 @@ class RunExecutor:
             m = 1
         live = sorted(v.name for v in views if v.healthy)
         if cfg.expert_selection == "confidence_graph" and self.router is not None:
-            return self.router.select(questions, m, {v.name for v in views}, self.confidence)
+            return self.router.select(questions, m, {v.name for v in views}, self.confidence.values)
         if cfg.expert_selection == "random":
             rng = random.Random(f"{cfg.seed}:{step}:experts:{len(exclude)}")
             return [[(n, 1.0) for n in sorted(rng.sample(live, min(m, len(live))))] for _ in questions]
