@@ -10,7 +10,6 @@ import math
 import pytest
 
 from services.orchestrator.advantages import (
-    agreement,
     question_advantages,
     consensus_rewards,
     group_advantages,
@@ -235,11 +234,3 @@ def test_consensus_weighs_experts_by_competence():
     assert advantages == pytest.approx([1 / 6, -1 / 6])
     plain, _ = question_advantages(rows, "consensus", False, 2)
     assert plain == pytest.approx([0.5, 0.5])
-
-
-def test_agreement_counts_same_side_of_the_threshold():
-    accepted = [0.9, 0.1, 0.6, math.nan]
-    assert agreement([1.0, 0.0, 0.0, 1.0], accepted, 0.5) == pytest.approx(2 / 3)  # last pair excluded
-    assert agreement([math.nan] * 4, accepted, 0.5) is None
-    with pytest.raises(ValueError, match="4 accepted"):
-        agreement([1.0], accepted, 0.5)

@@ -303,6 +303,19 @@ def test_online_confidence_multiplies_competence():
         graph.update_online("dave", 1.0, 0.1)
 
 
+def test_a_runs_confidence_scales_competence_without_touching_the_graph():
+    graph = build_graph()
+    # the run's view: alice at 0.4, carol unnamed (keeps the graph's 1.0)
+    assert graph.competences(X_QUESTION, L=3, confidence={"alice": 0.4, "dave": 0.1}) == pytest.approx(
+        {"alice": 0.4, "bob": 0.5, "carol": 0.25}
+    )
+    assert graph.competences(X_QUESTION, L=3) == pytest.approx({"alice": 1.0, "bob": 0.5, "carol": 0.25})
+    view = graph.with_confidence({"alice": 0.4})
+    assert view.confidence("alice") == 0.4 and view.competences(X_QUESTION, L=3)["alice"] == pytest.approx(0.4)
+    assert graph.confidence("alice") == 1.0  # the probed graph is unchanged
+    assert view.items() == graph.items() and view.graph.number_of_edges() == graph.graph.number_of_edges()
+
+
 def test_remove_client():
     graph = build_graph()
     graph.remove_client("alice")

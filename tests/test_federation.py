@@ -234,6 +234,7 @@ def test_a_run_uses_only_the_reward_clients_it_names(fed):
         ({"reward_clients": ["client-1"], "experts_per_question": 2}, "spec.experts_per_question"),
         ({"reward_clients": ["client-1"], "experts_per_question": 1, "tasks": ["sub1"]}, "spec.tasks"),
         ({"confidence_update_rate": 1.5}, "spec.confidence_update_rate"),
+        ({"zero_signal_groups": "skip"}, "spec.zero_signal_groups"),
     ],
 )
 def test_run_specs_naming_unusable_clients_are_refused(fed, change, field):
@@ -267,20 +268,39 @@ def test_an_expert_that_leaves_mid_run_is_replaced_by_the_next_one(tmp_path, mod
     assert listed == {"client-0": False, "client-1": True}
 
 
-def test_online_update_lowers_the_confidence_of_a_client_that_disagrees(tmp_path, model_cache):
-    """client-0 holds add1's labels; client-1 holds none and judges with the weak tiny model. Both
-    judge every add1 question (M = 2); with the online update on, client-1's confidence falls
-    where its calls disagree with the accepted rewards, while client-0, whose weight dominates
-    the consensus, keeps full confidence."""
-    judge = ["--judge-model", "tiny-policy", "--cache-dir", str(model_cache)]
-    with federation(tmp_path, model_cache, [("add1", []), ("", judge)]) as (stub, _, _):
-        spec = pb.RunSpec(**{**SPEC, "steps": 3, "questions_per_step": 4, "expert_selection": "confidence_graph",
-                             "confidence_update_rate": 0.5})
-        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
-        assert run.spec.confidence_update_rate == 0.5
-        events, run = wait(stub, run.run_id)
+def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the_probes(tmp_path, model_cache):
+    """client-0 judges the probes honestly and inverts every training reward (an injected poisoning
+    fault); client-1 and client-2 judge add1 honestly. All three probe the same, so client-0, first
+    by name, is an expert of step 1 (M = 2). With the online update on, each expert is measured
+    against the other expert of its question (leave-one-out): step 1 demotes client-0 and client-1
+    alike, step 2 pairs client-0 with client-2 and demotes it again, and from step 3 the two honest
+    clients agree and judge alone. A second run starts from the probed graph, not from the first
+    run's confidence."""
+    clients = [("add1", ["--fault", "poison"]), ("add1", []), ("add1", [])]
+    with federation(tmp_path, model_cache, clients) as (stub, _, services):
+        spec = dict(SPEC, steps=4, expert_selection="confidence_graph", confidence_update_rate=0.5)
+        events, run = wait(stub, stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**spec))).run_id)
+        assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+        second_events, second = wait(stub, stub.CreateRun(pb.CreateRunRequest(
+            spec=pb.RunSpec(**dict(spec, steps=1, confidence_update_rate=0.0)))).run_id)
         graph = json.loads(stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest()).graph_json)
-    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
-    confidence = {n["name"]: n["confidence"] for n in graph["graph"]["nodes"] if n["kind"] == "client"}
-    assert confidence["client-0"] == 1.0
-    assert 0.0 <= confidence["client-1"] < 1.0
+        run_view = json.loads(stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id)).graph_json)
+        log_text = services["orchestrator"].log_path.read_text()
+    steps = [e.step for e in events if e.HasField("step")]
+    assert "client-0" in steps[0].rewards_by_client  # it judged, and was measured
+    assert all("client-0" not in s.rewards_by_client for s in steps[2:])  # then lost its questions
+    first = dict(steps[0].confidence_by_client)
+    assert first["client-0"] == pytest.approx(0.5) and first["client-2"] == 1.0
+    final = dict(steps[-1].confidence_by_client)
+    assert final["client-0"] == pytest.approx(0.25)  # 0.5 * 0.5 + 0.5 * 0 at step 2, then unchanged
+    assert min(final["client-1"], final["client-2"]) >= 0.5
+    assert f"run {run.run_id} step 2: confidence client-0 0.250 (agreed 0.00)" in log_text
+    assert {n["name"]: n["confidence"] for n in run_view["graph"]["nodes"] if n["kind"] == "client"} == final
+
+    assert second.state == pb.RUN_STATE_SUCCEEDED, second.error
+    start = [e.step for e in second_events if e.HasField("step")][0]
+    assert dict(start.confidence_by_client) == {"client-0": 1.0, "client-1": 1.0, "client-2": 1.0}
+    assert "client-0" in start.rewards_by_client  # routed by the probes again
+    assert {n["name"]: n["confidence"] for n in graph["graph"]["nodes"] if n["kind"] == "client"} == {
+        "client-0": 1.0, "client-1": 1.0, "client-2": 1.0,
+    }

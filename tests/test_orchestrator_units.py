@@ -32,6 +32,24 @@ def test_dr_grpo_does_not_scale_by_std_unless_asked():
     assert resolve(tasks=["add1"], loss_type="dr_grpo", scale_rewards=True).scale is True
 
 
+def test_pooled_reading_does_not_scale_by_std_unless_asked_as_in_fedgrpos_released_code():
+    pooled = resolve(tasks=["add1"], reward_reading="pooled")  # bnpo, scale_rewards unset
+    assert pooled.loss_type == "bnpo" and pooled.scale is False
+    assert to_message(pooled).scale_rewards is False  # the resolved spec says so
+    assert resolve(tasks=["add1"], reward_reading="pooled", scale_rewards=True).scale is True
+    assert resolve(tasks=["add1"], reward_reading="consensus").scale is True
+
+
+def test_groups_without_signal_are_kept_unless_the_spec_drops_them():
+    kept = resolve(tasks=["add1"])
+    assert kept.zero_signal_groups == "keep" and to_message(kept).zero_signal_groups == "keep"
+    assert resolve(tasks=["add1"], zero_signal_groups="drop").zero_signal_groups == "drop"
+    with pytest.raises(SpecError) as err:
+        resolve(tasks=["add1"], zero_signal_groups="skip")
+    assert err.value.field == "zero_signal_groups" and "'keep' or 'drop'" in str(err.value)
+    assert str(err.value).startswith("spec.zero_signal_groups")
+
+
 @pytest.mark.parametrize(
     "fields, field, words",
     [

@@ -88,3 +88,29 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
         # The restarted engine serves the trainer's latest policy.
         served = stub.Generate(pb.GenerateRequest(prompts=["1+1="], max_tokens=2))
         assert served.policy.version == run.policy.version
+
+
+def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_cache):
+    """client-0 judges the probes honestly and inverts every training reward; client-1 and client-2
+    are honest, all three probe the same. With the online update the run demotes client-0 by step 2
+    (tests/test_federation.py walks through it). The orchestrator is killed after step 2: the resumed
+    run takes its confidence back from its stored steps, so client-0 never judges again; started from
+    the probes instead, it would be first by name again."""
+    clients = [("add1", ["--fault", "poison"]), ("add1", []), ("add1", [])]
+    with federation(tmp_path, model_cache, clients) as (stub, fed, services):
+        run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
+            tasks=["add1"], steps=6, questions_per_step=2, candidates_per_question=4, experts_per_question=2,
+            max_tokens=8, expert_selection="confidence_graph", confidence_update_rate=0.5,
+        )))
+        wait_for_step(stub, run.run_id, 2)
+        fed.restart(services["orchestrator"], kill=True)
+        fed.wait_healthy(services["orchestrator"], 240)
+        run = run_to_end(stub, run.run_id)
+        log_text = services["orchestrator"].log_path.read_text()
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    assert f"run {run.run_id} was RUN_STATE_RUNNING when the orchestrator stopped" in log_text
+    steps = steps_of(run)
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    assert "client-0" in steps[0]["rewards_by_client"]
+    assert all("client-0" not in s["rewards_by_client"] for s in steps[2:])
+    assert steps[-1]["confidence_by_client"]["client-0"] == 0.25

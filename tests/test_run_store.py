@@ -326,3 +326,21 @@ def test_runs_left_as_files_by_an_older_orchestrator_are_imported(tmp_path):
     (tmp_path / "old" / "run.json").write_text(json_format.MessageToJson(pb.Run(run_id="old")))
     store = crash(store, tmp_path)
     assert store.get("old").state == pb.RUN_STATE_SUCCEEDED
+
+
+def test_a_runs_online_confidence_survives_a_restart_and_stays_its_own(tmp_path):
+    from services.orchestrator.online_confidence import start_confidence
+
+    probed = {"alice": 1.0, "bob": 1.0}
+    store = RunStore(tmp_path)
+    first, second = store.create(spec()), store.create(spec())
+    store.add_step(first.run_id, pb.StepMetrics(step=1, confidence_by_client={"alice": 0.5, "bob": 1.0}), version(1))
+    store.add_step(first.run_id, pb.StepMetrics(step=2, confidence_by_client={"alice": 0.25, "bob": 0.75}), version(2))
+
+    store = crash(store, tmp_path)
+    last = store.last_step(first.run_id)
+    assert last.step == 2
+    # the interrupted run resumes with its own confidence; another run starts from the probes
+    assert start_confidence(probed, last.confidence_by_client) == {"alice": 0.25, "bob": 0.75}
+    assert store.last_step(second.run_id) is None
+    assert start_confidence(probed, None) == probed

@@ -16,8 +16,6 @@ caller can drop them from the policy batch.
   experts each score their own block of G candidates; the statistics run over
   the pooled M x G block and the result keeps the block shape.
 - ``group_has_signal``: whether a group can produce any gradient at all.
-- ``agreement``: how far one expert's right/wrong calls match the accepted
-  rewards (the online confidence update's input).
 
 Standard deviation convention: the sample std (n - 1 denominator), as TRL's
 ``GRPOTrainer`` computes ``rewards.view(-1, G).std(dim=1)`` with torch's
@@ -102,8 +100,10 @@ def pooled_advantages(
 ) -> list[list[float]]:
     """Advantages over the pooled M x G block (``blocks[j]`` = expert j's G candidates), same shape out.
 
-    Mean-centred over all valid entries of all blocks (std scaling optional, off
-    by default as in FedGRPO's released code); NaN stays NaN.
+    Mean-centred over all valid entries of all blocks; NaN stays NaN. Std
+    scaling is optional and off by default, as in FedGRPO's released code; a
+    run's spec leaves it off for the pooled reading unless ``scale_rewards``
+    is set (``RunConfig.scale``).
     """
     _check_epsilon(epsilon)
     if not blocks:
@@ -148,19 +148,6 @@ def _sample_std(values: list[float], mean: float) -> float:
 def _check_epsilon(epsilon: float) -> None:
     if not math.isfinite(epsilon) or epsilon < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-
-
-def agreement(row: Sequence[float], accepted: Sequence[float], threshold: float) -> float | None:
-    """How far one expert's rewards agree with the accepted ones: the fraction of candidates
-    both scored on the same side of ``threshold`` (right vs wrong). None when no candidate
-    has both rewards valid. Feeds the confidence graph's online update.
-    """
-    if len(row) != len(accepted):
-        raise ValueError(f"row has {len(row)} rewards for {len(accepted)} accepted ones")
-    pairs = [(r, a) for r, a in zip(row, accepted) if math.isfinite(r) and math.isfinite(a)]
-    if not pairs:
-        return None
-    return sum((r >= threshold) == (a >= threshold) for r, a in pairs) / len(pairs)
 
 
 def question_advantages(

@@ -74,6 +74,9 @@ class ConfidenceGraph:
     how well its training rewards agreed with the accepted ones. A client whose
     rewards keep disagreeing is thus demoted on every question without
     rewriting its probed accuracies (which remain the record of the probes).
+    The orchestrator keeps a run's confidence outside the graph (passed to
+    ``competences``, shown by ``with_confidence``), so the probed graph is the
+    same for every run.
     """
 
     def __init__(self, keep_questions: bool = False) -> None:
@@ -186,20 +189,25 @@ class ConfidenceGraph:
         question_embedding: np.ndarray,
         L: int = 20,
         similarity_weighted: bool = False,
+        confidence: Mapping[str, float] | None = None,
     ) -> dict[str, float]:
         """Each known client's competence for a question: confidence x mean accuracy over the L nearest items.
 
         With ``similarity_weighted`` the mean is weighted by each neighbour's
         cosine similarity to the question, negative similarities taken as 0 (an
         item pointing away from the question says nothing about it).
+        ``confidence`` (a run's own online view, client -> [0, 1]) replaces the
+        graph's confidence of the clients it names, without changing the graph.
         """
         neighbours, similarities = self._neighbours(question_embedding, L)
         weights = [max(0.0, s) for s in similarities] if similarity_weighted else None
+        confidence = confidence or {}
         result = {}
         for name in self.clients():
             node = (CLIENT, name)
             accuracy = self._item_accuracy(node)
-            result[name] = self._graph.nodes[node]["confidence"] * competence(accuracy, neighbours, weights)
+            multiplier = confidence.get(name, self._graph.nodes[node]["confidence"])
+            result[name] = multiplier * competence(accuracy, neighbours, weights)
         return result
 
     def _item_accuracy(self, client_node: tuple[str, str]) -> dict[str, float]:
@@ -246,6 +254,17 @@ class ConfidenceGraph:
         attrs = self._graph.nodes[node]
         attrs["confidence"] = online_update(attrs["confidence"], agreement, rate)
         return attrs["confidence"]
+
+    def with_confidence(self, confidence: Mapping[str, float]) -> ConfidenceGraph:
+        """A copy whose clients named in ``confidence`` carry those values (a run's view); self is unchanged."""
+        view = ConfidenceGraph(self.keep_questions)
+        view._graph = self._graph.copy()
+        view._item_ids, view._item_rows = list(self._item_ids), dict(self._item_rows)
+        view._embeddings = self._embeddings
+        for name, value in confidence.items():
+            if (CLIENT, name) in view._graph:
+                view._graph.nodes[(CLIENT, name)]["confidence"] = float(value)
+        return view
 
     def confidence(self, client: str) -> float:
         """``client``'s current online confidence multiplier."""

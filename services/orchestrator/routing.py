@@ -5,8 +5,10 @@ through its Score RPC when it first becomes healthy (answers of known
 correctness; garbage, errors and timeouts count as incompetent and are
 logged), and for each training question returns the M most competent live
 clients over its L nearest auxiliary items, with their competence (the
-consensus weights). ``update_confidence`` applies the online update. Access
-is serialised by a lock.
+consensus weights). The graph holds what the probes found and nothing a run
+learnt: a run's online confidence (``online_confidence.py``) is passed to
+``select`` and ``export``, never written into the graph, so every run starts
+from the probed graph. Access is serialised by a lock.
 """
 
 from __future__ import annotations
@@ -112,11 +114,13 @@ class ExpertRouter:
                 self._save()
 
     def select(
-        self, questions: Sequence[Question], m: int, allowed: Collection[str] = ()
+        self, questions: Sequence[Question], m: int, allowed: Collection[str] = (),
+        confidence: Mapping[str, float] | None = None,
     ) -> list[list[tuple[str, float]]]:
         """Each question's experts with their competence, most competent first.
 
         Only live clients, and only those in ``allowed`` when it is given.
+        ``confidence``: the run's online confidence per client (others: as probed).
         """
         self.probe_new_clients()
         live = [v.name for v in self.clients.views() if v.healthy and (not allowed or v.name in allowed)]
@@ -124,35 +128,33 @@ class ExpertRouter:
         with self.lock:
             chosen = []
             for e in embeddings:
-                competences = self.graph.competences(e, L=self.neighbours)
+                competences = self.graph.competences(e, L=self.neighbours, confidence=confidence)
                 names = select_top_m(competences, m, live)
                 chosen.append([(n, competences.get(n, 0.0)) for n in names])
             return chosen
 
-    def update_confidence(self, agreements: Mapping[str, float], rate: float) -> dict[str, float]:
-        """Online update: move each client's confidence towards its agreement; returns the new values."""
+    def probed_confidence(self) -> dict[str, float]:
+        """Every probed client's confidence in the graph: where each run's online confidence starts."""
         with self.lock:
-            updated = {
-                name: self.graph.update_online(name, agreement, rate)
-                for name, agreement in agreements.items()
-                if name in self.graph.clients()
-            }
-        self._save()
-        return updated
+            return {name: self.graph.confidence(name) for name in self.graph.clients()}
 
-    def snapshot(self) -> tuple[str, dict[str, dict[str, float]]]:
-        """The graph as JSON, and each client's judging accuracy per domain."""
+    def snapshot(self, confidence: Mapping[str, float] | None = None) -> tuple[str, dict[str, dict[str, float]]]:
+        """The graph as JSON (its clients carrying a run's ``confidence`` when given), and each client's
+        judging accuracy per domain."""
         with self.lock:
-            return json.dumps(self.graph.to_json()), self.graph.client_domain_weights()
+            graph = self.graph.with_confidence(confidence) if confidence else self.graph
+            return json.dumps(graph.to_json()), graph.client_domain_weights()
 
-    def export(self, directory) -> None:
+    def export(self, directory, confidence: Mapping[str, float] | None = None) -> None:
+        """Write the graph into a run's folder, its clients carrying the run's ``confidence`` when given."""
         from pathlib import Path
 
         directory = Path(directory)
         with self.lock:
-            (directory / "confidence_graph.json").write_text(json.dumps(self.graph.to_json(), indent=1))
-            self.graph.write_graphml(directory / "confidence_graph.graphml")
-            weights = self.graph.client_domain_weights()
+            graph = self.graph.with_confidence(confidence) if confidence else self.graph
+            (directory / "confidence_graph.json").write_text(json.dumps(graph.to_json(), indent=1))
+            graph.write_graphml(directory / "confidence_graph.graphml")
+            weights = graph.client_domain_weights()
         from .graph_plot import draw
 
         draw(weights, directory / "confidence_graph.png")

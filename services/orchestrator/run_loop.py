@@ -44,9 +44,11 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
-from .advantages import agreement, group_has_signal, question_advantages
+from .advantages import question_advantages
+from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
+from .online_confidence import RunConfidence
 from .questions import QuestionBank
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
@@ -125,6 +127,9 @@ class RunExecutor:
         self.link = TrainerLink(trainer, store, trainer_retry_seconds)
         self.client_wait_seconds = client_wait_seconds
         self.configs: dict[str, RunConfig] = {}
+        # The online confidence of the run executing now (runs execute one at a time): its own,
+        # started from the probed graph for each run and never written back into the graph.
+        self.confidence = RunConfidence()
         self.resuming: set[str] = set()
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
@@ -198,6 +203,9 @@ class RunExecutor:
             self.policy.load(version)
         obs.POLICY_VERSION.set(version.version)
         self.store.update(run_id, policy=version)
+        if self.router is not None:
+            last = self.store.last_step(run_id)  # a resumed run goes on with its own confidence
+            self.confidence = RunConfidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
         done = self.store.completed_steps(run_id)
         self.resuming.discard(run_id)
         for step in range((done[-1] if done else 0) + 1, cfg.steps + 1):
@@ -225,7 +233,7 @@ class RunExecutor:
             )
         self._export_model(run_id, version)
         if self.router is not None:
-            self.router.export(self.store.run_dir(run_id))
+            self.router.export(self.store.run_dir(run_id), self.confidence.values)
 
     def _step(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
@@ -270,44 +278,30 @@ class RunExecutor:
         m.score_seconds = time.monotonic() - t
 
         # -> advantages
-        sequences, rewards = [], []
-        threshold = self._correct_threshold(experts)
-        correct = 0
-        agreements: dict[str, list[float]] = {}
-        for q, prompt, group, outcome, w in zip(questions, prompts, groups, outcomes, weights):
+        for q, outcome in zip(questions, outcomes):
             for problem in outcome.problems:
                 log.warning("run %s step %d question %s: dropped rewards: %s", run_id, step, q.question_id, problem)
             m.rewards_received += outcome.received
             m.rewards_dropped += outcome.dropped
-            rows = self._rows(cfg, outcome.rows, len(group))
-            candidate_rewards, advantages = question_advantages(
-                rows, cfg.reward_reading, cfg.scale, len(group), weights=w
-            )
-            if cfg.reward_reading == "consensus" and len(rows) > 1:
-                for name, row in zip(outcome.experts, rows):
-                    a = agreement(row, candidate_rewards, threshold)
-                    if a is not None:
-                        agreements.setdefault(name, []).append(a)
-            valid = [r for r in candidate_rewards if not math.isnan(r)]
-            rewards += valid
-            correct += sum(r >= threshold for r in valid)
-            if not group_has_signal(advantages):
-                m.zero_advantage_groups += 1
-                continue
-            for sample, adv in zip(group, advantages):
-                if not math.isnan(adv):
-                    sequences.append(
-                        tpb.TrainSequence(
-                            prompt_token_ids=prompt, completion_token_ids=sample.token_ids,
-                            completion_logprobs=sample.logprobs, advantage=adv,
-                        )
-                    )
-        if cfg.confidence_update_rate > 0 and self.router is not None and agreements:
-            updated = self.router.update_confidence(
-                {n: statistics.fmean(a) for n, a in agreements.items()}, cfg.confidence_update_rate
-            )
-            log.info("run %s step %d: confidence %s", run_id, step,
-                     ", ".join(f"{n} {c:.3f}" for n, c in sorted(updated.items())))
+        rows = [self._rows(cfg, o.rows, len(g)) for o, g in zip(outcomes, groups)]
+        readings = [
+            question_advantages(r, cfg.reward_reading, cfg.scale, len(g), weights=w)
+            for r, g, w in zip(rows, groups, weights)
+        ]
+        threshold = self._correct_threshold(experts)
+        rewards = [r for candidate_rewards, _ in readings for r in candidate_rewards if not math.isnan(r)]
+        correct = sum(r >= threshold for r in rewards)
+        sequences, m.zero_advantage_groups = train_sequences(
+            prompts, groups, [a for _, a in readings], cfg.zero_signal_groups
+        )
+        if self.router is not None and cfg.expert_selection == "confidence_graph":
+            if cfg.confidence_update_rate > 0 and cfg.reward_reading == "consensus":
+                moved = self.confidence.update(
+                    [o.experts for o in outcomes], rows, weights, threshold, cfg.confidence_update_rate
+                )
+                if moved:
+                    log.info("run %s step %d: confidence %s", run_id, step, moved)
+            m.confidence_by_client.update(self.confidence.of(cfg.reward_clients))
         m.questions = len(questions)
         m.completions = sum(len(g) for g in groups)
         m.completion_tokens_mean = statistics.fmean(len(s.token_ids) for g in groups for s in g)
@@ -333,7 +327,8 @@ class RunExecutor:
             with self.policy.lock:
                 m.sync_seconds += self.policy.load(version)
         else:
-            log.info("run %s step %d: no group had a learning signal; policy unchanged", run_id, step)
+            log.info("run %s step %d: nothing to train on (no judged candidate, or zero_signal_groups=drop "
+                     "and no group had signal); policy unchanged", run_id, step)
         m.steps_replayed = self.link.take_replayed()
         m.step_seconds = time.monotonic() - started
         return m, version
@@ -358,7 +353,7 @@ class RunExecutor:
             m = 1
         live = sorted(v.name for v in views if v.healthy)
         if cfg.expert_selection == "confidence_graph" and self.router is not None:
-            return self.router.select(questions, m, {v.name for v in views})
+            return self.router.select(questions, m, {v.name for v in views}, self.confidence.values)
         if cfg.expert_selection == "random":
             rng = random.Random(f"{cfg.seed}:{step}:experts:{len(exclude)}")
             return [[(n, 1.0) for n in sorted(rng.sample(live, min(m, len(live))))] for _ in questions]

@@ -379,6 +379,14 @@ class RunStore:
                 (run_id, after_step),
             ).fetchall()
 
+    def last_step(self, run_id: str) -> pb.StepMetrics | None:
+        """The metrics of the run's highest completed step, if any (a resumed run takes its state from them)."""
+        with self.changed:
+            row = self.db.execute(
+                "SELECT metrics FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step DESC LIMIT 1", (run_id,)
+            ).fetchone()
+        return pb.StepMetrics.FromString(row[0]) if row else None
+
     def completed_steps(self, run_id: str) -> list[int]:
         with self.changed:
             rows = self.db.execute(

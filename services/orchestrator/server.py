@@ -144,7 +144,12 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if router is None:
             serving.failed_precondition(context, "this orchestrator runs without a confidence graph (--confidence-graph)")
         router.probe_new_clients()
-        graph_json, weights = router.snapshot()
+        confidence = None
+        if request.run_id:  # the graph as that run sees it: its own online confidence, last completed step
+            self._run(request.run_id, context)
+            last = self.store.last_step(request.run_id)
+            confidence = dict(last.confidence_by_client) if last else {}
+        graph_json, weights = router.snapshot(confidence)
         return pb.ConfidenceGraphView(
             graph_json=graph_json,
             competences=[

@@ -19,6 +19,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RewardReading = Literal["consensus", "pooled"]
 ExpertSelection = Literal["confidence_graph", "domain", "random", "all"]
+ZeroSignalGroups = Literal["keep", "drop"]
 
 
 class SpecError(ValueError):
@@ -50,12 +51,19 @@ class RunConfig(BaseModel):
     seed: int = Field(0, ge=0, le=2**62)
     reward_timeout_seconds: float = Field(10.0, gt=0, le=3600)
     scale_rewards: bool | None = None
+    """Divide advantages by the group's std; unset: true, except dr_grpo (Liu et al.) and the pooled
+    reading (FedGRPO's released code centres the pooled block without scaling). See ``scale``."""
     max_grad_norm: float = Field(1.0, ge=0, le=1e6)
     reward_reading: RewardReading = "consensus"
     expert_selection: ExpertSelection | None = None  # confidence_graph when the graph is on, else domain
     reward_clients: list[str] = Field(default_factory=list)
     confidence_update_rate: float = Field(0.0, ge=0, le=1)
     expert_quorum: int = Field(1, ge=1, le=64)
+    zero_signal_groups: ZeroSignalGroups = "keep"
+    """Groups whose valid advantages are all 0 (every candidate scored the same). ``keep`` (TRL's
+    GRPOTrainer): they stay in the batch with advantage 0, so the loss normaliser does not move with
+    their share and, with beta > 0, their KL term still counts. ``drop`` (DAPO's dynamic sampling):
+    they are left out of the batch. Counted in ``zero_advantage_groups`` either way."""
 
     @property
     def samples_per_question(self) -> int:
@@ -65,8 +73,11 @@ class RunConfig(BaseModel):
 
     @property
     def scale(self) -> bool:
-        """dr_grpo does not divide advantages by the group's std (Liu et al.)."""
-        return self.scale_rewards if self.scale_rewards is not None else self.loss_type != "dr_grpo"
+        """Whether advantages are divided by the std: ``scale_rewards`` when set; otherwise not for
+        dr_grpo (Liu et al.) nor for the pooled reading (FedGRPO's released code), else yes."""
+        if self.scale_rewards is not None:
+            return self.scale_rewards
+        return self.loss_type != "dr_grpo" and self.reward_reading != "pooled"
 
 
 def _set_fields(msg: pb.RunSpec) -> dict:

@@ -28,6 +28,10 @@ from .evaluators import AnswerBasedEvaluator, Evaluator
 
 log = logging.getLogger(__name__)
 
+# The run id the orchestrator's competence probes carry (services/orchestrator/routing.py):
+# the poison fault answers those honestly.
+PROBE_RUN_ID = "probe"
+
 
 class Refused(Exception):
     """A Score request this client will not answer, with the status that says why."""
@@ -84,7 +88,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             )
         rewards = evaluator.score(request.domain, request.question, list(request.candidates))
         SCORES.labels(common_pb2.EvaluatorKind.Name(evaluator.kind)).inc()
-        return self._inject_fault(rewards)
+        return self._inject_fault(rewards, request.run_id)
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -93,7 +97,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             context.abort(refused.code, str(refused))
             raise AssertionError("unreachable") from None
 
-    def _inject_fault(self, rewards: list[float]) -> list[float]:
+    def _inject_fault(self, rewards: list[float], run_id: str) -> list[float]:
         s = self.settings
         if s.fault_delay_seconds:
             time.sleep(s.fault_delay_seconds)
@@ -105,6 +109,11 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             return rewards[:-1]
         if s.fault == "error":
             raise Refused(grpc.StatusCode.INTERNAL, "injected fault")
+        if s.fault == "poison" and run_id != PROBE_RUN_ID:
+            # A poisoning client: competent when the orchestrator probes it, inverted in training.
+            low = min(e.reward_min for e in self.evaluators)
+            high = max(e.reward_max for e in self.evaluators)
+            return [low + high - r for r in rewards]
         return rewards
 
 
