@@ -64,7 +64,7 @@ class RewardClient:
     failures: int = 0
 
     def view(self) -> ClientView:
-        return ClientView(self.name or self.address, self.domains, self.healthy)
+        return ClientView(self.name or self.address, self.domains, self.healthy, self.evaluator_kinds)
 
     @property
     def joined(self) -> bool:
