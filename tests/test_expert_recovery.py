@@ -101,7 +101,8 @@ def test_quorum_holds_when_fewer_experts_were_chosen_than_it_asks():
 
 
 class Scripted:
-    """A transport that answers each call from a script: rewards, or a gRPC status (the injected fault)."""
+    """A transport that answers each call from a script: rewards (the first one per candidate), or a gRPC
+    status (the injected fault)."""
 
     def __init__(self, answer):
         self.answer, self.calls = answer, 0
@@ -110,7 +111,7 @@ class Scripted:
         self.calls += 1
         if isinstance(self.answer, grpc.StatusCode):
             raise ScoreError(self.answer, "injected")
-        return rpb.ScoreResponse(rewards=self.answer)
+        return rpb.ScoreResponse(rewards=self.answer[: len(request.candidates)])
 
 
 def config(**fields):
@@ -175,3 +176,39 @@ def test_a_client_sending_nan_for_every_candidate_goes_straight_to_the_next_expe
         clients.close()
     assert outcome.experts == ["a", "c"] and (replaced, retried) == (1, 0)
     assert clients.by_name()["b"].transport.calls == 1 and outcome.rows[1] == [0.0, 1.0]
+
+
+# -- the run seen failing: confidence-graph routing ---------------------------------
+
+
+class RefusesTraining:
+    """Judges every probe perfectly, then answers NOT_FOUND (cannot judge) to every training call."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, request, timeout):
+        self.calls += 1
+        if request.run_id != "probe":
+            raise ScoreError(NOT_FOUND, "injected: cannot judge")
+        return rpb.ScoreResponse(rewards=[1.0, 0.0, 0.0, 1.0][: len(request.candidates)])
+
+
+def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run():
+    """The reported run: reward_clients [org-a, org-b]; org-b failed and was "replaced by org-a",
+    which already judged the question: its rewards counted twice. (The router read the empty set of
+    remaining clients as "anyone".) Here org-c, outside the run, must not be asked either."""
+    from fedgrpo.tasks import build_questions
+    from services.orchestrator.embedding import MiniLMEmbedder
+    from services.orchestrator.routing import ExpertRouter
+
+    executor, clients = shell({"org-a": [1.0, 0.0, 0.0, 1.0], "org-c": [1.0, 0.0, 0.0, 1.0]})
+    clients.clients.insert(1, RewardClient("org-b", RefusesTraining(), name="org-b", domains=("add1",), healthy=True))
+    try:
+        executor.router = ExpertRouter(clients, MiniLMEmbedder("cpu"), build_questions("add1", 7, 3), neighbours=3)
+        cfg = config(expert_selection="confidence_graph", reward_clients=["org-a", "org-b"])
+        outcome, replaced, _ = recover(executor, cfg, ["org-a", "org-b"])
+    finally:
+        clients.close()
+    assert outcome.experts == ["org-a", "org-b"] and replaced == 0
+    assert outcome.received == 2 and outcome.dropped == 2  # org-a's row once; org-b's stays missing

@@ -189,7 +189,7 @@ class ConfidenceGraph:
         if edge is not None and not edge.get("unknown", False):
             return 0
         tries = (edge or {}).get("tries", 0) + 1
-        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=0.0, problem=why, unknown=True, tries=tries)
+        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=0.0, problem=str(why), unknown=True, tries=tries)
         return tries
 
     def unknown_items(self, client: str, max_tries: int | None = None) -> list[str]:

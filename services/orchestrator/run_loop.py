@@ -43,11 +43,11 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
-from . import recovery
 from .advantages import agreement, group_has_signal, question_advantages
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .questions import QuestionBank
+from . import recovery
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
