@@ -64,7 +64,7 @@ class RewardClient:
     failures: int = 0
 
     def view(self) -> ClientView:
-        return ClientView(self.name or self.address, self.domains, self.healthy)
+        return ClientView(self.name or self.address, self.domains, self.healthy, self.evaluator_kinds)
 
     @property
     def joined(self) -> bool:
@@ -267,6 +267,10 @@ class RewardClients:
                     client.healthy = False
             return [math.nan] * n, n, Problem.failed(f"{client.name}: {err.code().name} {err.details()}", err.code())
         client.failures = 0
+        if n and len(reply.rewards) == n and all(math.isnan(r) for r in reply.rewards):
+            # NaN for every candidate is how a client says it cannot judge the question (like NOT_FOUND).
+            return [math.nan] * n, n, Problem.failed(f"{client.name}: cannot judge (NaN for every candidate)",
+                                                     grpc.StatusCode.NOT_FOUND)
         if len(reply.rewards) != n:
             return [math.nan] * n, n, f"{client.name}: {len(reply.rewards)} rewards for {n} candidates"
         row, dropped = [], 0

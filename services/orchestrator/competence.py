@@ -2,9 +2,9 @@
 
 ``cosine_similarities`` / ``nearest_items`` find a question's nearest
 auxiliary items; ``judging_accuracy`` scores how well a client judged one
-probed item; ``competence`` averages that over the neighbours (unknown items
-count 0: unknown is not competent); ``select_top_m`` picks the experts
-(ties by name); ``online_update`` moves a client's confidence towards how
+probed item; ``competence`` averages that over the neighbours (never-probed
+items count 0; items whose probe failed in transport are unknown and left out); ``select_top_m`` picks the experts
+(ties: exact judges first, then by name); ``online_update`` moves a client's confidence towards how
 well its rewards agreed with the accepted ones. ``ConfidenceGraph`` in
 ``confidence_graph.py`` holds the state these functions work on.
 """
@@ -94,41 +94,60 @@ def competence(
     item_accuracy: Mapping[str, float],
     neighbours: Sequence[str],
     weights: Sequence[float] | None = None,
+    unknown: Collection[str] = (),
 ) -> float:
     """A client's mean judging accuracy over a question's ``neighbours`` (auxiliary item ids).
 
-    An item missing from ``item_accuracy`` (never probed) counts 0: unknown is
-    not competent. With ``weights`` (one per neighbour, finite, >= 0; usually
-    the similarities) the mean is weighted; if they are all 0 it falls back to
-    the plain mean. No neighbours -> 0.
+    An item in ``unknown`` (its probe failed in transport: timeout,
+    unreachable) says nothing about the client and is left out of the mean;
+    an item missing from ``item_accuracy`` otherwise (never probed) counts 0:
+    unprobed is not competent. With ``weights`` (one per neighbour, finite,
+    >= 0; usually the similarities) the mean is weighted; if they are all 0 it
+    falls back to the plain mean. No neighbours, or only unknown ones -> 0.
     """
+    if weights is not None:
+        if len(weights) != len(neighbours):
+            raise ValueError(f"weights must have one entry per neighbour ({len(neighbours)}), got {len(weights)}")
+        for i, weight in enumerate(weights):
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"weights[{i}] must be a finite number >= 0, got {weight!r}")
+    if unknown:
+        kept = [i for i, item_id in enumerate(neighbours) if item_id not in unknown]
+        neighbours = [neighbours[i] for i in kept]
+        weights = None if weights is None else [weights[i] for i in kept]
     if not neighbours:
         return 0.0
     accuracies = [float(item_accuracy.get(item_id, 0.0)) for item_id in neighbours]
     if weights is None:
         return math.fsum(accuracies) / len(accuracies)
-    if len(weights) != len(neighbours):
-        raise ValueError(f"weights must have one entry per neighbour ({len(neighbours)}), got {len(weights)}")
-    for i, weight in enumerate(weights):
-        if not math.isfinite(weight) or weight < 0:
-            raise ValueError(f"weights[{i}] must be a finite number >= 0, got {weight!r}")
     total = math.fsum(weights)
     if total == 0:
         return math.fsum(accuracies) / len(accuracies)
     return math.fsum(w * a for w, a in zip(weights, accuracies)) / total
 
 
-def select_top_m(competences: Mapping[str, float], m: int, live: Collection[str]) -> list[str]:
-    """The ``m`` most competent clients among ``live``, most competent first, ties by name.
+def select_top_m(
+    competences: Mapping[str, float], m: int, live: Collection[str], exactness: Mapping[str, int] | None = None
+) -> list[str]:
+    """The ``m`` most competent clients among ``live``, most competent first.
 
-    Clients not in ``live`` are never chosen; a live client missing from
-    ``competences`` counts 0. Fewer than ``m`` live clients -> all of them.
+    Ties (competences equal up to ``TIE_DECIMALS`` decimals) go to the more
+    exact judge (lower ``exactness[name]``: answer-based 0, model-based 1,
+    see ``experts.exactness``; a client missing from it ranks last), then to
+    the name, so the choice is deterministic. Clients not in ``live`` are
+    never chosen; a live client missing from ``competences`` counts 0. Fewer
+    than ``m`` live clients -> all of them.
     """
     require_int("m", m, minimum=0)
     for name, value in competences.items():
         if not math.isfinite(value):
             raise ValueError(f"competences[{name!r}] must be finite, got {value!r}")
-    ranked = sorted(set(live), key=lambda name: (-float(competences.get(name, 0.0)), name))
+    exactness = exactness or {}
+    last = max(exactness.values(), default=0) + 1
+    ranked = sorted(
+        set(live),
+        key=lambda name: (-round(float(competences.get(name, 0.0)), TIE_DECIMALS), exactness.get(name, last), name),
+    )
     return ranked[:m]
 
 

@@ -13,16 +13,22 @@ most competent live clients are the question's experts.
 
 Rules that hold everywhere in this module:
 
-- Unknown is not competent: an item a client was never probed on counts as
+- Unprobed is not competent: an item a client was never probed on counts as
   accuracy 0, and a live client absent from the graph has competence 0.
 - Garbage from a client is never an exception: a probe with the wrong number
   of rewards, a NaN / inf, or a value outside [low, high] records accuracy 0
   for that item and ``record_probe`` returns a message describing the problem
-  (the caller logs it). Wrong arguments from the *server's own* code (shapes,
+  (the caller logs it).
+- A failed probe is not incompetence: a probe whose call failed in transport
+  (timeout, unreachable) is recorded ``unknown`` by ``record_unknown``, with
+  the number of failed tries; unknown items are left out of competence (not
+  counted 0) until a later probe judges them (``unknown_items`` lists them
+  for the caller to probe again). Wrong arguments from the *server's own* code (shapes,
   unknown items, bad rates) raise ``ValueError`` / ``KeyError`` naming the
   field, the value and what was expected.
 - Every ordering is deterministic: nearest items tie-break by lower index,
-  experts tie-break by name.
+  experts of equal competence by exactness (answer-based judges before
+  model-based ones), then by name.
 - Output contains only plain Python types (``float``, ``str``, ``list``,
   ``dict``), so it can go to JSON, protobuf or GraphML as is.
 
@@ -31,7 +37,9 @@ The math lives in ``competence.py`` (``cosine_similarities``, ``nearest_items``,
 ``ConfidenceGraph`` holds the state: a ``networkx.Graph`` whose nodes are
 ``("client", name)``, ``("item", item_id)`` and optionally
 ``("question", question_id)``; client-item edges carry ``accuracy`` (and
-``problem``: "" for a valid probe, else why it was rejected), question-item
+``problem``: "" for a valid probe, else why it was rejected; ``unknown``:
+True when the probe failed in transport, then ``tries`` counts the failed
+probes and ``accuracy`` means nothing), question-item
 edges carry ``similarity``. Item embeddings live in one numpy matrix on the
 class, not in the graph, since the graph is exported and they are bulky.
 
@@ -165,8 +173,39 @@ class ConfidenceGraph:
         if accuracy is None:
             problem = f"client {client!r}, item {item_id!r}: {problem or 'judged_rewards are unusable'}"
             accuracy = 0.0
+        if self._graph.has_edge((CLIENT, client), (ITEM, item_id)):
+            self._graph.remove_edge((CLIENT, client), (ITEM, item_id))  # drops an earlier unknown's marks too
         self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=float(accuracy), problem=problem or "")
         return problem
+
+    def record_unknown(self, client: str, item_id: str, why: str) -> int:
+        """Record that probing ``client`` on ``item_id`` failed in transport; returns the failed tries so far.
+
+        The item stays out of the client's competence until a probe judges it.
+        A judged probe is never overwritten by a failed one (what was learnt
+        stays). The client is registered if new.
+        """
+        if item_id not in self._item_rows:
+            raise KeyError(f"item_id must be an added auxiliary item, got {item_id!r}")
+        self.add_client(client)
+        edge = self._graph.get_edge_data((CLIENT, client), (ITEM, item_id))
+        if edge is not None and not edge.get("unknown", False):
+            return 0
+        tries = (edge or {}).get("tries", 0) + 1
+        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=0.0, problem=str(why), unknown=True, tries=tries)
+        return tries
+
+    def unknown_items(self, client: str, max_tries: int | None = None) -> list[str]:
+        """Items whose probe of ``client`` failed in transport (fewer than ``max_tries`` times when given), in item order."""
+        node = (CLIENT, client)
+        if node not in self._graph:
+            return []
+        failed = {
+            self._graph.nodes[other]["name"]: data.get("tries", 0)
+            for other, data in self._graph.adj[node].items()
+            if other[0] == ITEM and data.get("unknown", False)
+        }
+        return [i for i in self._item_ids if i in failed and (max_tries is None or failed[i] < max_tries)]
 
     def remove_client(self, name: str) -> None:
         """Forget a client and its probes."""
@@ -205,17 +244,17 @@ class ConfidenceGraph:
         result = {}
         for name in self.clients():
             node = (CLIENT, name)
-            accuracy = self._item_accuracy(node)
+            accuracy, unknown = self._item_accuracy(node), set(self.unknown_items(name))
             multiplier = confidence.get(name, self._graph.nodes[node]["confidence"])
-            result[name] = multiplier * competence(accuracy, neighbours, weights)
+            result[name] = multiplier * competence(accuracy, neighbours, weights, unknown)
         return result
 
     def _item_accuracy(self, client_node: tuple[str, str]) -> dict[str, float]:
-        """The client's probed judging accuracy per auxiliary item id."""
+        """The client's judging accuracy per judged auxiliary item id (unknown items left out)."""
         return {
             self._graph.nodes[other]["name"]: data["accuracy"]
             for other, data in self._graph.adj[client_node].items()
-            if other[0] == ITEM
+            if other[0] == ITEM and not data.get("unknown", False)
         }
 
     def route(
@@ -226,8 +265,11 @@ class ConfidenceGraph:
         L: int = 20,
         similarity_weighted: bool = False,
         question_id: str | None = None,
+        exactness: Mapping[str, int] | None = None,
     ) -> list[str]:
-        """The question's experts: the ``m`` most competent ``live`` clients, ties by name.
+        """The question's experts: the ``m`` most competent ``live`` clients, ties to exact judges, then by name.
+
+        ``exactness``: each client's tie-break rank (``experts.exactness``).
 
         With ``keep_questions`` the question becomes a node (``question_id``
         is then required) linked to its L nearest items by ``similarity``.
@@ -244,7 +286,7 @@ class ConfidenceGraph:
             self._graph.add_node(node, kind=QUESTION, name=question_id)
             for item_id, similarity in zip(neighbours, similarities):
                 self._graph.add_edge(node, (ITEM, item_id), similarity=similarity)
-        return select_top_m(self.competences(question_embedding, L, similarity_weighted), m, live)
+        return select_top_m(self.competences(question_embedding, L, similarity_weighted), m, live, exactness)
 
     def update_online(self, client: str, agreement: float, rate: float) -> float:
         """Move ``client``'s confidence towards ``agreement`` (see ``online_update``); returns the new value."""
@@ -274,7 +316,7 @@ class ConfidenceGraph:
         return self._graph.nodes[node]["confidence"]
 
     def client_domain_weights(self) -> dict[str, dict[str, float]]:
-        """Per client, per domain: mean judging accuracy over the domain's items (unprobed items count 0).
+        """Per client, per domain: mean judging accuracy over the domain's items (unprobed count 0, unknown left out).
 
         Raw probe accuracies, without the online confidence: what the probes
         found, for plots and reports. Every client gets every domain.
@@ -285,8 +327,8 @@ class ConfidenceGraph:
         result = {}
         for name in self.clients():
             node = (CLIENT, name)
-            accuracy = self._item_accuracy(node)
-            result[name] = {domain: competence(accuracy, ids) for domain, ids in sorted(domain_items.items())}
+            accuracy, unknown = self._item_accuracy(node), set(self.unknown_items(name))
+            result[name] = {domain: competence(accuracy, ids, unknown=unknown) for domain, ids in sorted(domain_items.items())}
         return result
 
     # -- export --

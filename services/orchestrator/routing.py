@@ -2,13 +2,24 @@
 
 ``ExpertRouter`` embeds the auxiliary set once, probes every reward client
 through its Score RPC when it first becomes healthy (answers of known
-correctness; garbage, errors and timeouts count as incompetent and are
-logged), and for each training question returns the M most competent live
-clients over its L nearest auxiliary items, with their competence (the
-consensus weights). The graph holds what the probes found and nothing a run
-learnt: a run's online confidence (``online_confidence.py``) is passed to
-``select`` and ``export``, never written into the graph, so every run starts
-from the probed graph. Access is serialised by a lock.
+correctness), and for each training question returns the M most competent
+live clients over its L nearest auxiliary items, with their competence (the
+consensus weights); at equal competence exact judges go first
+(``experts.exactness``: answer-based, then model-based, then by name).
+
+What a probe records: an answer is judged, garbage included (NaN, out of
+range, wrong count, "cannot judge", an error the client raised: incompetent
+on that item, logged). A call that failed in transport (``UNKNOWN_PROBE_CODES``:
+timeout, unreachable, overloaded, cancelled) records the item *unknown*: it
+does not count in competence, and it is probed again whenever probing runs
+(a client joins, a question is routed, the graph is read, and after a
+restore from the store), at most ``PROBE_TRIES`` failed tries per item in
+all; after that it stays unknown and the log says so.
+
+The graph holds what the probes found and nothing a run learnt: a run's
+online confidence (``online_confidence.py``) is passed to ``select`` and
+``export``, never written into the graph, so every run starts from the
+probed graph. Access is serialised by a lock.
 """
 
 from __future__ import annotations
@@ -18,6 +29,9 @@ import logging
 import threading
 from collections.abc import Collection, Mapping, Sequence
 
+import grpc
+
+from fedgrpo.serving import RETRYABLE_CODES
 from fedgrpo.tasks import LabelledQuestion, Question
 
 from .auxiliary import probe_candidates
@@ -25,8 +39,14 @@ from .clients import RewardClient, RewardClients
 from .competence import select_top_m
 from .confidence_graph import ConfidenceGraph
 from .embedding import Embedder
+from .experts import exactness
 
 log = logging.getLogger(__name__)
+
+# A probe that failed with one of these says nothing about how the client judges: unknown, tried again.
+UNKNOWN_PROBE_CODES = RETRYABLE_CODES | {grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED}
+# Failed tries per (client, item) before an item stays unknown for good (counted across restarts).
+PROBE_TRIES = 3
 
 
 class ExpertRouter:
@@ -75,22 +95,36 @@ class ExpertRouter:
                 data = json.dumps(self.graph.to_json())
             self.store.save_confidence(data)
 
-    def probe(self, client: RewardClient) -> int:
-        """Probe one client on every auxiliary item; returns how many probes were rejected."""
+    def probe(self, client: RewardClient, items: Sequence[LabelledQuestion] | None = None) -> int:
+        """Probe one client on ``items`` (default: every auxiliary item); returns how many probes were rejected.
+
+        Rejected: garbage, judged wrong. A probe that failed in transport is
+        recorded unknown (not rejected) and logged.
+        """
         name = client.view().name
         calls = []
-        for item in self.items:
+        for item in self.items if items is None else items:
             candidates, truth = probe_candidates(item)
             future = self.clients.pool.submit(
                 self.clients.score_one, client, "probe", item, candidates, self.probe_timeout, False
             )
             calls.append((item, truth, future))
         threshold = (client.reward_min + client.reward_max) / 2
-        rejected = 0
+        rejected = unknown = 0
         with self.lock:
             self.graph.add_client(name)
             for item, truth, future in calls:
                 row, _, problem = future.result()
+                if getattr(problem, "code", None) in UNKNOWN_PROBE_CODES:
+                    tries = self.graph.record_unknown(name, item.question_id, problem)
+                    unknown += 1
+                    if tries >= PROBE_TRIES:
+                        log.warning("probe of %s on %s failed %d times (%s): it stays unknown",
+                                    name, item.question_id, tries, problem)
+                    elif unknown <= 3:
+                        log.info("probe of %s on %s failed (try %d of %d), unknown until probed again: %s",
+                                 name, item.question_id, tries, PROBE_TRIES, problem)
+                    continue
                 invalid = self.graph.record_probe(
                     name, item.question_id, row, truth, client.reward_min, client.reward_max, threshold
                 )
@@ -100,17 +134,28 @@ class ExpertRouter:
             self.probed.add(name)
         weights = self.graph.client_domain_weights().get(name, {})
         log.info(
-            "probed %s on %d items (%d rejected): judging accuracy %s", name, len(self.items), rejected,
-            ", ".join(f"{d} {a:.2f}" for d, a in sorted(weights.items())),
+            "probed %s on %d items (%d rejected, %d unknown): judging accuracy %s", name, len(calls), rejected,
+            unknown, ", ".join(f"{d} {a:.2f}" for d, a in sorted(weights.items())),
         )
         return rejected
 
     def probe_new_clients(self) -> None:
+        """Probe live clients never probed, and again the items of live clients whose probe failed in transport."""
         with self.probe_lock:
             fresh = [c for c in list(self.clients.clients) if c.healthy and c.view().name not in self.probed]
             for client in fresh:
                 self.probe(client)
-            if fresh:
+            by_id = {i.question_id: i for i in self.items}
+            again = 0
+            for client in list(self.clients.clients):
+                if not client.healthy or any(client is f for f in fresh):
+                    continue
+                with self.lock:
+                    ids = self.graph.unknown_items(client.view().name, max_tries=PROBE_TRIES)
+                if ids:
+                    self.probe(client, [by_id[i] for i in ids if i in by_id])
+                    again += 1
+            if fresh or again:
                 self._save()
 
     def select(
@@ -123,13 +168,15 @@ class ExpertRouter:
         ``confidence``: the run's online confidence per client (others: as probed).
         """
         self.probe_new_clients()
-        live = [v.name for v in self.clients.views() if v.healthy and (not allowed or v.name in allowed)]
+        views = self.clients.views()
+        live = [v.name for v in views if v.healthy and (not allowed or v.name in allowed)]
+        exact = {v.name: exactness(v.evaluator_kinds) for v in views}
         embeddings = self.embedder.embed([q.text for q in questions])
         with self.lock:
             chosen = []
             for e in embeddings:
                 competences = self.graph.competences(e, L=self.neighbours, confidence=confidence)
-                names = select_top_m(competences, m, live)
+                names = select_top_m(competences, m, live, exact)
                 chosen.append([(n, competences.get(n, 0.0)) for n in names])
             return chosen
 

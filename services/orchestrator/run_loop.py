@@ -28,14 +28,13 @@ import shutil
 import statistics
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from fedgrpo import observability as obs
-from fedgrpo.serving import RETRYABLE_CODES as RETRY_SCORING
 from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import Question, user_message
@@ -50,6 +49,7 @@ from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .online_confidence import RunConfidence
 from .questions import QuestionBank
+from . import recovery
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
@@ -72,12 +72,6 @@ def routing_precision(
 
 class RunCancelled(Exception):
     pass
-
-
-# Scoring failures worth asking again (the same expert later, or another one): RETRY_SCORING.
-# The expert says it cannot judge the question: ask the next one straight away.
-CANNOT_JUDGE = grpc.StatusCode.NOT_FOUND
-
 
 
 
@@ -340,22 +334,28 @@ class RunExecutor:
 
     def _experts(
         self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView],
-        exclude: Sequence[Collection[str]] = (),
     ) -> list[list[tuple[str, float]]]:
-        """Each question's experts with their consensus weight (competence; 1.0 when not graph-routed).
+        """Each question's experts with their consensus weight (competence; 1.0 when not graph-routed)."""
+        return self._ranked(cfg, step, questions, views, cfg.experts_per_question)
 
-        ``exclude[i]``: clients question i must not get (its current experts,
-        when looking for a replacement).
+    def _ranked(
+        self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView], m: int,
+        replacing: bool = False,
+    ) -> list[list[tuple[str, float]]]:
+        """Each question's first ``m`` live clients among ``views`` in the selection's order, with their weight.
+
+        ``replacing``: the ranking replacements are taken from (random selection: a random order).
         """
-        m = cfg.experts_per_question
-        if exclude:
-            views = [v for v in views if v.name not in set().union(*exclude)]
-            m = 1
         live = sorted(v.name for v in views if v.healthy)
         if cfg.expert_selection == "confidence_graph" and self.router is not None:
-            return self.router.select(questions, m, {v.name for v in views}, self.confidence.values)
+            if not live:  # an empty allowed set would mean "anyone" to the router
+                return [[] for _ in questions]
+            return self.router.select(questions, m, live, self.confidence.values)
         if cfg.expert_selection == "random":
-            rng = random.Random(f"{cfg.seed}:{step}:experts:{len(exclude)}")
+            if replacing:  # a ranking of everyone: a random order
+                rng = random.Random(f"{cfg.seed}:{step}:replacements")
+                return [[(n, 1.0) for n in rng.sample(live, len(live))] for _ in questions]
+            rng = random.Random(f"{cfg.seed}:{step}:experts:0")
             return [[(n, 1.0) for n in sorted(rng.sample(live, min(m, len(live))))] for _ in questions]
         if cfg.expert_selection == "all":
             return [[(n, 1.0) for n in live] for _ in questions]
@@ -365,79 +365,63 @@ class RunExecutor:
         self, run_id: str, cfg: RunConfig, step: int, questions: Sequence[Question], groups: Sequence,
         outcomes: list, weights: list[list[float]],
     ) -> tuple[int, int]:
-        """Ask again wherever an expert's call failed; returns (replaced, retried).
+        """Ask again wherever an expert's call failed (rules in ``recovery``); returns (replaced, retried).
 
-        A call failed when it ended with a transient status (unreachable,
-        deadline, rate limit) or the expert said it cannot judge the
-        question; answers the client chose to give (NaN, out of range) are
-        not asked again. An expert that left (no longer live) or cannot judge
-        is replaced by the next most competent live client at once; one still
-        live is retried once after a jittered backoff, then replaced. Rows are replaced in place
-        (rewards, name and weight); with nobody left to ask, a row stays
-        missing (excluded).
+        Rows are replaced in place (rewards, name and weight); with nobody
+        left to ask, a row stays missing (excluded) and the quorum decides.
         """
         replaced = retried = 0
-        for attempt in range(3):
+        asked_again: set[tuple[int, str]] = set()
+        failed: list[set[str]] = [set() for _ in outcomes]
+        for attempt in range(recovery.MAX_ROUNDS):
             by_name = self.clients.by_name()
-            missing = [
-                (qi, k) for qi, o in enumerate(outcomes) for k, code in enumerate(o.codes)
-                if code in RETRY_SCORING or code == CANNOT_JUDGE
-                or (code is not None and not by_name[o.experts[k]].healthy)
-            ]
-            if not missing:
+            views = self.clients.views(cfg.reward_clients)
+            allowed = {v.name for v in views}
+            live = {v.name for v in views if v.healthy}
+            experts = [o.experts for o in outcomes]
+            codes = [o.codes for o in outcomes]
+            need = recovery.needs_replacement(experts, codes, live, asked_again)
+            ranked = {}
+            if need:
+                # Everyone in the selection's order: plan_round skips current and failed experts.
+                lists = self._ranked(cfg, step, [questions[q] for q in need], views, len(views), replacing=True)
+                ranked = dict(zip(need, lists))
+            asks, unfilled = recovery.plan_round(experts, codes, weights, live, asked_again, failed, ranked, allowed)
+            for q, k in unfilled:
+                if attempt == 0:
+                    log.warning("run %s step %d question %s: expert %s failed; no other client to ask",
+                                run_id, step, questions[q].question_id, outcomes[q].experts[k])
+            if not asks:
                 break
-            time.sleep(retry_backoff(attempt, base=0.2, cap=2.0))
-            calls = {}
-            for qi, k in missing:
-                outcome = outcomes[qi]
-                name = outcome.experts[k]
-                target, weight = name, weights[qi][k]
-                if not by_name[name].healthy or attempt > 0 or outcome.codes[k] == CANNOT_JUDGE:
-                    views = self.clients.views(cfg.reward_clients)
-                    pick = self._experts(cfg, step, [questions[qi]], views, exclude=[set(outcome.experts)])[0]
-                    if not pick:
-                        continue
-                    target, weight = pick[0]
-                cands = self._assign(cfg, [c.text for c in groups[qi]], outcome.experts)[k]
-                calls[(qi, k)] = (target, weight, self.clients.pool.submit(
-                    self.clients.score_one, by_name[target], run_id, questions[qi], cands, cfg.reward_timeout_seconds
-                ))
-            for (qi, k), (target, weight, future) in calls.items():
-                outcome = outcomes[qi]
-                row, dropped, problem = future.result()
-                outcome.codes[k] = getattr(problem, "code", None)
-                if target == outcome.experts[k]:
+            if any(a.is_retry(experts) for a in asks):
+                time.sleep(retry_backoff(attempt, base=0.2, cap=2.0))
+            calls = []
+            for a in asks:
+                cands = self._assign(cfg, [c.text for c in groups[a.question]], outcomes[a.question].experts)[a.slot]
+                calls.append((a, self.clients.pool.submit(
+                    self.clients.score_one, by_name[a.target], run_id, questions[a.question], cands,
+                    cfg.reward_timeout_seconds,
+                )))
+            for a, future in calls:
+                outcome = outcomes[a.question]
+                before = outcome.experts[a.slot]
+                qid = questions[a.question].question_id
+                if a.target == before:
+                    asked_again.add((a.question, before))
                     retried += 1
                 else:
+                    failed[a.question].add(before)
                     log.warning("run %s step %d question %s: expert %s failed; replaced by %s",
-                                run_id, step, questions[qi].question_id, outcome.experts[k], target)
+                                run_id, step, qid, before, a.target)
                     replaced += 1
-                # The failed row counted len(row) dropped; the new one counts for itself.
-                outcome.received += len(row) - dropped
-                outcome.dropped += dropped - len(row)
-                # The failed call was asked again: its problem is history, not a dropped reward.
-                failed = outcome.experts[k]
-                superseded = [p for p in outcome.problems if p.startswith(f"{failed}:")]
-                outcome.problems = [p for p in outcome.problems if not p.startswith(f"{failed}:")]
-                for p in superseded:
-                    log.info("run %s step %d question %s: asked again after %s", run_id, step, questions[qi].question_id, p)
-                outcome.rows[k], outcome.experts[k], weights[qi][k] = row, target, weight
-                if problem:
-                    outcome.problems.append(problem)
+                for p in recovery.apply_answer(outcome, a.slot, a.target, *future.result()):
+                    log.info("run %s step %d question %s: asked again after %s", run_id, step, qid, p)
+                weights[a.question][a.slot] = a.weight
         return replaced, retried
 
     def _apply_quorum(self, cfg: RunConfig, outcomes: list) -> int:
-        """Drop every question that fewer than ``expert_quorum`` experts scored; returns how many."""
-        below = 0
-        for outcome in outcomes:
-            answered = sum(any(not math.isnan(r) for r in row) for row in outcome.rows)
-            if answered < min(cfg.expert_quorum, len(outcome.rows)) or (outcome.rows and answered == 0):
-                below += 1
-                outcome.problems.append(f"{answered} expert(s) answered, quorum {cfg.expert_quorum}")
-                outcome.dropped += outcome.received
-                outcome.received = 0
-                outcome.rows = [[math.nan] * len(row) for row in outcome.rows]
-        return below
+        """Drop every question that fewer than ``expert_quorum`` experts answered; returns how many."""
+        return recovery.apply_quorum(outcomes, cfg.expert_quorum)
 
     def _live_views(self, run_id: str, cfg: RunConfig) -> list[ClientView]:
         """The run's clients, after waiting (up to client_wait_seconds) for a quorum of them to be live."""
