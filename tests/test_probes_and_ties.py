@@ -171,6 +171,23 @@ def test_probing_again_is_bounded_and_a_restored_graph_is_probed_again(embedder,
         clients.close()
 
 
+def test_a_restored_graph_drops_the_online_confidence_an_older_version_saved_in_it(embedder, tmp_path):
+    """Older orchestrators wrote each run's online confidence into the shared graph; restored, the
+    next run would start from another run's demotions. The probed graph carries confidence 1."""
+    store = RunStore(tmp_path)
+    clients = federation(judge=(Scripted(), (ANSWER_BASED,)))
+    try:
+        router = ExpertRouter(clients, embedder, ITEMS, neighbours=3, store=store)
+        router.probe_new_clients()
+        router.graph.update_online("judge", 0.0, 0.7)  # what an old run's update left behind
+        router._save()
+        assert json.loads(store.load_confidence()) and router.graph.confidence("judge") < 1.0
+        restored = ExpertRouter(clients, embedder, ITEMS, neighbours=3, store=store)
+        assert restored.graph.confidence("judge") == 1.0 and accuracy(restored, "judge") == 1.0
+    finally:
+        clients.close()
+
+
 def test_equally_competent_clients_route_to_the_answer_based_one(embedder):
     clients = federation(**{"a-model": (Scripted(), (MODEL_BASED,)), "b-answer": (Scripted(), (ANSWER_BASED,))})
     try:

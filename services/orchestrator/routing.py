@@ -85,6 +85,13 @@ class ExpertRouter:
         if sorted(graph.items()) != sorted(self.graph.items()):
             log.info("saved confidence graph was built on other auxiliary items; probing again")
             return
+        moved = {n: 1.0 for n in graph.clients() if graph.confidence(n) != 1.0}
+        if moved:
+            # Saved by a version whose runs wrote their online confidence into this graph;
+            # the probed graph carries none now (a run's confidence lives with the run).
+            log.info("confidence graph restored without the online confidence older runs left in it (%s)",
+                     ", ".join(sorted(moved)))
+            graph = graph.with_confidence(moved)
         self.graph = graph
         self.probed = set(graph.clients())
         log.info("confidence graph restored: %d probed clients (%s)", len(self.probed), ", ".join(sorted(self.probed)))
