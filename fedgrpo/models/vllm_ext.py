@@ -40,8 +40,11 @@ Two more methods, called the same way (``llm.collective_rpc(name, ...)``):
   chunked (measured: 16 prompts of 400 tokens): to re-draw a discarded sample
   vLLM rewinds the request's generator with ``get_offset``/``set_offset``,
   which CPU generators lack ("CPU Generator does not use offset"). This skips
-  that rewind: a chunked request's generator then advances once more, still
-  deterministically for the same call on a cold prefix cache. Reseeding the
+  that rewind: a chunked request's generator then advances once more per
+  discarded partial prefill, so a seeded request whose prefill is chunked
+  may not repeat exactly (how prompts are chunked is the scheduler's call;
+  seen once: 1 of 32 completions differed). Prompts below the scheduler's
+  token budget, as a run step's are, are not chunked and repeat. Reseeding the
   global RNG instead was tried and is not enough: each row's draw depends on
   its position in the batch, which depends on earlier calls (measured).
 
