@@ -296,11 +296,12 @@ def test_probe_on_unknown_item_is_a_caller_error():
 def test_online_confidence_multiplies_competence():
     graph = build_graph()
     # 0.4 * 1 + 0.6 * 0 = 0.4; alice's x competence becomes 0.4 * 1.0 < bob's 0.5
-    assert graph.update_online("alice", 0.0, 0.6) == pytest.approx(0.4)
-    assert graph.competences(X_QUESTION, L=3)["alice"] == pytest.approx(0.4)
-    assert graph.route(X_QUESTION, 2, ALL, L=3) == ["bob", "alice"]
+    view = graph.with_confidence({"alice": online_update(1.0, 0.0, 0.6)})
+    assert view.confidence("alice") == pytest.approx(0.4)
+    assert view.competences(X_QUESTION, L=3)["alice"] == pytest.approx(0.4)
+    assert view.route(X_QUESTION, 2, ALL, L=3) == ["bob", "alice"]
     with pytest.raises(KeyError):
-        graph.update_online("dave", 1.0, 0.1)
+        view.confidence("dave")
 
 
 def test_a_runs_confidence_scales_competence_without_touching_the_graph():
@@ -377,7 +378,7 @@ def test_empty_graph_routes_by_name():
 def test_json_round_trip_preserves_routing():
     graph = build_graph(keep_questions=True)
     graph.record_probe("carol", "y1", [NAN], [True], 0.0, 1.0, 0.5)  # a rejected probe survives too
-    graph.update_online("bob", 0.2, 0.3)  # 0.7 + 0.06 = 0.76
+    graph = graph.with_confidence({"bob": online_update(1.0, 0.2, 0.3)})  # 0.7 + 0.06 = 0.76
     graph.route(Y_QUESTION, 2, ALL, L=3, question_id="q7")
 
     text = json.dumps(graph.to_json())  # no numpy types, no tuples as keys

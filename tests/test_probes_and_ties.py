@@ -179,7 +179,7 @@ def test_a_restored_graph_drops_the_online_confidence_an_older_version_saved_in_
     try:
         router = ExpertRouter(clients, embedder, ITEMS, neighbours=3, store=store)
         router.probe_new_clients()
-        router.graph.update_online("judge", 0.0, 0.7)  # what an old run's update left behind
+        router.graph = router.graph.with_confidence({"judge": 0.3})  # what an old run's update left behind
         router._save()
         assert json.loads(store.load_confidence()) and router.graph.confidence("judge") < 1.0
         restored = ExpertRouter(clients, embedder, ITEMS, neighbours=3, store=store)

@@ -33,7 +33,7 @@ Rules that hold everywhere in this module:
   ``dict``), so it can go to JSON, protobuf or GraphML as is.
 
 The math lives in ``competence.py`` (``cosine_similarities``, ``nearest_items``,
-``judging_accuracy``, ``competence``, ``select_top_m``, ``online_update``);
+``judging_accuracy``, ``competence``, ``select_top_m``);
 ``ConfidenceGraph`` holds the state: a ``networkx.Graph`` whose nodes are
 ``("client", name)``, ``("item", item_id)`` and optionally
 ``("question", question_id)``; client-item edges carry ``accuracy`` (and
@@ -61,7 +61,6 @@ from .competence import (
     cosine_similarities,
     judging_accuracy,
     nearest_items,
-    online_update,
     require_finite,
     require_int,
     select_top_m,
@@ -78,8 +77,8 @@ class ConfidenceGraph:
 
     Node attributes: every node has ``kind`` and ``name`` (its id as a string);
     items have ``domain``; clients have ``confidence`` (default 1.0), an online
-    multiplier on the client's competence, moved by ``update_online`` towards
-    how well its training rewards agreed with the accepted ones. A client whose
+    multiplier on the client's competence, moved by a run's online update towards
+    how well its training rewards agreed with the other experts'. A client whose
     rewards keep disagreeing is thus demoted on every question without
     rewriting its probed accuracies (which remain the record of the probes).
     The orchestrator keeps a run's confidence outside the graph (passed to
@@ -287,15 +286,6 @@ class ConfidenceGraph:
             for item_id, similarity in zip(neighbours, similarities):
                 self._graph.add_edge(node, (ITEM, item_id), similarity=similarity)
         return select_top_m(self.competences(question_embedding, L, similarity_weighted), m, live, exactness)
-
-    def update_online(self, client: str, agreement: float, rate: float) -> float:
-        """Move ``client``'s confidence towards ``agreement`` (see ``online_update``); returns the new value."""
-        node = (CLIENT, client)
-        if node not in self._graph:
-            raise KeyError(f"client must be a known client, got {client!r}; known: {self.clients()}")
-        attrs = self._graph.nodes[node]
-        attrs["confidence"] = online_update(attrs["confidence"], agreement, rate)
-        return attrs["confidence"]
 
     def with_confidence(self, confidence: Mapping[str, float]) -> ConfidenceGraph:
         """A copy whose clients named in ``confidence`` carry those values (a run's view); self is unchanged."""
