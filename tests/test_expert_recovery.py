@@ -214,3 +214,47 @@ def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run(
         clients.close()
     assert outcome.experts == ["org-a", "org-b"] and replaced == 0
     assert outcome.received == 2 and outcome.dropped == 2  # org-a's row once; org-b's stays missing
+
+
+class SlowButAlive(Scripted):
+    """Misses every scoring deadline (injected) yet answers Describe: what a slow client looks like."""
+
+    def __init__(self):
+        super().__init__(grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def describe(self, timeout):
+        return rpb.DescribeResponse(name="slow", domains=["add1"], reward_min=0.0, reward_max=1.0)
+
+
+def test_a_client_that_misses_deadlines_stays_out_of_selection_though_it_answers_describe():
+    clients = RewardClients([], bench_seconds=60.0)
+    slow = RewardClient("slow", SlowButAlive(), name="slow", domains=("add1",), healthy=True)
+    clients.clients.append(slow)
+    question = Question("q1", "add1", "Calculate 1 + 1.")
+    for _ in range(3):
+        clients.score_one(slow, "r", question, ["2"], 0.1)
+    assert not slow.healthy and slow.benched()
+    # The health check describes it again: it answers, but stays out while benched.
+    assert not clients.describe(slow)
+    assert not slow.healthy and not slow.view().healthy
+    first_bench = slow.last_bench
+    # Once the bench is over it comes back; three more misses bench it twice as long.
+    slow.benched_until = 0.0
+    assert clients.describe(slow) and slow.healthy
+    for _ in range(3):
+        clients.score_one(slow, "r", question, ["2"], 0.1)
+    assert not slow.healthy and slow.last_bench == 2 * first_bench
+    # An answered Score ends the doubling.
+    slow.benched_until, slow.transport.answer = 0.0, [1.0]
+    assert clients.describe(slow)
+    clients.score_one(slow, "r", question, ["2"], 0.1)
+    assert slow.last_bench == 0.0 and slow.failures == 0
+
+
+def test_probes_do_not_bench_a_client():
+    clients = RewardClients([], bench_seconds=60.0)
+    slow = RewardClient("slow", SlowButAlive(), name="slow", domains=("add1",), healthy=True)
+    question = Question("q1", "add1", "Calculate 1 + 1.")
+    for _ in range(5):
+        clients.score_one(slow, "probe", question, ["2"], 0.1, count_failures=False)
+    assert slow.healthy and not slow.benched()

@@ -6,7 +6,12 @@ RPCs). A *joined* client connected from elsewhere (``join``; see
 ``joined.JoinedTransport``): it fetches its tasks and is live while its
 heartbeats arrive. ``RewardClients`` holds both, learns each client's
 self-description and keeps a health flag that a background thread
-refreshes (dialed: Describe again; joined: heartbeat age). ``score_questions`` fans every (question,
+refreshes (dialed: Describe again; joined: heartbeat age). A client that
+misses three scoring deadlines in a row is *benched*: it stays out of
+selection for ``bench_seconds`` (doubling on each repeat, up to 16x) even
+though it still answers Describe or heartbeats, since answering those says
+nothing about scoring in time; its first answered Score ends the doubling.
+``score_questions`` fans every (question,
 expert) call of a step out in parallel, each with a deadline, and returns the
 rewards as an expert x candidate matrix per question in which anything
 missing or invalid (timeout, error, wrong count, NaN, infinite, outside the
@@ -62,6 +67,10 @@ class RewardClient:
     reward_max: float = 1.0
     healthy: bool = False
     failures: int = 0
+    # Out of selection until this time.monotonic(), after missed scoring deadlines; 0: not benched.
+    benched_until: float = 0.0
+    # Length of the last bench (0: none since the last answered Score); the next one is twice as long.
+    last_bench: float = 0.0
 
     def view(self) -> ClientView:
         return ClientView(self.name or self.address, self.domains, self.healthy, self.evaluator_kinds)
@@ -69,6 +78,23 @@ class RewardClient:
     @property
     def joined(self) -> bool:
         return isinstance(self.transport, JoinedTransport)
+
+    def benched(self) -> bool:
+        return time.monotonic() < self.benched_until
+
+    def bench(self, base_seconds: float) -> float:
+        """Take the client out of selection after missed deadlines; returns how long for."""
+        self.last_bench = min(16 * base_seconds, 2 * self.last_bench) if self.last_bench else base_seconds
+        self.benched_until = time.monotonic() + self.last_bench
+        self.healthy = False
+        return self.last_bench
+
+    def restore(self) -> bool:
+        """Mark the client live again (it answered Describe, joined or beat), unless it is benched."""
+        if self.benched():
+            return False
+        self.healthy, self.failures = True, 0
+        return True
 
     def learn(self, d: pb.DescribeResponse) -> None:
         self.name, self.domains = d.name, tuple(d.domains)
@@ -107,9 +133,13 @@ class ScoreOutcome:
 
 
 class RewardClients:
-    def __init__(self, addresses: Sequence[str], identity: Identity | None = None, heartbeat_timeout: float = 15.0) -> None:
+    def __init__(
+        self, addresses: Sequence[str], identity: Identity | None = None, heartbeat_timeout: float = 15.0,
+        bench_seconds: float = 60.0,
+    ) -> None:
         self.clients = [RewardClient(a, DialedTransport(a, identity)) for a in addresses]
         self.heartbeat_timeout = heartbeat_timeout
+        self.bench_seconds = bench_seconds
         self.on_join: list = []  # callbacks(client) run on a worker thread after a join
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="score")
         self._stop = threading.Event()
@@ -129,10 +159,12 @@ class RewardClients:
             log.error("reward client %s declares an invalid reward range; ignored", client.address)
             client.healthy = False
             return False
-        if not client.healthy:
-            log.info("reward client %s is %s, domains %s", client.address, d.name, ",".join(d.domains))
+        was_healthy = client.healthy
         client.learn(d)
-        client.healthy, client.failures = True, 0
+        if not client.restore():
+            return False
+        if not was_healthy:
+            log.info("reward client %s is %s, domains %s", client.address, d.name, ",".join(d.domains))
         return True
 
     # ---- joined clients ----------------------------------------------------
@@ -156,8 +188,11 @@ class RewardClients:
         session = client.transport.start_session(d)  # type: ignore[union-attr]
         client.learn(d)
         client.name = identity
-        client.healthy, client.failures = True, 0
-        log.info("reward client %s joined from %s (domains %s)", identity, peer, ",".join(d.domains) or "none")
+        if client.restore():
+            log.info("reward client %s joined from %s (domains %s)", identity, peer, ",".join(d.domains) or "none")
+        else:
+            log.info("reward client %s joined from %s but is benched for %.0fs more after missed deadlines",
+                     identity, peer, client.benched_until - time.monotonic())
         for callback in self.on_join:  # e.g. probing: its own thread, so it never waits on the scoring pool
             threading.Thread(target=callback, args=(client,), name=f"joined-{identity}", daemon=True).start()
         return client, session
@@ -245,8 +280,8 @@ class RewardClients:
     ) -> tuple[list[float], int, str | None]:
         """One expert's row of rewards, with the count dropped and why.
 
-        Three unanswered calls in a row mark a client unhealthy (it leaves
-        selection until it answers Describe again); probes do not count.
+        Three unanswered calls in a row bench a client (it leaves selection
+        for a while; see the module docstring); probes do not count.
         """
         n = len(candidates)
         request = pb.ScoreRequest(
@@ -263,10 +298,11 @@ class RewardClients:
             if count_failures and err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 client.failures += 1
                 if client.failures >= 3 and client.healthy:
-                    log.warning("reward client %s marked unhealthy after %d failures", client.address, client.failures)
-                    client.healthy = False
+                    seconds = client.bench(self.bench_seconds)
+                    log.warning("reward client %s missed %d scoring deadlines in a row: out of selection for %.0fs",
+                                client.name or client.address, client.failures, seconds)
             return [math.nan] * n, n, Problem.failed(f"{client.name}: {err.code().name} {err.details()}", err.code())
-        client.failures = 0
+        client.failures, client.last_bench = 0, 0.0
         if n and len(reply.rewards) == n and all(math.isnan(r) for r in reply.rewards):
             # NaN for every candidate is how a client says it cannot judge the question (like NOT_FOUND).
             return [math.nan] * n, n, Problem.failed(f"{client.name}: cannot judge (NaN for every candidate)",

@@ -51,6 +51,12 @@ class OrchestratorSettings(ServiceSettings):
     heartbeat_misses: int = Field(
         3, ge=1, le=100, description="A joined client that misses this many heartbeats in a row leaves expert selection."
     )
+    slow_client_bench_seconds: float = Field(
+        60.0, ge=0, le=86_400,
+        description="A reward client that misses three scoring deadlines in a row leaves expert selection for this "
+        "long, doubling on each repeat up to 16x, even while it answers Describe or heartbeats; its next answered "
+        "Score resets the doubling. 0: it returns as soon as it answers again.",
+    )
     state_db: Path | None = Field(
         None, description="SQLite database of runs, steps, the reward ledger and the confidence graph; "
         "default: <runs_dir>/orchestrator.sqlite3.",

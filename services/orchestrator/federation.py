@@ -97,9 +97,8 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             client.transport.heartbeat(request.session_id)  # type: ignore[union-attr]
         except UnknownSession as err:
             serving.not_found(context, str(err))
-        if not client.healthy:
+        if not client.healthy and client.restore():
             log.info("reward client %s is back", client.name)
-            client.healthy, client.failures = True, 0
         return fpb.HeartbeatResponse()
 
     def FetchTasks(self, request: fpb.FetchTasksRequest, context: grpc.ServicerContext) -> fpb.FetchTasksResponse:

@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
         common_pb2.PolicyVersion(version=0, weights_path=str(model_dir)),
     )
     clients = RewardClients(
-        settings.reward_clients, identity, heartbeat_timeout=settings.heartbeat_seconds * settings.heartbeat_misses
+        settings.reward_clients, identity, heartbeat_timeout=settings.heartbeat_seconds * settings.heartbeat_misses,
+        bench_seconds=settings.slow_client_bench_seconds,
     )
     try:
         serving.wait_healthy(settings.trainer, settings.client_wait_seconds, identity=identity)
