@@ -87,7 +87,12 @@ def test_markdown_has_the_table_and_the_claims():
                      "overlaps": {"held_out_training": 0, "held_out_auxiliary": 0, "training_auxiliary": 0}},
         "graph_accuracy": {"client-0": {"add1": 1.0, "sub1": 0.75}}, "probe_bytes_per_client": 5000.0,
     })
-    assert "| FedGRPO (confidence graph) | 0.600 ± 0.000 | 0.400 ± 0.000 | **0.500 ± 0.000** |" in text
+    # one seed: the mean alone, no "± 0.000" pretending to be a spread
+    assert "| FedGRPO (confidence graph) | 0.600 | 0.400 | **0.500** |" in text
+    two = summarise([run("fedgrpo", 0, 0.6, 0.4), run("fedgrpo", 1, 0.4, 0.4)])
+    spread = render_markdown({"settings": settings, "methods": two, "wall_seconds": 1.0, "claims": [],
+                            "holdings": {}, "held_out": {}, "graph_accuracy": {}, "probe_bytes_per_client": 0.0})
+    assert "| FedGRPO (confidence graph) | 0.500 ± 0.141 | 0.400 ± 0.000 | **0.450 ± 0.071** |" in spread
     assert "| client-0 | add1 | add1 1.00, sub1 0.75 |" in text
     assert "routing precision >= 0.9" in text and "Wall time 2.0 min" in text
     assert "200 evaluation questions (add1 100, sub1 100)" in text

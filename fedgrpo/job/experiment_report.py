@@ -160,8 +160,11 @@ def _held_out_line(h: Mapping) -> str:
             f"{o['held_out_auxiliary']}, training pool and auxiliary set {o['training_auxiliary']}.")
 
 
-def _pm(stat: Mapping[str, float]) -> str:
-    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if math.isfinite(stat["mean"]) else "-"
+def _pm(stat: Mapping[str, float], runs: int) -> str:
+    """Mean ± sample std; the mean alone for one run, which has no spread to show."""
+    if not math.isfinite(stat["mean"]):
+        return "-"
+    return f"{stat['mean']:.3f} ± {stat['std']:.3f}" if runs > 1 else f"{stat['mean']:.3f}"
 
 
 def _num(x: float, fmt: str = "{:.3f}") -> str:
@@ -191,11 +194,13 @@ def render_markdown(report: Mapping) -> str:
         "|---" * (len(domains) + 2) + "|",
     ]
     for m in summary.values():
-        lines.append(f"| {m['label']} | " + " | ".join(_pm(m["accuracy"][d]) for d in domains)
-                     + f" | **{_pm(m['average'])}** |")
+        runs = len(m["seeds"])
+        lines.append(f"| {m['label']} | " + " | ".join(_pm(m["accuracy"][d], runs) for d in domains)
+                     + f" | **{_pm(m['average'], runs)}** |")
     lines += [
         "",
-        "Zero-shot is greedy decoding of the untrained policy on fixed questions: one evaluation, no spread.",
+        "Zero-shot is greedy decoding of the untrained policy on fixed questions: one evaluation, no spread. "
+        "A figure without ± comes from one run (one seed).",
         "",
         "## Routing, traffic and time",
         "",
