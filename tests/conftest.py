@@ -22,6 +22,20 @@ from fedgrpo.v1 import orchestrator_pb2_grpc, policy_trainer_pb2_grpc, reward_cl
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 START_TIMEOUT = 240.0
+# Set by .ci/run: on CI every test can run (root, netns, buf installed), so a skip hides a lost test.
+STRICT_SKIPS = os.environ.get("FEDGRPO_FAIL_ON_SKIP", "") not in ("", "0")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """With FEDGRPO_FAIL_ON_SKIP=1, a skipped test fails the session (the skips are listed by -rs)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter else []
+    if STRICT_SKIPS and skipped and session.exitstatus == 0:
+        reporter.write_line("")
+        reporter.write_line(
+            f"FEDGRPO_FAIL_ON_SKIP: {len(skipped)} test(s) skipped where every test must run (reasons in the summary below)", red=True
+        )
+        session.exitstatus = 1
 
 
 @pytest.fixture(scope="session")
