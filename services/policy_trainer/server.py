@@ -1,9 +1,10 @@
 """The policy trainer service: a thin gRPC shell around ``PolicyTrainer``.
 
-Validates every request (naming the field on INVALID_ARGUMENT), serialises
-access to the single active policy, and maps a batch that does not follow the
-current step or version, or a checkpoint that cannot be resumed, to
-FAILED_PRECONDITION.
+Validates every request (naming the field on INVALID_ARGUMENT; a non-finite
+advantage is refused, one beyond ``max_advantage`` clamped and counted in
+``TrainMetrics.advantages_clamped``), serialises access to the single active
+policy, and maps a batch that does not follow the current step or version, or
+a checkpoint that cannot be resumed, to FAILED_PRECONDITION.
 """
 
 from __future__ import annotations

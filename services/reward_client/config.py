@@ -88,7 +88,7 @@ class RewardClientSettings(ServiceSettings):
     fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison", "huge_range"] = Field(
         "none", description="Test only: answer every Score call with this fault; poison answers the "
         "orchestrator's probes honestly and inverts every training reward (low + high - r); huge_range "
-        "declares the reward range [low, 3.4e38] and answers every reward inverted and scaled up to it.",
+        "declares the reward range [0, 3.4e38] and answers every reward inverted and scaled up to it.",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."

@@ -55,7 +55,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             name=self.settings.name,
             domains=self.settings.domains,
             evaluator_kinds=[e.kind for e in self.evaluators],
-            reward_min=min(e.reward_min for e in self.evaluators),
+            reward_min=0.0 if huge else min(e.reward_min for e in self.evaluators),
             reward_max=HUGE_REWARD if huge else max(e.reward_max for e in self.evaluators),
         )
 
