@@ -15,7 +15,10 @@ nothing about scoring in time; its first answered Score ends the doubling.
 expert) call of a step out in parallel, each with a deadline, and returns the
 rewards as an expert x candidate matrix per question in which anything
 missing or invalid (timeout, error, wrong count, NaN, infinite, outside the
-client's declared range) is NaN: excluded later, never counted as zero.
+client's declared range) is NaN: excluded later, never counted as zero. Valid
+rewards leave here on the federation's scale [0, 1], mapped linearly from the
+range the client declared (``reward_scale``), so no client outweighs another
+by what it declares.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
 
 from .experts import ClientView
 from .joined import JoinedTransport, ScoreError
+from .reward_scale import normalised_row
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +282,10 @@ class RewardClients:
         self, client: RewardClient, run_id: str, question: Question, candidates: list[str], timeout: float,
         count_failures: bool = True,
     ) -> tuple[list[float], int, str | None]:
-        """One expert's row of rewards, with the count dropped and why.
+        """One expert's row of rewards on the federation's scale, with the count dropped and why.
+
+        Valid rewards are mapped from the client's declared range onto [0, 1]
+        (``reward_scale.normalised_row``); anything else is NaN.
 
         Three unanswered calls in a row bench a client (it leaves selection
         for a while; see the module docstring); probes do not count.
@@ -309,11 +316,8 @@ class RewardClients:
                                                      grpc.StatusCode.NOT_FOUND)
         if len(reply.rewards) != n:
             return [math.nan] * n, n, f"{client.name}: {len(reply.rewards)} rewards for {n} candidates"
-        row, dropped = [], 0
-        for r in reply.rewards:
-            ok = math.isfinite(r) and client.reward_min <= r <= client.reward_max
-            row.append(r if ok else math.nan)
-            dropped += not ok
+        # On the federation's scale [0, 1] from here on: a declared range buys no weight (reward_scale).
+        row, dropped = normalised_row(reply.rewards, client.reward_min, client.reward_max)
         problem = (
             f"{client.name}: {dropped} reward(s) NaN, infinite or outside "
             f"[{client.reward_min}, {client.reward_max}]" if dropped else None

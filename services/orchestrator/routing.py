@@ -40,6 +40,7 @@ from .competence import select_top_m
 from .confidence_graph import ConfidenceGraph
 from .embedding import Embedder
 from .experts import exactness
+from .reward_scale import CORRECT_THRESHOLD, REWARD_MAX, REWARD_MIN
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class ExpertRouter:
                 self.clients.score_one, client, "probe", item, candidates, self.probe_timeout, False
             )
             calls.append((item, truth, future))
-        threshold = (client.reward_min + client.reward_max) / 2
+        # score_one returns rewards on the federation's scale, whatever range the client declared.
+        threshold = CORRECT_THRESHOLD
         rejected = unknown = 0
         with self.lock:
             self.graph.add_client(name)
@@ -133,7 +135,7 @@ class ExpertRouter:
                                  name, item.question_id, tries, PROBE_TRIES, problem)
                     continue
                 invalid = self.graph.record_probe(
-                    name, item.question_id, row, truth, client.reward_min, client.reward_max, threshold
+                    name, item.question_id, row, truth, REWARD_MIN, REWARD_MAX, threshold
                 )
                 rejected += invalid is not None
                 if problem and rejected <= 3:

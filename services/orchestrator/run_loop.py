@@ -35,6 +35,7 @@ from pathlib import Path
 import grpc
 
 from fedgrpo import observability as obs
+from fedgrpo.advantage_bound import clamped
 from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import Question, user_message
@@ -50,6 +51,7 @@ from .experts import ClientView, select_experts
 from .online_confidence import RunConfidence
 from .questions import QuestionBank
 from . import recovery
+from .reward_scale import CORRECT_THRESHOLD
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
@@ -278,11 +280,16 @@ class RunExecutor:
             m.rewards_received += outcome.received
             m.rewards_dropped += outcome.dropped
         rows = [self._rows(cfg, o.rows, len(g)) for o, g in zip(outcomes, groups)]
-        readings = [
-            question_advantages(r, cfg.reward_reading, cfg.scale, len(g), weights=w)
-            for r, g, w in zip(rows, groups, weights)
-        ]
-        threshold = self._correct_threshold(experts)
+        readings = []
+        for r, g, w in zip(rows, groups, weights):
+            rewards_q, advantages_q = question_advantages(r, cfg.reward_reading, cfg.scale, len(g), weights=w)
+            advantages_q, clamped_q = clamped(advantages_q, cfg.max_advantage)
+            readings.append((rewards_q, advantages_q))
+            m.advantages_clamped += clamped_q
+        if m.advantages_clamped:
+            log.warning("run %s step %d: %d advantage(s) clamped to +-%g", run_id, step, m.advantages_clamped,
+                        cfg.max_advantage)
+        threshold = CORRECT_THRESHOLD  # rewards are on the federation's scale (reward_scale)
         rewards = [r for candidate_rewards, _ in readings for r in candidate_rewards if not math.isnan(r)]
         correct = sum(r >= threshold for r in rewards)
         sequences, m.zero_advantage_groups = train_sequences(
@@ -451,14 +458,6 @@ class RunExecutor:
             g = cfg.candidates_per_question
             rows = rows + [[math.nan] * g for _ in range(candidates // g - len(rows))]
         return rows
-
-    def _correct_threshold(self, experts: Sequence[list[str]]) -> float:
-        """A reward at or above the middle of the experts' declared range counts as correct."""
-        by_name = self.clients.by_name()
-        ranges = [(by_name[n].reward_min, by_name[n].reward_max) for names in experts for n in names]
-        if not ranges:
-            return 0.5
-        return statistics.fmean((lo + hi) / 2 for lo, hi in ranges)
 
     def _export_model(self, run_id: str, version: common_pb2.PolicyVersion) -> None:
         """Copy the final policy into the run's artifacts as a Hugging Face folder."""

@@ -14,6 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
@@ -64,6 +65,9 @@ class RunConfig(BaseModel):
     GRPOTrainer): they stay in the batch with advantage 0, so the loss normaliser does not move with
     their share and, with beta > 0, their KL term still counts. ``drop`` (DAPO's dynamic sampling):
     they are left out of the batch. Counted in ``zero_advantage_groups`` either way."""
+    max_advantage: float = Field(DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6)
+    """Largest |advantage| sent to the trainer; larger ones are clamped and counted in
+    ``advantages_clamped`` (``fedgrpo.advantage_bound``)."""
 
     @property
     def samples_per_question(self) -> int:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE
 from fedgrpo.settings import CommaList, ServiceSettings
 
 
@@ -63,3 +64,8 @@ class TrainerSettings(ServiceSettings):
         ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    max_advantage: float = Field(
+        DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6,
+        description="Largest |advantage| trained on: larger ones in a batch are clamped to it (counted in "
+        "TrainMetrics.advantages_clamped); non-finite ones are refused.",
+    )

@@ -1,13 +1,15 @@
 """The policy trainer service: a thin gRPC shell around ``PolicyTrainer``.
 
-Validates every request (naming the field on INVALID_ARGUMENT), serialises
-access to the single active policy, and maps a batch that does not follow the
-current step or version, or a checkpoint that cannot be resumed, to
-FAILED_PRECONDITION.
+Validates every request (naming the field on INVALID_ARGUMENT; a non-finite
+advantage is refused, one beyond ``max_advantage`` clamped and counted in
+``TrainMetrics.advantages_clamped``), serialises access to the single active
+policy, and maps a batch that does not follow the current step or version, or
+a checkpoint that cannot be resumed, to FAILED_PRECONDITION.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import re
@@ -17,6 +19,7 @@ import grpc
 import torch
 
 from fedgrpo import serving
+from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE, clamped
 from fedgrpo.observability import POLICY_VERSION, TRAIN_SECONDS
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as pb
@@ -67,9 +70,10 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
 
 
 class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
-    def __init__(self, trainer: PolicyTrainer, vocab_size: int) -> None:
+    def __init__(self, trainer: PolicyTrainer, vocab_size: int, max_advantage: float = DEFAULT_MAX_ADVANTAGE) -> None:
         self.trainer = trainer
         self.vocab_size = vocab_size
+        self.max_advantage = max_advantage
         self.lock = threading.Lock()
 
     def _check_run(self, run_id: str, context: grpc.ServicerContext) -> None:
@@ -101,7 +105,8 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
             run_id=lineage.run_id, applied_steps=lineage.applied_steps, checkpoint_step=lineage.checkpoint_step
         )
 
-    def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> list[Sample]:
+    def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> tuple[list[Sample], int]:
+        """The batch's samples, advantages clamped to ``max_advantage``, and how many were clamped."""
         if not request.sequences:
             serving.invalid(context, "sequences", "at least one sequence is needed")
         if len(request.sequences) > MAX_BATCH_SEQUENCES:
@@ -137,10 +142,18 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
                     list(s.completion_logprobs) if s.completion_logprobs else None, s.advantage,
                 )
             )
-        return samples
+        # The orchestrator clamps too; this bound holds whatever a caller sends (one huge advantage
+        # would own the batch's gradient).
+        advantages, count = clamped([x.advantage for x in samples], self.max_advantage)
+        if count:
+            samples = [dataclasses.replace(x, advantage=a) for x, a in zip(samples, advantages)]
+        return samples, count
 
     def Train(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> pb.TrainResponse:
-        samples = self._samples(request, context)
+        samples, clamped_count = self._samples(request, context)
+        if clamped_count:
+            log.warning("run %s step %d: %d advantage(s) clamped to +-%g", request.run_id, request.step,
+                        clamped_count, self.max_advantage)
         with self.lock:
             self._check_run(request.run_id, context)
             try:
@@ -158,6 +171,7 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
             metrics=pb.TrainMetrics(
                 loss=r.loss, kl=r.kl, clip_ratio=r.clip_ratio, grad_norm=r.grad_norm, sequences=r.sequences,
                 tokens=r.tokens, train_seconds=r.train_seconds, snapshot_seconds=r.snapshot_seconds,
+                advantages_clamped=clamped_count,
             ),
             policy=version_message(r.version),
         )
@@ -187,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     serving.serve(
         settings,
         [serving.Endpoint(
-            [(pb_grpc.add_PolicyTrainerServiceServicer_to_server, PolicyTrainerServicer(trainer, vocab_size),
-              "fedgrpo.v1.PolicyTrainerService")],
+            [(pb_grpc.add_PolicyTrainerServiceServicer_to_server,
+              PolicyTrainerServicer(trainer, vocab_size, settings.max_advantage), "fedgrpo.v1.PolicyTrainerService")],
             settings.port, allowed_peers=settings.allowed_callers,
         )],
         max_workers=4,

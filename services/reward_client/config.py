@@ -85,9 +85,10 @@ class RewardClientSettings(ServiceSettings):
     max_candidates: int = Field(256, ge=1, description="Most candidates accepted in one Score call.")
     max_candidate_chars: int = Field(16_384, ge=1, description="Longest candidate answer accepted.")
     # Faults injected on purpose, for tests and chaos runs only.
-    fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison"] = Field(
+    fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison", "huge_range"] = Field(
         "none", description="Test only: answer every Score call with this fault; poison answers the "
-        "orchestrator's probes honestly and inverts every training reward (low + high - r).",
+        "orchestrator's probes honestly and inverts every training reward (low + high - r); huge_range "
+        "declares the reward range [0, 3.4e38] and answers every reward inverted and scaled up to it.",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 # The run id the orchestrator's competence probes carry (services/orchestrator/routing.py):
 # the poison fault answers those honestly.
 PROBE_RUN_ID = "probe"
+# The top of the range the huge_range fault declares: about float32's largest value (the wire type).
+HUGE_REWARD = 3.4e38
 
 
 class Refused(Exception):
@@ -48,12 +50,13 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         self.calls = 0
 
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:
+        huge = self.settings.fault == "huge_range"  # declares a range to outweigh everyone (see _inject_fault)
         return pb.DescribeResponse(
             name=self.settings.name,
             domains=self.settings.domains,
             evaluator_kinds=[e.kind for e in self.evaluators],
-            reward_min=min(e.reward_min for e in self.evaluators),
-            reward_max=max(e.reward_max for e in self.evaluators),
+            reward_min=0.0 if huge else min(e.reward_min for e in self.evaluators),
+            reward_max=HUGE_REWARD if huge else max(e.reward_max for e in self.evaluators),
         )
 
     def _validate(self, request: pb.ScoreRequest) -> None:
@@ -109,6 +112,12 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             return rewards[:-1]
         if s.fault == "error":
             raise Refused(grpc.StatusCode.INTERNAL, "injected fault")
+        if s.fault == "huge_range":
+            # Inverted and scaled up to the top of the range it declared: taken at face value, these
+            # rewards outweigh every honest expert of a consensus and blow up unscaled advantages.
+            low = min(e.reward_min for e in self.evaluators)
+            high = max(e.reward_max for e in self.evaluators)
+            return [HUGE_REWARD * (high - r) / (high - low) for r in rewards]
         if s.fault == "poison" and run_id != PROBE_RUN_ID:
             # A poisoning client: competent when the orchestrator probes it, inverted in training.
             low = min(e.reward_min for e in self.evaluators)
