@@ -24,6 +24,9 @@ import collections
 import hmac
 import ipaddress
 import logging
+import socket
+import ssl
+import tempfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +86,35 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
     """The common name of the peer's verified certificate, or None (plaintext / no certificate)."""
     names = context.auth_context().get("x509_common_name")
     return names[0].decode() if names else None
+
+
+def server_identity(address: str, identity: Identity, timeout: float) -> str:
+    """The common name of the certificate the TLS server at ``address`` presents to ``identity``.
+
+    gRPC's Python client does not expose the peer's certificate, so this is
+    a TLS handshake of its own (ALPN h2, verified against the federation CA
+    and the address like gRPC's, with ``identity``'s client certificate, as
+    the server asks for one). Raises OSError (unreachable, not TLS) or
+    ssl.SSLError (not signed by the CA, not valid for the address).
+    """
+    from fedgrpo.certs import common_name
+
+    host, port = address.rsplit(":", 1)
+    host = host.strip("[]")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=identity.ca.decode())
+    context.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as folder:  # ssl loads a client certificate from files only (0o700 folder)
+        cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert.write_bytes(identity.cert)
+        key.touch(mode=0o600)
+        key.write_bytes(identity.key)
+        context.load_cert_chain(cert, key)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise ssl.SSLError(f"{address} presented no certificate")
+    return common_name(ssl.DER_cert_to_PEM_cert(der).encode())
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
@@ -155,7 +187,11 @@ class Guard(grpc.ServerInterceptor):
             )
         peer = peer_identity(context)
         if self.allowed_peers and not exempt and peer not in self.allowed_peers:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {peer!r} is not a member of this federation")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"identity {peer!r} may not call {method}: only {', '.join(sorted(self.allowed_peers))} may "
+                f"(certificate common names; health checks are open to any)",
+            )
         if self.limiter is not None and not exempt:
             key = peer or context.peer().rsplit(":", 1)[0]
             if not all(self.limiter.hit(limit, self.label, key) for limit in self.limits):
