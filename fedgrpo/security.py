@@ -9,8 +9,10 @@ peer's identity is the certificate's common name (``peer_identity``).
 
 ``Guard`` is the server interceptor that bounds every request before a
 servicer sees it, in this order: a bearer token where the endpoint asks for
-one (UNAUTHENTICATED), the peer's identity against an allow-list
-(PERMISSION_DENIED), a request rate per peer (RESOURCE_EXHAUSTED, via the
+one (UNAUTHENTICATED), the peer's identity against an allow-list and the
+role its certificate carries (``fedgrpo.certs``) against the endpoint's
+roles (PERMISSION_DENIED; a certificate from before roles is refused with a
+message saying to reissue it), a request rate per peer (RESOURCE_EXHAUSTED, via the
 ``limits`` package), and a request that does not decode as its message
 (INVALID_ARGUMENT). Health checks and reflection are exempt from tokens and
 rates so orchestration tools can probe a service. Oversized messages are
@@ -86,6 +88,14 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
     """The common name of the peer's verified certificate, or None (plaintext / no certificate)."""
     names = context.auth_context().get("x509_common_name")
     return names[0].decode() if names else None
+
+
+def peer_role(context: grpc.ServicerContext) -> str | None:
+    """The role in the peer's verified certificate (``fedgrpo.certs.role_of``), or None (none, or no certificate)."""
+    from fedgrpo.certs import role_of
+
+    pems = context.auth_context().get("x509_pem_cert")
+    return role_of(pems[0]) if pems else None
 
 
 def server_identity(address: str, identity: Identity, timeout: float) -> str:
@@ -164,11 +174,13 @@ class Guard(grpc.ServerInterceptor):
         *,
         tokens: Collection[str] = (),
         allowed_peers: Collection[str] = (),
+        allowed_roles: Collection[str] = (),
         rate_limit: str = "",
         service_label: str = "",
     ) -> None:
         self.tokens = tuple(tokens)
         self.allowed_peers = frozenset(allowed_peers)
+        self.allowed_roles = frozenset(allowed_roles)
         self.limits = parse_many(rate_limit) if rate_limit else []
         self.limiter = MovingWindowRateLimiter(MemoryStorage()) if self.limits else None
         self.label = service_label
@@ -192,6 +204,20 @@ class Guard(grpc.ServerInterceptor):
                 f"identity {peer!r} may not call {method}: only {', '.join(sorted(self.allowed_peers))} may "
                 f"(certificate common names; health checks are open to any)",
             )
+        if self.allowed_roles and not exempt:
+            role = peer_role(context)
+            if role is None:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"identity {peer!r}: its certificate carries no role (issued before roles): re-run `make certs` "
+                    "(fedgrpo certs init) to reissue it, or `fedgrpo certs issue NAME --role ROLE`",
+                )
+            if role not in self.allowed_roles:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"identity {peer!r} has role {role}; only role {', '.join(sorted(self.allowed_roles))} may call "
+                    f"{method}",
+                )
         if self.limiter is not None and not exempt:
             key = peer or context.peer().rsplit(":", 1)[0]
             if not all(self.limiter.hit(limit, self.label, key) for limit in self.limits):

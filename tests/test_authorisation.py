@@ -9,10 +9,15 @@ dialed as ``client-1`` holds the certificate of ``intruder`` but names itself
   reward client's Score and would read the label from the one scoring high;
 - a Score request with unbounded fields, to make a judge read unbounded text;
 - posing under another name as a dialed client;
-- names with a trailing newline, which ``re.match`` with ``$`` accepted.
+- names with a trailing newline, which ``re.match`` with ``$`` accepted;
+- calling the trainer with a reward client's certificate, or with one from
+  before certificates carried roles (the trainer here admits any identity the
+  CA signed, ``--allowed-callers ""``, so only the role can refuse them).
 """
 
 from __future__ import annotations
+
+import datetime
 
 import grpc
 import pytest
@@ -50,6 +55,7 @@ def fed(tmp_path_factory, model_cache, certs):
     tmp = tmp_path_factory.mktemp("authorisation")
     with federation(
         tmp, model_cache, clients=[("add1", []), ("add1", [])], certs=certs, identities={"client-1": "intruder"},
+        trainer_args=["--allowed-callers", ""],
         orchestrator_args=["--client-wait-seconds", "3", "--auxiliary-size", "10", "--auxiliary-domains", "add1"],
     ) as running:
         yield running
@@ -127,3 +133,46 @@ def test_names_with_a_trailing_newline_are_refused(fed, certs):
         refused = refusal(lambda: trainer.GetPolicyVersion(tpb.GetPolicyVersionRequest(run_id="run\n"), timeout=30))
     assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.details().startswith("run_id: ")
+
+
+def test_only_an_orchestrator_certificate_may_call_the_trainer(fed, certs):
+    _, _, services = fed
+    request = tpb.GetPolicyVersionRequest(run_id="run")
+    for name, expected in (("client-0", "has role reward_client; only role orchestrator may"),
+                           ("legacy", "carries no role (issued before roles): re-run `make certs`")):
+        caller = as_(certs, name) if name != "legacy" else role_less_identity(certs, name)
+        with serving.channel(services["trainer"].address, caller) as ch:
+            refused = refusal(lambda: tpb_grpc.PolicyTrainerServiceStub(ch).GetPolicyVersion(request, timeout=30))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert expected in refused.details()
+    # The orchestrator's certificate passes the role check (and meets the next one: no run started).
+    with serving.channel(services["trainer"].address, as_(certs, "orchestrator")) as ch:
+        refused = refusal(lambda: tpb_grpc.PolicyTrainerServiceStub(ch).GetPolicyVersion(request, timeout=30))
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def role_less_identity(certs, name: str) -> Identity:
+    """A certificate as `make certs` wrote them before roles: CA-signed, CN = name, no role."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name), x509.DNSName("localhost")]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem_key = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return Identity(cert.public_bytes(serialization.Encoding.PEM), pem_key, (certs / "ca.crt").read_bytes())

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         [serving.Endpoint(
             [(pb_grpc.add_PolicyTrainerServiceServicer_to_server, PolicyTrainerServicer(trainer, vocab_size),
               "fedgrpo.v1.PolicyTrainerService")],
-            settings.port, allowed_peers=settings.allowed_callers,
+            settings.port, allowed_peers=settings.allowed_callers, allowed_roles=["orchestrator"],
         )],
         max_workers=4,
     )

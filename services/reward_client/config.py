@@ -16,7 +16,7 @@ a JSON list works too); an empty value (``--domains ""``) means no domain.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +26,8 @@ from fedgrpo.settings import CommaList, ServiceSettings
 
 class RewardClientSettings(ServiceSettings):
     """A reward client: private labelled data of some domains, served as rewards only."""
+
+    certificate_role: ClassVar[str | None] = "reward_client"
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_REWARD_CLIENT_",

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         [serving.Endpoint(
             [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
-            settings.port, allowed_peers=settings.orchestrator_identities,
+            settings.port, allowed_peers=settings.orchestrator_identities, allowed_roles=["orchestrator"],
         )],
         on_stop=joiner.stop if joiner else None,
     )
