@@ -1,13 +1,21 @@
 """A development certificate authority for mutual TLS between fedgrpo services.
 
-``init_ca(dir)`` writes ``ca.crt`` / ``ca.key``. ``issue(dir, name)`` signs a
-leaf certificate for identity ``name`` with that CA and returns its
+``init_ca(dir)`` writes ``ca.crt`` / ``ca.key``. ``issue(dir, name, role=)``
+signs a leaf certificate for identity ``name`` with that CA and returns its
 ``Identity`` (``<name>.crt``, ``<name>.key``, ``ca.crt``): CN = name, SANs for
-the name, localhost, 127.0.0.1, ::1 and any extra hosts, and both serverAuth
-and clientAuth, because every fedgrpo service is a server to some peers and a
-client of others. ``init_federation(dir)`` does both for a whole federation,
-plus a shared ``api-token``, and is idempotent. ``common_name(pem)`` reads the
-CN of a peer's certificate, which is how a service learns who called it.
+the name, localhost, 127.0.0.1, ::1 and any extra hosts, the role as a SAN URI
+``fedgrpo:role=<role>`` (``ROLES``), and both serverAuth and clientAuth,
+because every role is a server to some peers and a client of others (a
+service checks its own health with its own certificate; dialed reward clients
+serve, joined ones connect). The service names ``orchestrator`` and
+``trainer`` are reserved: only a certificate of that role may be issued
+under one, and no reward client may carry one as a host (gRPC would accept a
+reward-client certificate naming host ``orchestrator`` for that address;
+``init_federation`` gives such shared hosts to the services only).
+``init_federation(dir)`` does both for a whole federation, plus a shared
+``api-token``, and is idempotent; it reissues identities of an older
+``make certs`` that carry no role. ``common_name(pem)`` and ``role_of(pem)``
+read a peer's certificate, which is how a service learns who called it.
 
 Keys are EC P-256; private keys and the token are written with mode 0o600,
 every file atomically (temporary file, then rename), so a crash never leaves
@@ -38,6 +46,11 @@ CA_KEY = "ca.key"
 API_TOKEN = "api-token"
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# What a certificate's holder may act as; services check their peer's (fedgrpo.security.peer_role).
+ROLES = ("orchestrator", "trainer", "reward_client")
+# Names only a certificate of the same role may carry (as its name or as a host).
+RESERVED = {"orchestrator": "orchestrator", "trainer": "trainer"}
+ROLE_URI = "fedgrpo:role="
 _DEFAULT_SANS = ("localhost", "127.0.0.1", "::1")
 # Certificates start slightly in the past so a peer whose clock lags a little
 # does not reject a certificate issued a moment ago.
@@ -94,14 +107,22 @@ def init_ca(
     _write(directory / CA_KEY, _key_pem(key), private=True)
 
 
+def default_role(name: str) -> str:
+    """The role ``name`` gets unless told: a reserved service name's own, else reward_client."""
+    return RESERVED.get(name, "reward_client")
+
+
 def issue(
-    directory: Path, name: str, hosts: Sequence[str] = (), days: int = 825, out_dir: Path | None = None
+    directory: Path, name: str, hosts: Sequence[str] = (), days: int = 825, out_dir: Path | None = None,
+    role: str | None = None,
 ) -> Identity:
-    """Sign a client-and-server certificate for ``name`` with the CA in ``directory``."""
+    """Sign a client-and-server certificate for ``name`` acting as ``role`` (default: ``default_role(name)``)."""
     directory = Path(directory)
+    role = default_role(name) if role is None else role
     _check_name(name)
+    _check_role(name, role, hosts)
     _check_days(days)
-    sans = _subject_alt_names(name, hosts)
+    sans = [*_subject_alt_names(name, hosts), x509.UniformResourceIdentifier(ROLE_URI + role)]
     ca_cert, ca_key = _load_ca(directory)
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -150,17 +171,23 @@ def init_federation(
     and the token are never replaced (delete them to rotate).
     """
     directory = Path(directory)
-    names = [*services, *clients]
-    for name in names:
+    reserved = [name for name in clients if name in RESERVED]
+    if reserved:
+        raise ValueError(f"client name(s) {reserved}: reserved for the services of those names")
+    roles = {name: default_role(name) for name in services} | {name: "reward_client" for name in clients}
+    if len(roles) < len(services) + len(clients):
+        raise ValueError(f"a name is given twice among services {list(services)} and clients {list(clients)}")
+    for name, role in roles.items():
         _check_name(name)
+        _check_role(name, role, _hosts_of(role, hosts))
     if not (directory / CA_KEY).exists():
         init_ca(directory)
     ca_cert, _ = _load_ca(directory)
     identities = {}
-    for name in names:
+    for name, role in roles.items():
         identity = Identity.in_dir(directory, name)
-        if overwrite or not _issued_by(identity, ca_cert):
-            identity = issue(directory, name, hosts)
+        if overwrite or not _issued_by(identity, ca_cert) or role_of(identity.cert.read_bytes()) != role:
+            identity = issue(directory, name, _hosts_of(role, hosts), role=role)
         identities[name] = identity
     token = directory / API_TOKEN
     if not token.exists():
@@ -175,6 +202,35 @@ def common_name(pem: bytes) -> str:
     if not values:
         raise ValueError(f"certificate {cert.subject.rfc4514_string()!r} has no common name")
     return str(values[0].value)
+
+
+def role_of(pem: bytes) -> str | None:
+    """The role a PEM certificate carries (SAN URI ``fedgrpo:role=<role>``), or None (issued before roles)."""
+    cert = x509.load_pem_x509_certificate(pem)
+    try:
+        uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.UniformResourceIdentifier
+        )
+    except x509.ExtensionNotFound:
+        return None
+    roles = [uri[len(ROLE_URI):] for uri in uris if uri.startswith(ROLE_URI)]
+    return roles[0] if len(roles) == 1 and roles[0] in ROLES else None
+
+
+def _hosts_of(role: str, hosts: Sequence[str]) -> list[str]:
+    """The shared hosts of `init_federation` for one role: a reserved service name goes to services only."""
+    return [h for h in hosts if role != "reward_client" or h not in RESERVED]
+
+
+def _check_role(name: str, role: str, hosts: Sequence[str]) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} of {name!r}: expected one of {', '.join(ROLES)}")
+    owner = RESERVED.get(name)
+    if owner is not None and owner != role:
+        raise ValueError(f"identity name {name!r}: reserved for the {owner} (role {owner}), not role {role}")
+    taken = [h for h in hosts if h in RESERVED] if role == "reward_client" else []
+    if taken:
+        raise ValueError(f"hosts {taken} of {name!r}: reserved for the services of those names, not a reward_client")
 
 
 def _check_name(name: str) -> None:

@@ -81,6 +81,11 @@ def _certs(argv: list[str]) -> None:
     one = commands.add_parser("issue", help="one more identity signed by the existing CA")
     one.add_argument("name", help="identity name: 1-64 letters, digits, '-', '_' or '.'")
     one.add_argument("--out", type=Path, default=None, help="write NAME.crt, NAME.key and ca.crt here instead")
+    one.add_argument(
+        "--role", choices=certs.ROLES, default=None,
+        help="what NAME acts as, checked by every service it calls (default: orchestrator and trainer their own, "
+        "any other name reward_client)",
+    )
     for sub in (init, one):
         sub.add_argument("--dir", type=Path, default=Path(".cache/certs"), help="CA folder (default .cache/certs)")
         sub.add_argument("--hosts", type=names, default=[], help="extra comma-separated DNS names or IPs for SANs")
@@ -91,7 +96,7 @@ def _certs(argv: list[str]) -> None:
                 args.dir, clients=args.clients, hosts=args.hosts, overwrite=args.overwrite
             )
         else:
-            identities = {args.name: certs.issue(args.dir, args.name, args.hosts, out_dir=args.out)}
+            identities = {args.name: certs.issue(args.dir, args.name, args.hosts, out_dir=args.out, role=args.role)}
     except (OSError, ValueError) as err:
         raise SystemExit(f"fedgrpo certs {args.command}: {err}") from None
     for name, identity in identities.items():

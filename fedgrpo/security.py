@@ -9,8 +9,10 @@ peer's identity is the certificate's common name (``peer_identity``).
 
 ``Guard`` is the server interceptor that bounds every request before a
 servicer sees it, in this order: a bearer token where the endpoint asks for
-one (UNAUTHENTICATED), the peer's identity against an allow-list
-(PERMISSION_DENIED), a request rate per peer (RESOURCE_EXHAUSTED, via the
+one (UNAUTHENTICATED), the peer's identity against an allow-list and the
+role its certificate carries (``fedgrpo.certs``) against the endpoint's
+roles (PERMISSION_DENIED; a certificate from before roles is refused with a
+message saying to reissue it), a request rate per peer (RESOURCE_EXHAUSTED, via the
 ``limits`` package), and a request that does not decode as its message
 (INVALID_ARGUMENT). Health checks and reflection are exempt from tokens and
 rates so orchestration tools can probe a service. Oversized messages are
@@ -24,6 +26,9 @@ import collections
 import hmac
 import ipaddress
 import logging
+import socket
+import ssl
+import tempfile
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +90,43 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
     return names[0].decode() if names else None
 
 
+def peer_role(context: grpc.ServicerContext) -> str | None:
+    """The role in the peer's verified certificate (``fedgrpo.certs.role_of``), or None (none, or no certificate)."""
+    from fedgrpo.certs import role_of
+
+    pems = context.auth_context().get("x509_pem_cert")
+    return role_of(pems[0]) if pems else None
+
+
+def server_identity(address: str, identity: Identity, timeout: float) -> str:
+    """The common name of the certificate the TLS server at ``address`` presents to ``identity``.
+
+    gRPC's Python client does not expose the peer's certificate, so this is
+    a TLS handshake of its own (ALPN h2, verified against the federation CA
+    and the address like gRPC's, with ``identity``'s client certificate, as
+    the server asks for one). Raises OSError (unreachable, not TLS) or
+    ssl.SSLError (not signed by the CA, not valid for the address).
+    """
+    from fedgrpo.certs import common_name
+
+    host, port = address.rsplit(":", 1)
+    host = host.strip("[]")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=identity.ca.decode())
+    context.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as folder:  # ssl loads a client certificate from files only (0o700 folder)
+        cert, key = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        cert.write_bytes(identity.cert)
+        key.touch(mode=0o600)
+        key.write_bytes(identity.key)
+        context.load_cert_chain(cert, key)
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise ssl.SSLError(f"{address} presented no certificate")
+    return common_name(ssl.DER_cert_to_PEM_cert(der).encode())
+
+
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
     for key, value in metadata or ():
         if key == AUTHORIZATION and isinstance(value, str) and value.startswith("Bearer "):
@@ -132,11 +174,13 @@ class Guard(grpc.ServerInterceptor):
         *,
         tokens: Collection[str] = (),
         allowed_peers: Collection[str] = (),
+        allowed_roles: Collection[str] = (),
         rate_limit: str = "",
         service_label: str = "",
     ) -> None:
         self.tokens = tuple(tokens)
         self.allowed_peers = frozenset(allowed_peers)
+        self.allowed_roles = frozenset(allowed_roles)
         self.limits = parse_many(rate_limit) if rate_limit else []
         self.limiter = MovingWindowRateLimiter(MemoryStorage()) if self.limits else None
         self.label = service_label
@@ -155,7 +199,25 @@ class Guard(grpc.ServerInterceptor):
             )
         peer = peer_identity(context)
         if self.allowed_peers and not exempt and peer not in self.allowed_peers:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {peer!r} is not a member of this federation")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"identity {peer!r} may not call {method}: only {', '.join(sorted(self.allowed_peers))} may "
+                f"(certificate common names; health checks are open to any)",
+            )
+        if self.allowed_roles and not exempt:
+            role = peer_role(context)
+            if role is None:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"identity {peer!r}: its certificate carries no role (issued before roles): re-run `make certs` "
+                    "(fedgrpo certs init) to reissue it, or `fedgrpo certs issue NAME --role ROLE`",
+                )
+            if role not in self.allowed_roles:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"identity {peer!r} has role {role}; only role {', '.join(sorted(self.allowed_roles))} may call "
+                    f"{method}",
+                )
         if self.limiter is not None and not exempt:
             key = peer or context.peer().rsplit(":", 1)[0]
             if not all(self.limiter.hit(limit, self.label, key) for limit in self.limits):

@@ -65,6 +65,8 @@ class Endpoint:
     tokens: Collection[str] = ()
     # Certificate identities allowed to call; empty: any the CA signed.
     allowed_peers: Collection[str] = ()
+    # Roles (fedgrpo.certs.ROLES) a caller's certificate must carry; empty: any, or none.
+    allowed_roles: Collection[str] = ()
     # The settings field that sets ``port`` (named, with its env var, when the port is taken).
     port_field: str = "port"
 
@@ -96,6 +98,7 @@ def build_server(
         tokens=endpoint.tokens,
         # Identities come from certificates: with plaintext (loopback development) there are none to check.
         allowed_peers=endpoint.allowed_peers if identity is not None else (),
+        allowed_roles=endpoint.allowed_roles if identity is not None else (),
         rate_limit=settings.rate_limit, service_label=str(endpoint.port),
     )
     server = grpc.server(

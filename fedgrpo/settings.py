@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
@@ -50,6 +50,8 @@ class ServiceSettings(BaseSettings):
     """What every service is configured with; subclasses set env_prefix and cli_prog_name."""
 
     model_config = SettingsConfigDict(cli_kebab_case=True, cli_implicit_flags=True, extra="forbid")
+    # The role (fedgrpo.certs.ROLES) this service's certificate must carry; None: not checked.
+    certificate_role: ClassVar[str | None] = None
 
     host: str = Field("127.0.0.1", description="Interface to listen on (0.0.0.0 for all).")
     log_level: str = Field("INFO", description="Python logging level.")
@@ -123,7 +125,25 @@ class ServiceSettings(BaseSettings):
                 raise ValueError(f"{name}: {str(path)!r} is not a readable file")
             if b"-----BEGIN" not in path.read_bytes()[:4096]:  # type: ignore[union-attr]
                 raise ValueError(f"{name}: {str(path)!r} is not a PEM file")
+        if self.certificate_role is not None:
+            self._check_role(self.certificate_role)
         return self
+
+    def _check_role(self, expected: str) -> None:
+        """Peers refuse a certificate without the right role: say so at start, not at the first call."""
+        from fedgrpo.certs import role_of
+
+        try:
+            role = role_of(self.tls_cert.read_bytes())  # type: ignore[union-attr]
+        except ValueError as err:
+            raise ValueError(f"tls_cert: {str(self.tls_cert)!r} is not a certificate ({err})") from None
+        if role is None:
+            raise ValueError(
+                f"tls_cert: {str(self.tls_cert)!r} carries no role (issued before roles): re-run `make certs` "
+                f"(fedgrpo certs init) to reissue it, or `fedgrpo certs issue NAME --role {expected}`"
+            )
+        if role != expected:
+            raise ValueError(f"tls_cert: {str(self.tls_cert)!r} has role {role}, this service needs role {expected}")
 
     def dialed_addresses(self) -> list[tuple[str, str]]:
         """(field, host:port) of every service this one connects to; subclasses list theirs."""

@@ -56,13 +56,15 @@ def federation(
     joined: list[tuple[str, list[str]]] = (),
     certs: Path | None = None,
     trainer_args: list[str] | None = None,
+    identities: dict[str, str] | None = None,
 ):
     """Yield (orchestrator stub, Federation, {name: Service}).
 
     ``clients`` (domains, extra args) are dialed by the orchestrator as
     client-<i>; ``joined`` ones join its federation port as joined-<i> once it
     is up. With ``certs`` (a `fedgrpo certs init` folder holding those
-    identities) everything speaks mutual TLS and the stub sends the API token.
+    identities) everything speaks mutual TLS and the stub sends the API token;
+    ``identities`` gives a dialed client another certificate than its name's.
     """
     common = ["--model", "tiny-policy", "--cache-dir", str(model_cache), "--log-level", "INFO"]
     with Federation(tmp / "logs", certs=certs) as fed:
@@ -75,7 +77,8 @@ def federation(
         for i, (domains, extra) in enumerate(clients):
             name = f"client-{i}"
             services[name] = fed.start(
-                name, "reward-client", ["--name", name, "--domains", domains, "--bank-size", "200", *extra]
+                name, "reward-client", ["--name", name, "--domains", domains, "--bank-size", "200", *extra],
+                identity=(identities or {}).get(name),
             )
         for s in services.values():
             fed.wait_healthy(s, START_TIMEOUT)

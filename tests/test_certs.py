@@ -174,3 +174,47 @@ def test_mutual_tls_admits_our_identities_and_rejects_another_ca(tmp_path):
                 assert failure.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(None)
+
+
+def test_identities_carry_their_role(tmp_path):
+    identities = certs.init_federation(tmp_path, clients=["client-0"])
+    assert {n: certs.role_of(i.cert.read_bytes()) for n, i in identities.items()} == {
+        "orchestrator": "orchestrator", "trainer": "trainer", "client-0": "reward_client",
+    }
+    uris = x509.load_pem_x509_certificate(identities["client-0"].cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.UniformResourceIdentifier)
+    assert uris == ["fedgrpo:role=reward_client"]
+
+
+@pytest.mark.parametrize(
+    ("issue", "message"),
+    [
+        (lambda d: certs.issue(d, "orchestrator", role="reward_client"), "reserved for the orchestrator"),
+        (lambda d: certs.issue(d, "trainer", role="orchestrator"), "reserved for the trainer"),
+        (lambda d: certs.issue(d, "client-9", hosts=["orchestrator"]), "hosts ['orchestrator']"),
+        (lambda d: certs.issue(d, "client-9", role="admin"), "role 'admin'"),
+        (lambda d: certs.init_federation(d, clients=["trainer"]), "client name(s) ['trainer']: reserved"),
+    ],
+)
+def test_service_names_are_reserved_for_their_role(tmp_path, issue, message):
+    certs.init_federation(tmp_path)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        issue(tmp_path)
+
+
+def test_init_federation_reissues_an_identity_without_a_role(tmp_path):
+    certs.init_federation(tmp_path, clients=["client-0"], hosts=["orchestrator", "example.org"])
+    client = certs.Identity.in_dir(tmp_path, "client-0")
+    sans = x509.load_pem_x509_certificate(client.cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    ).value.get_values_for_type(x509.DNSName)
+    assert "orchestrator" not in sans and "example.org" in sans  # a shared service name is not the client's
+    # A certificate without a role (here the CA's own: signed by the CA, no role URI) is reissued;
+    # an identity that has its role is kept.
+    kept = certs.Identity.in_dir(tmp_path, "trainer").cert.read_bytes()
+    client.cert.write_bytes((tmp_path / "ca.crt").read_bytes())
+    assert certs.role_of(client.cert.read_bytes()) is None
+    certs.init_federation(tmp_path, clients=["client-0"])
+    assert certs.role_of(client.cert.read_bytes()) == "reward_client"
+    assert certs.Identity.in_dir(tmp_path, "trainer").cert.read_bytes() == kept

@@ -55,7 +55,7 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 
-_VERSION_RE = re.compile(r"^v(\d+)$")
+_VERSION_RE = re.compile(r"v(\d+)")
 
 
 def snapshot_state_dict(model, dtype=None) -> dict:
@@ -155,7 +155,7 @@ def prune_snapshots(root: Path, keep: int) -> list[Path]:
         return []
     versions = []
     for entry in root.iterdir():
-        m = _VERSION_RE.match(entry.name)
+        m = _VERSION_RE.fullmatch(entry.name)
         if m and entry.is_dir():
             versions.append((int(m.group(1)), entry))
     versions.sort()

@@ -6,7 +6,9 @@ RPCs). A *joined* client connected from elsewhere (``join``; see
 ``joined.JoinedTransport``): it fetches its tasks and is live while its
 heartbeats arrive. ``RewardClients`` holds both, learns each client's
 self-description and keeps a health flag that a background thread
-refreshes (dialed: Describe again; joined: heartbeat age). A client that
+refreshes (dialed: Describe again; joined: heartbeat age). With TLS a
+dialed client counts only if the name it gives in Describe is the identity
+in its certificate. A client that
 misses three scoring deadlines in a row is *benched*: it stays out of
 selection for ``bench_seconds`` (doubling on each repeat, up to 16x) even
 though it still answers Describe or heartbeats, since answering those says
@@ -35,7 +37,7 @@ import grpc
 
 from fedgrpo import serving
 from fedgrpo.observability import CLIENTS_LIVE
-from fedgrpo.security import Identity
+from fedgrpo.security import Identity, server_identity
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
@@ -142,6 +144,9 @@ class RewardClients:
         bench_seconds: float = 60.0,
     ) -> None:
         self.clients = [RewardClient(a, DialedTransport(a, identity)) for a in addresses]
+        self.identity = identity
+        # Dialed clients whose Describe name their certificate does not carry: address -> why (logged once).
+        self.refused: dict[str, str] = {}
         self.heartbeat_timeout = heartbeat_timeout
         self.bench_seconds = bench_seconds
         self.on_join: list = []  # callbacks(client) run on a worker thread after a join
@@ -163,6 +168,9 @@ class RewardClients:
             log.error("reward client %s declares an invalid reward range; ignored", client.address)
             client.healthy = False
             return False
+        if not self._certificate_names(client, d.name, timeout):
+            client.healthy = False
+            return False
         was_healthy = client.healthy
         client.learn(d)
         if not client.restore():
@@ -170,6 +178,26 @@ class RewardClients:
         if not was_healthy:
             log.info("reward client %s is %s, domains %s", client.address, d.name, ",".join(d.domains))
         return True
+
+    def _certificate_names(self, client: RewardClient, name: str, timeout: float) -> bool:
+        """With TLS, a dialed client's Describe name must be its certificate's identity (else it could pose as
+        another member); refused clients stay out of selection, logged once per address and reason."""
+        if self.identity is None:
+            return True
+        try:
+            holder = server_identity(client.address, self.identity, timeout)
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            holder, why = None, f"its certificate could not be read ({err})"
+        else:
+            why = f"its certificate's identity is {holder!r}"
+        if holder == name:
+            self.refused.pop(client.address, None)
+            return True
+        if self.refused.get(client.address) != why:
+            log.error("reward client %s refused: it names itself %r in Describe but %s; it stays out of selection "
+                      "until the two agree", client.address, name, why)
+        self.refused[client.address] = why
+        return False
 
     # ---- joined clients ----------------------------------------------------
     def join(self, identity: str, d: pb.DescribeResponse, peer: str) -> tuple[RewardClient, str]:

@@ -9,7 +9,7 @@ engine where vLLM is unavailable.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -23,6 +23,8 @@ _MODELS = "; ".join(f"{name} = {about}" for name, about in KNOWN_MODELS.items())
 
 class OrchestratorSettings(ServiceSettings):
     """The orchestrator: public run API, rollouts, expert routing, advantages."""
+
+    certificate_role: ClassVar[str | None] = "orchestrator"
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_ORCHESTRATOR_",

@@ -31,7 +31,7 @@ from .joined import NotYourTask, TaskClosed, UnknownSession
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a trailing newline
 MAX_WAIT_SECONDS = 30.0
 MAX_TASKS = 256
 
@@ -66,7 +66,7 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
 
     def Join(self, request: fpb.JoinRequest, context: grpc.ServicerContext) -> fpb.JoinResponse:
         d = request.description
-        if not NAME.match(d.name):
+        if not NAME.fullmatch(d.name):
             serving.invalid(context, "description.name", f"got {d.name!r}, expected 1-64 letters, digits, '_', '-', '.'")
         identity = self._caller(context, d.name)
         if identity != d.name:

@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
             serving.Endpoint(
                 [(fpb_grpc.add_FederationServiceServicer_to_server, federation, "fedgrpo.v1.FederationService")],
                 settings.federation_port, allowed_peers=settings.reward_client_identities,
+                allowed_roles=["reward_client"],
                 port_field="federation_port",
             )
         )

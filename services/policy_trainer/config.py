@@ -7,7 +7,7 @@ compute and snapshot dtype; weights and optimizer state stay float32).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -18,6 +18,8 @@ from fedgrpo.settings import CommaList, ServiceSettings
 
 class TrainerSettings(ServiceSettings):
     """The GPU trainer: holds the policy and its frozen reference, applies the loss."""
+
+    certificate_role: ClassVar[str | None] = "trainer"
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_TRAINER_",

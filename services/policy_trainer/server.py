@@ -32,7 +32,7 @@ from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, StaleBatch
 
 log = logging.getLogger(__name__)
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a trailing newline
 MAX_BATCH_SEQUENCES = 4096
 MAX_SEQUENCE_TOKENS = 32_768
 
@@ -77,13 +77,13 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         self.lock = threading.Lock()
 
     def _check_run(self, run_id: str, context: grpc.ServicerContext) -> None:
-        if not RUN_ID.match(run_id):
+        if not RUN_ID.fullmatch(run_id):
             serving.invalid(context, "run_id", f"got {run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
         if run_id != self.trainer.run_id:
             serving.failed_precondition(context, f"run_id {run_id}: no policy started; call StartPolicy first")
 
     def StartPolicy(self, request: pb.StartPolicyRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
-        if not RUN_ID.match(request.run_id):
+        if not RUN_ID.fullmatch(request.run_id):
             serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
         config = optimizer_config(request.optimizer, context)
         with self.lock:
@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         [serving.Endpoint(
             [(pb_grpc.add_PolicyTrainerServiceServicer_to_server,
               PolicyTrainerServicer(trainer, vocab_size, settings.max_advantage), "fedgrpo.v1.PolicyTrainerService")],
-            settings.port, allowed_peers=settings.allowed_callers,
+            settings.port, allowed_peers=settings.allowed_callers, allowed_roles=["orchestrator"],
         )],
         max_workers=4,
     )

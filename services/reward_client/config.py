@@ -16,7 +16,7 @@ a JSON list works too); an empty value (``--domains ""``) means no domain.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -26,6 +26,8 @@ from fedgrpo.settings import CommaList, ServiceSettings
 
 class RewardClientSettings(ServiceSettings):
     """A reward client: private labelled data of some domains, served as rewards only."""
+
+    certificate_role: ClassVar[str | None] = "reward_client"
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_REWARD_CLIENT_",
@@ -82,8 +84,23 @@ class RewardClientSettings(ServiceSettings):
     torch_threads: int = Field(
         1, ge=0, description="torch CPU threads of the judge model (0: torch's default, every core)."
     )
+    orchestrator_identities: CommaList = Field(
+        default_factory=lambda: ["orchestrator"],
+        description="With TLS: the identities (certificate common names) that may call Score and Describe, "
+        "comma-separated; any other is PERMISSION_DENIED, since scores reveal this client's labels (candidates "
+        "0..255 of a known question read its answer). Default: the orchestrator's name as `make certs` issues "
+        "it. Empty: any identity the federation CA signed (not advised). Health checks stay open.",
+    )
+    # Score's fields are bounded so that no caller makes the judge model read unbounded text.
     max_candidates: int = Field(256, ge=1, description="Most candidates accepted in one Score call.")
-    max_candidate_chars: int = Field(16_384, ge=1, description="Longest candidate answer accepted.")
+    max_candidate_chars: int = Field(16_384, ge=1, description="Longest candidate answer accepted, in characters.")
+    max_question_chars: int = Field(
+        8_192, ge=1, description="Longest question accepted in a Score call, in characters."
+    )
+    max_domain_chars: int = Field(64, ge=1, description="Longest domain name accepted in a Score call.")
+    max_id_chars: int = Field(
+        256, ge=1, description="Longest question_id and run_id accepted in a Score call."
+    )
     # Faults injected on purpose, for tests and chaos runs only.
     fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison", "huge_range"] = Field(
         "none", description="Test only: answer every Score call with this fault; poison answers the "

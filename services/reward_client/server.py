@@ -1,6 +1,11 @@
 """The reward client service: ``Describe`` and ``Score``, nothing else.
 
-A thin gRPC shell around the evaluators: it validates each request, picks the
+A thin gRPC shell around the evaluators. With TLS only the orchestrator's
+identity (``orchestrator_identities``) may call Score and Describe, since
+scores reveal the client's labels; health checks stay open. It bounds each
+request's fields (``max_question_chars``, ``max_domain_chars``,
+``max_id_chars``, ``max_candidates``, ``max_candidate_chars``:
+INVALID_ARGUMENT naming the field), picks the
 first evaluator able to judge the question, and answers one float per
 candidate. Data and evaluator choice stay inside this process. A client that
 holds no domain has only its model-based evaluator. Faults set in
@@ -65,12 +70,17 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         def invalid(field: str, problem: str) -> None:
             raise Refused(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
 
-        if not request.question_id:
-            invalid("question_id", "must not be empty")
-        if not request.question:
-            invalid("question", "must not be empty")
-        if not request.domain:
-            invalid("domain", "must not be empty")
+        for field, value, most in (
+            ("question_id", request.question_id, s.max_id_chars),
+            ("question", request.question, s.max_question_chars),
+            ("domain", request.domain, s.max_domain_chars),
+        ):
+            if not value:
+                invalid(field, "must not be empty")
+            if len(value) > most:
+                invalid(field, f"{len(value)} characters, at most {most}")
+        if len(request.run_id) > s.max_id_chars:
+            invalid("run_id", f"{len(request.run_id)} characters, at most {s.max_id_chars}")
         n = len(request.candidates)
         if not 1 <= n <= s.max_candidates:
             invalid("candidates", f"got {n}, expected 1 to {s.max_candidates}")
@@ -185,6 +195,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     if settings.fault != "none" or settings.fault_delay_seconds:
         log.warning("fault injection on: %s, delay %.1fs", settings.fault, settings.fault_delay_seconds)
+    if not settings.plaintext:
+        if settings.orchestrator_identities:
+            log.info("Score and Describe answer only %s", ", ".join(settings.orchestrator_identities))
+        else:
+            log.warning("orchestrator_identities is empty: any identity the CA signed may call Score and read "
+                        "this client's labels from its scores")
     servicer = RewardClientServicer(settings, evaluators)
     joiner = None
     if settings.orchestrator:
@@ -196,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         [serving.Endpoint(
             [(pb_grpc.add_RewardClientServiceServicer_to_server, servicer, "fedgrpo.v1.RewardClientService")],
-            settings.port,
+            settings.port, allowed_peers=settings.orchestrator_identities, allowed_roles=["orchestrator"],
         )],
         on_stop=joiner.stop if joiner else None,
     )
