@@ -22,6 +22,8 @@ from fedgrpo.v1 import orchestrator_pb2_grpc, policy_trainer_pb2_grpc, reward_cl
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 START_TIMEOUT = 240.0
+# Score calls of a dialed client in the orchestrator's first probe pass: its default --auxiliary-size.
+PROBES = 100
 
 
 @pytest.fixture(scope="session")

@@ -85,9 +85,15 @@ class RewardClientSettings(ServiceSettings):
     max_candidates: int = Field(256, ge=1, description="Most candidates accepted in one Score call.")
     max_candidate_chars: int = Field(16_384, ge=1, description="Longest candidate answer accepted.")
     # Faults injected on purpose, for tests and chaos runs only.
-    fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison"] = Field(
-        "none", description="Test only: answer every Score call with this fault; poison answers the "
-        "orchestrator's probes honestly and inverts every training reward (low + high - r).",
+    fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison", "probe_pattern"] = Field(
+        "none", description="Test only: answer every Score call with this fault. poison inverts every reward "
+        "(low + high - r); probe_pattern is a cheater with no data: it never consults its evaluators, answers "
+        "high, low, low, high to what looks like the orchestrator's old fixed probe (run_id 'probe', or the "
+        "candidates [A, 'The answer is W.', W, 'The answer is A.']) and random rewards to anything else.",
+    )
+    fault_after_calls: int = Field(
+        0, ge=0, description="Test only: answer the first N Score calls without the fault (a client that behaves "
+        "while it is first probed, then does not).",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."
