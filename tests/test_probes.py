@@ -29,6 +29,34 @@ from .conftest import federation
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
+def test_probe_due_on_a_changed_description_and_on_age_only():
+    from services.orchestrator.probes import description_signature, probe_due
+
+    before = description_signature(["add1"], [1], 0.0, 1.0)
+    assert probe_due(before, None, None, 5.0, 60.0) == "never probed"
+    assert probe_due(before, before, 0.0, 59.0, 60.0) is None
+    assert probe_due(before, before, 0.0, 60.0, 60.0) == "its last probe is 60s old"
+    assert probe_due(before, before, 0.0, 10**6, 0.0) is None  # 0: never for age
+    for changed in (["add1", "sub1"], ["sub1"]):
+        assert probe_due(description_signature(changed, [1], 0.0, 1.0), before, 0.0, 1.0, 0.0) == "its description changed"
+    assert probe_due(description_signature(["add1"], [1, 2], 0.0, 1.0), before, 0.0, 1.0, 0.0) is not None
+    assert probe_due(description_signature(["add1"], [1], 0.0, 10.0), before, 0.0, 1.0, 0.0) is not None
+
+
+def test_probe_candidates_are_judged_by_a_real_client_as_their_truth_says():
+    import random
+
+    from services.orchestrator.probes import probe_candidates
+
+    items = auxiliary_items(["add1", "sub2", "leg_counting"], 30, 0, 200)
+    judge = AnswerBasedEvaluator(["add1", "sub2", "leg_counting"], 0, 200)
+    rng = random.Random(1)
+    for item in items:
+        candidates, truth = probe_candidates(item, rng, 6)
+        assert len(candidates) == len(truth) == 6
+        assert [r >= 0.5 for r in judge.score(item.domain, item.text, candidates)] == truth
+
+
 class Recording(RewardClientServicer):
     """A real reward client that keeps every Score request it answered."""
 

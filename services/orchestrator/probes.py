@@ -36,6 +36,8 @@ from fedgrpo.tasks import LabelledQuestion
 
 from .runs import new_run_id
 
+# probe_due's answer for a changed description (the caller drops what the client judged before).
+DESCRIPTION_CHANGED = "its description changed"
 # Candidates per probe outside a run: RunConfig's default candidates_per_question.
 DEFAULT_CANDIDATES = 8
 
@@ -105,7 +107,7 @@ def probe_due(
     if probed_at is None:
         return "never probed"
     if probed_signature is not None and signature != probed_signature:
-        return "its description changed"
+        return DESCRIPTION_CHANGED
     if reprobe_seconds > 0 and now - probed_at >= reprobe_seconds:
         return f"its last probe is {now - probed_at:.0f}s old"
     return None

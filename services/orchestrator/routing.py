@@ -50,7 +50,9 @@ from .competence import select_top_m
 from .confidence_graph import ConfidenceGraph
 from .embedding import Embedder
 from .experts import exactness
-from .probes import DEFAULT_CANDIDATES, LiveRun, description_signature, probe_candidates, probe_due, probe_run_id
+from .probes import (
+    DEFAULT_CANDIDATES, DESCRIPTION_CHANGED, LiveRun, description_signature, probe_candidates, probe_due, probe_run_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +206,7 @@ class ExpertRouter:
                 name = client.view().name
                 if name in self.probed:
                     log.info("probing %s again: %s", name, why)
-                if why == "its description changed":
+                if why == DESCRIPTION_CHANGED:
                     with self.lock:  # what it judged under its old description says nothing now
                         if name in self.graph.clients():
                             self.graph.remove_client(name)
