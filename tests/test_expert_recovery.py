@@ -210,7 +210,8 @@ def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run(
 
     executor, clients = shell({"org-a": [1.0, 0.0, 0.0, 1.0], "org-c": [1.0, 0.0, 0.0, 1.0]})
     items = build_questions("add1", 7, 3)
-    clients.clients.insert(1, RewardClient("org-b", RefusesTraining(items), name="org-b", domains=("add1",), healthy=True))
+    refusing = RewardClient("org-b", RefusesTraining(items), name="org-b", domains=("add1",), healthy=True)
+    clients.clients.insert(1, refusing)
     try:
         executor.router = ExpertRouter(clients, MiniLMEmbedder("cpu"), items, neighbours=3)
         cfg = config(expert_selection="confidence_graph", reward_clients=["org-a", "org-b"])

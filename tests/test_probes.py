@@ -38,7 +38,8 @@ def test_probe_due_on_a_changed_description_and_on_age_only():
     assert probe_due(before, before, 0.0, 60.0, 60.0) == "its last probe is 60s old"
     assert probe_due(before, before, 0.0, 10**6, 0.0) is None  # 0: never for age
     for changed in (["add1", "sub1"], ["sub1"]):
-        assert probe_due(description_signature(changed, [1], 0.0, 1.0), before, 0.0, 1.0, 0.0) == "its description changed"
+        now = description_signature(changed, [1], 0.0, 1.0)
+        assert probe_due(now, before, 0.0, 1.0, 0.0) == "its description changed"
     assert probe_due(description_signature(["add1"], [1, 2], 0.0, 1.0), before, 0.0, 1.0, 0.0) is not None
     assert probe_due(description_signature(["add1"], [1], 0.0, 10.0), before, 0.0, 1.0, 0.0) is not None
 
@@ -122,8 +123,10 @@ def test_probe_passes_carry_run_shaped_ids_and_random_candidates_and_a_changed_d
     patterns = [right_answers(r, judge) for r in first + second]
     assert len(set(patterns)) > 1  # the right answers are not always in the same places
     assert len({sum(p) for p in patterns}) > 1  # nor always as many
-    old = [r for r in first + second if len(r.candidates) == 4 and r.candidates[1] == f"The answer is {r.candidates[2]}."]
-    assert old == []
+    shaped_like_the_old_probe = [
+        r for r in first + second if len(r.candidates) == 4 and r.candidates[1] == f"The answer is {r.candidates[2]}."
+    ]
+    assert shaped_like_the_old_probe == []
     assert router.snapshot()[1]["honest"] == {"add1": 1.0}
 
 
