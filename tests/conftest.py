@@ -36,6 +36,8 @@ def pytest_sessionfinish(session, exitstatus):
             f"FEDGRPO_FAIL_ON_SKIP: {len(skipped)} test(s) skipped where every test must run (reasons in the summary below)", red=True
         )
         session.exitstatus = 1
+# Score calls of a dialed client in the orchestrator's first probe pass: its default --auxiliary-size.
+PROBES = 100
 
 
 @pytest.fixture(scope="session")

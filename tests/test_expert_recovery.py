@@ -184,16 +184,20 @@ def test_a_client_sending_nan_for_every_candidate_goes_straight_to_the_next_expe
 
 
 class RefusesTraining:
-    """Judges every probe perfectly, then answers NOT_FOUND (cannot judge) to every training call."""
+    """Judges the auxiliary items (probes: it is told their ids, as a client that knows the bank's tail
+    could work out) honestly, and answers NOT_FOUND (cannot judge) to every other call."""
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, items):
+        from services.reward_client.evaluators import AnswerBasedEvaluator
+
+        self.calls, self.items = 0, {i.question_id for i in items}
+        self.judge = AnswerBasedEvaluator(["add1"], 7, 3)
 
     def score(self, request, timeout):
         self.calls += 1
-        if request.run_id != "probe":
+        if request.question_id not in self.items:
             raise ScoreError(NOT_FOUND, "injected: cannot judge")
-        return rpb.ScoreResponse(rewards=[1.0, 0.0, 0.0, 1.0][: len(request.candidates)])
+        return rpb.ScoreResponse(rewards=self.judge.score(request.domain, request.question, list(request.candidates)))
 
 
 def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run():
@@ -205,9 +209,11 @@ def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run(
     from services.orchestrator.routing import ExpertRouter
 
     executor, clients = shell({"org-a": [1.0, 0.0, 0.0, 1.0], "org-c": [1.0, 0.0, 0.0, 1.0]})
-    clients.clients.insert(1, RewardClient("org-b", RefusesTraining(), name="org-b", domains=("add1",), healthy=True))
+    items = build_questions("add1", 7, 3)
+    refusing = RewardClient("org-b", RefusesTraining(items), name="org-b", domains=("add1",), healthy=True)
+    clients.clients.insert(1, refusing)
     try:
-        executor.router = ExpertRouter(clients, MiniLMEmbedder("cpu"), build_questions("add1", 7, 3), neighbours=3)
+        executor.router = ExpertRouter(clients, MiniLMEmbedder("cpu"), items, neighbours=3)
         cfg = config(expert_selection="confidence_graph", reward_clients=["org-a", "org-b"])
         outcome, replaced, _ = recover(executor, cfg, ["org-a", "org-b"])
     finally:

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
-from .conftest import federation
+from .conftest import PROBES, federation
 
 pytestmark = pytest.mark.integration
 
@@ -269,14 +269,14 @@ def test_an_expert_that_leaves_mid_run_is_replaced_by_the_next_one(tmp_path, mod
 
 
 def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the_probes(tmp_path, model_cache):
-    """client-0 judges the probes honestly and inverts every training reward (an injected poisoning
-    fault); client-1 and client-2 judge add1 honestly. All three probe the same, so client-0, first
+    """client-0 judges its first probes (the orchestrator's first pass: PROBES calls) honestly and
+    inverts every reward after (an injected poisoning fault); client-1 and client-2 judge add1 honestly. All three probe the same, so client-0, first
     by name, is an expert of step 1 (M = 2). With the online update on, each expert is measured
     against the other expert of its question (leave-one-out): step 1 demotes client-0 and client-1
     alike, step 2 pairs client-0 with client-2 and demotes it again, and from step 3 the two honest
     clients agree and judge alone. A second run starts from the probed graph, not from the first
     run's confidence."""
-    clients = [("add1", ["--fault", "poison"]), ("add1", []), ("add1", [])]
+    clients = [("add1", ["--fault", "poison", "--fault-after-calls", str(PROBES)]), ("add1", []), ("add1", [])]
     with federation(tmp_path, model_cache, clients) as (stub, _, services):
         spec = dict(SPEC, steps=4, expert_selection="confidence_graph", confidence_update_rate=0.5)
         events, run = wait(stub, stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**spec))).run_id)

@@ -21,6 +21,7 @@ from services.orchestrator.experts import ANSWER_BASED, MODEL_BASED, ClientView,
 from services.orchestrator.joined import ScoreError
 from services.orchestrator.routing import PROBE_TRIES, ExpertRouter
 from services.orchestrator.runs import RunStore
+from services.reward_client.evaluators import AnswerBasedEvaluator
 
 TRUTH = [True, False, False, True]
 PERFECT = [1.0, 0.0, 0.0, 1.0]
@@ -91,7 +92,8 @@ def test_equal_competence_goes_to_the_answer_based_judge_before_the_model_judge(
 
 
 class Scripted:
-    """Answers every probe perfectly, after failing the first ``fail`` calls with ``code`` (the injected fault)."""
+    """Judges every probe as an honest answer-based client holding ITEMS would (a real evaluator), after
+    failing the first ``fail`` calls with ``code`` (the injected fault)."""
 
     def __init__(self, fail=0, code=grpc.StatusCode.UNAVAILABLE):
         self.fail, self.code, self.calls = fail, code, 0
@@ -100,7 +102,7 @@ class Scripted:
         self.calls += 1
         if self.calls <= self.fail:
             raise ScoreError(self.code, "injected")
-        return rpb.ScoreResponse(rewards=PERFECT)
+        return rpb.ScoreResponse(rewards=JUDGE.score(request.domain, request.question, list(request.candidates)))
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +111,7 @@ def embedder():
 
 
 ITEMS = build_questions("add1", 7, 3)
+JUDGE = AnswerBasedEvaluator(["add1"], 7, 3)
 
 
 def federation(**transports):

@@ -17,7 +17,7 @@ import pytest
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 
-from .conftest import federation, trainer_stub
+from .conftest import PROBES, federation, trainer_stub
 from .test_join import run_to_end, steps_of
 
 pytestmark = pytest.mark.integration
@@ -91,12 +91,12 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
 
 
 def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_cache):
-    """client-0 judges the probes honestly and inverts every training reward; client-1 and client-2
-    are honest, all three probe the same. With the online update the run demotes client-0 by step 2
+    """client-0 judges its first PROBES calls (the first probe pass) honestly and inverts every reward
+    after; client-1 and client-2 are honest, all three probe the same. With the online update the run demotes client-0 by step 2
     (tests/test_federation.py walks through it). The orchestrator is killed after step 2: the resumed
     run takes its confidence back from its stored steps, so client-0 never judges again; started from
     the probes instead, it would be first by name again."""
-    clients = [("add1", ["--fault", "poison"]), ("add1", []), ("add1", [])]
+    clients = [("add1", ["--fault", "poison", "--fault-after-calls", str(PROBES)]), ("add1", []), ("add1", [])]
     with federation(tmp_path, model_cache, clients) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=6, questions_per_step=2, candidates_per_question=4, experts_per_question=2,

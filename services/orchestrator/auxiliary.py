@@ -4,15 +4,14 @@
 distinct labelled items spread evenly over the domains from the *end* of the
 federation's question bank: the same distribution the clients hold data of
 (so an expert can judge them), a slice training never samples
-(``QuestionBank`` excludes these ids). ``probe_candidates(item)`` gives candidates of known correctness for
-one item: the right answer and a wrong one, each bare and in a sentence. A
-client is probed through the same Score call it serves in training, so how
-well it *judges* these is what the server learns.
+(``QuestionBank`` excludes these ids). The probes built on them
+(candidates of known correctness, shaped like training work) are in
+``probes.py``. A client is probed through the same Score call it serves in
+training, so how well it *judges* these is what the server learns.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 
 from fedgrpo.tasks import LabelledQuestion, build_questions
@@ -28,14 +27,3 @@ def auxiliary_items(domains: Sequence[str], size: int, bank_seed: int, bank_size
         unique = {q.question_id: q for q in reversed(build_questions(domain, bank_seed, bank_size))}
         items += list(unique.values())[:want]
     return items
-
-
-def probe_candidates(item: LabelledQuestion) -> tuple[list[str], list[bool]]:
-    """Four candidates of known correctness: right and wrong, bare and verbose."""
-    answer = str(item.entry["answer"])
-    rng = random.Random(item.question_id)
-    try:
-        wrong = str(int(answer) + rng.choice([-3, -2, -1, 1, 2, 3]))
-    except ValueError:
-        wrong = answer + "1"
-    return [answer, f"The answer is {wrong}.", wrong, f"The answer is {answer}."], [True, False, False, True]

@@ -126,6 +126,13 @@ class OrchestratorSettings(ServiceSettings):
         "judges with its own model, so this must cover the whole auxiliary set (~1 s per item for SmolLM2 on a "
         "CPU core); an unanswered probe counts as incompetent.",
     )
+    reprobe_seconds: float = Field(
+        3600.0, ge=0, le=30 * 86_400,
+        description="Probe every live client again on the whole auxiliary set when its last probe is this old "
+        "(checked when a step routes its questions, a client joins or the graph is read); a client whose "
+        "description (domains, evaluator kinds, reward range) changed is probed again at once. 0: only on a "
+        "changed description.",
+    )
     embedding: Literal["policy", "minilm"] = Field(
         "policy",
         description="phi, the encoder that finds a question's nearest auxiliary items: "

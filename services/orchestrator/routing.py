@@ -1,19 +1,27 @@
 """Expert routing by the confidence graph: probe clients, then route questions.
 
 ``ExpertRouter`` embeds the auxiliary set once, probes every reward client
-through its Score RPC when it first becomes healthy (answers of known
-correctness), and for each training question returns the M most competent
-live clients over its L nearest auxiliary items, with their competence (the
-consensus weights); at equal competence exact judges go first
+through its Score RPC (answers of known correctness, shaped like training
+work: ``probes.py``), and for each training question returns the M most
+competent live clients over its L nearest auxiliary items, with their
+competence (the consensus weights); at equal competence exact judges go first
 (``experts.exactness``: answer-based, then model-based, then by name).
+
+When a client is probed (``probe_new_clients``, run when a client joins, a
+question is routed and the graph is read): when it is first seen live; again
+on every item when its description (domains, evaluator kinds, reward range)
+changed since its last probe, its old results dropped first; and again when
+its last probe is older than ``reprobe_seconds`` (0: never for age). A probe
+pass carries the id of the run executing now (``live``, set by the run
+loop), else a fresh id shaped like a run id, and goes through the same
+``RewardClients.score_one`` call path as training.
 
 What a probe records: an answer is judged, garbage included (NaN, out of
 range, wrong count, "cannot judge", an error the client raised: incompetent
 on that item, logged). A call that failed in transport (``UNKNOWN_PROBE_CODES``:
 timeout, unreachable, overloaded, cancelled) records the item *unknown*: it
-does not count in competence, and it is probed again whenever probing runs
-(a client joins, a question is routed, the graph is read, and after a
-restore from the store), at most ``PROBE_TRIES`` failed tries per item in
+does not count in competence, and it is probed again whenever probing runs,
+at most ``PROBE_TRIES`` failed tries per item in
 all; after that it stays unknown and the log says so.
 
 The graph holds what the probes found and nothing a run learnt: a run's
@@ -26,7 +34,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import secrets
 import threading
+import time
 from collections.abc import Collection, Mapping, Sequence
 
 import grpc
@@ -34,12 +45,14 @@ import grpc
 from fedgrpo.serving import RETRYABLE_CODES
 from fedgrpo.tasks import LabelledQuestion, Question
 
-from .auxiliary import probe_candidates
 from .clients import RewardClient, RewardClients
 from .competence import select_top_m
 from .confidence_graph import ConfidenceGraph
 from .embedding import Embedder
 from .experts import exactness
+from .probes import (
+    DEFAULT_CANDIDATES, DESCRIPTION_CHANGED, LiveRun, description_signature, probe_candidates, probe_due, probe_run_id,
+)
 from .reward_scale import CORRECT_THRESHOLD, REWARD_MAX, REWARD_MIN
 
 log = logging.getLogger(__name__)
@@ -59,9 +72,20 @@ class ExpertRouter:
         neighbours: int = 20,
         probe_timeout: float = 10.0,
         store=None,  # RunStore: the graph is saved there after every change and restored at start
+        reprobe_seconds: float = 3600.0,
     ) -> None:
+        if not reprobe_seconds >= 0:
+            raise ValueError(f"reprobe_seconds must be >= 0 (0: never for age), got {reprobe_seconds!r}")
         self.clients, self.embedder, self.items = clients, embedder, list(items)
         self.neighbours, self.probe_timeout = neighbours, probe_timeout
+        self.reprobe_seconds = reprobe_seconds
+        # The run executing now (set by the run loop): probes carry its id and its candidate count.
+        self.live: LiveRun | None = None
+        # Candidates, their order and the ids of idle passes are drawn unpredictably for the clients.
+        self.rng = random.Random(secrets.randbits(64))
+        # Per client: when its last full probe began (time.monotonic()) and the description it had then.
+        self.probed_at: dict[str, float] = {}
+        self.signatures: dict[str, tuple] = {}
         self.graph = ConfidenceGraph()
         self.graph.add_items(
             [i.question_id for i in self.items], [i.domain for i in self.items],
@@ -95,6 +119,8 @@ class ExpertRouter:
             graph = graph.with_confidence(moved)
         self.graph = graph
         self.probed = set(graph.clients())
+        # Their age counts from the restore; their description is taken as it is when next seen.
+        self.probed_at = {name: time.monotonic() for name in self.probed}
         log.info("confidence graph restored: %d probed clients (%s)", len(self.probed), ", ".join(sorted(self.probed)))
 
     def _save(self) -> None:
@@ -110,11 +136,14 @@ class ExpertRouter:
         recorded unknown (not rejected) and logged.
         """
         name = client.view().name
+        live = self.live
+        run_id = probe_run_id(live)
+        count = live.candidates if live is not None else DEFAULT_CANDIDATES
         calls = []
         for item in self.items if items is None else items:
-            candidates, truth = probe_candidates(item)
+            candidates, truth = probe_candidates(item, self.rng, count)
             future = self.clients.pool.submit(
-                self.clients.score_one, client, "probe", item, candidates, self.probe_timeout, False
+                self.clients.score_one, client, run_id, item, candidates, self.probe_timeout, False
             )
             calls.append((item, truth, future))
         # score_one returns rewards on the federation's scale, whatever range the client declared.
@@ -148,12 +177,44 @@ class ExpertRouter:
         )
         return rejected
 
+    @staticmethod
+    def signature(client: RewardClient) -> tuple:
+        return description_signature(client.domains, client.evaluator_kinds, client.reward_min, client.reward_max)
+
+    def due(self, client: RewardClient, now: float | None = None) -> str | None:
+        """Why ``client`` must be probed on every item now (``probes.probe_due``), or None."""
+        name = client.view().name
+        if name not in self.probed:
+            return "never probed"
+        signature = self.signature(client)
+        if name not in self.signatures:  # restored from the store: its description then is unknown
+            self.signatures[name] = signature
+        now = time.monotonic() if now is None else now
+        return probe_due(signature, self.signatures[name], self.probed_at.get(name), now, self.reprobe_seconds)
+
     def probe_new_clients(self) -> None:
-        """Probe live clients never probed, and again the items of live clients whose probe failed in transport."""
+        """Probe every live client that is due (``due``: never probed, description changed, last probe too
+        old) on every item, and again the items of other live clients whose probe failed in transport.
+
+        The hook for wherever a client's description is learned (a join, a rejoin, Describe): call it
+        after, and a changed description is probed before the client is routed again.
+        """
         with self.probe_lock:
-            fresh = [c for c in list(self.clients.clients) if c.healthy and c.view().name not in self.probed]
-            for client in fresh:
+            fresh = []
+            for client in list(self.clients.clients):
+                why = self.due(client) if client.healthy else None
+                if why is None:
+                    continue
+                name = client.view().name
+                if name in self.probed:
+                    log.info("probing %s again: %s", name, why)
+                if why == DESCRIPTION_CHANGED:
+                    with self.lock:  # what it judged under its old description says nothing now
+                        if name in self.graph.clients():
+                            self.graph.remove_client(name)
+                self.probed_at[name], self.signatures[name] = time.monotonic(), self.signature(client)
                 self.probe(client)
+                fresh.append(client)
             by_id = {i.question_id: i for i in self.items}
             again = 0
             for client in list(self.clients.clients):

@@ -49,6 +49,7 @@ from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .online_confidence import RunConfidence
+from .probes import LiveRun
 from .questions import QuestionBank
 from . import recovery
 from .reward_scale import CORRECT_THRESHOLD
@@ -160,6 +161,8 @@ class RunExecutor:
                 continue  # cancelled while queued
             if not resume:
                 self.store.update(run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
+            if self.router is not None:  # probes made while it runs carry its id and candidate count
+                self.router.live = LiveRun(run_id, self.configs[run_id].candidates_per_question)
             try:
                 self._execute(run_id, self.configs[run_id], resume)
                 self.store.update(run_id, state=pb.RUN_STATE_SUCCEEDED, end_time=now())
@@ -174,6 +177,9 @@ class RunExecutor:
             except Exception as err:  # a run must end with a state, whatever broke
                 log.exception("run %s failed", run_id)
                 self.store.update(run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}")
+            finally:
+                if self.router is not None:
+                    self.router.live = None
 
     # ---- one run -----------------------------------------------------------
     def _execute(self, run_id: str, cfg: RunConfig, resume: bool = False) -> None:

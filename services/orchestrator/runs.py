@@ -81,6 +81,11 @@ CREATE TABLE IF NOT EXISTS clients (
 """
 
 
+def new_run_id() -> str:
+    """A fresh run id: creation time and 6 random hex digits (probes carry ids of this shape too)."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
 def now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -236,7 +241,7 @@ class RunStore:
 
     # ---- runs --------------------------------------------------------------------
     def create(self, spec: pb.RunSpec) -> pb.Run:
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        run_id = new_run_id()
         run = pb.Run(
             run_id=run_id, spec=spec, state=pb.RUN_STATE_QUEUED, create_time=now(),
             artifacts_path=str(self.run_dir(run_id).resolve()),

@@ -250,7 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as err:
             raise ConfigError(f"fedgrpo orchestrator: embedding: {err}") from None
         items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
-        router = ExpertRouter(clients, embedder, items, settings.neighbours, settings.probe_timeout_seconds, store)
+        router = ExpertRouter(
+            clients, embedder, items, settings.neighbours, settings.probe_timeout_seconds, store,
+            reprobe_seconds=settings.reprobe_seconds,
+        )
         router.probe_new_clients()
         clients.on_join.append(lambda _client: router.probe_new_clients())
         log.info("confidence graph: %d auxiliary items over %s, built in %.1fs",

@@ -58,7 +58,10 @@ class RunConfig(BaseModel):
     reward_reading: RewardReading = "consensus"
     expert_selection: ExpertSelection | None = None  # confidence_graph when the graph is on, else domain
     reward_clients: list[str] = Field(default_factory=list)
-    confidence_update_rate: float = Field(0.0, ge=0, le=1)
+    confidence_update_rate: float = Field(0.2, ge=0, le=1)
+    """With the confidence graph and the consensus reading: after each step every expert's confidence
+    moves this fraction of the way towards its leave-one-out agreement (``online_confidence.py``);
+    0 turns it off."""
     expert_quorum: int = Field(1, ge=1, le=64)
     zero_signal_groups: ZeroSignalGroups = "keep"
     """Groups whose valid advantages are all 0 (every candidate scored the same). ``keep`` (TRL's

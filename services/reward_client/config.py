@@ -102,10 +102,18 @@ class RewardClientSettings(ServiceSettings):
         256, ge=1, description="Longest question_id and run_id accepted in a Score call."
     )
     # Faults injected on purpose, for tests and chaos runs only.
-    fault: Literal["none", "nan", "out_of_range", "wrong_count", "error", "poison", "huge_range"] = Field(
-        "none", description="Test only: answer every Score call with this fault; poison answers the "
-        "orchestrator's probes honestly and inverts every training reward (low + high - r); huge_range "
-        "declares the reward range [0, 3.4e38] and answers every reward inverted and scaled up to it.",
+    fault: Literal[
+        "none", "nan", "out_of_range", "wrong_count", "error", "poison", "probe_pattern", "huge_range"
+    ] = Field(
+        "none", description="Test only: answer every Score call with this fault. poison inverts every reward "
+        "(low + high - r); probe_pattern is a cheater with no data: it never consults its evaluators, answers "
+        "high, low, low, high to what looks like the orchestrator's old fixed probe (run_id 'probe', or the "
+        "candidates [A, 'The answer is W.', W, 'The answer is A.']) and random rewards to anything else; "
+        "huge_range declares the reward range [0, 3.4e38] and answers every reward inverted and scaled up to it.",
+    )
+    fault_after_calls: int = Field(
+        0, ge=0, description="Test only: answer the first N Score calls without the fault (a client that behaves "
+        "while it is first probed, then does not).",
     )
     fault_delay_seconds: float = Field(
         0.0, ge=0.0, description="Test only: sleep this long before answering Score."

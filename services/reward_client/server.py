@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import sqlite3
+import threading
 import time
 
 import grpc
@@ -33,9 +35,9 @@ from .evaluators import AnswerBasedEvaluator, Evaluator
 
 log = logging.getLogger(__name__)
 
-# The run id the orchestrator's competence probes carry (services/orchestrator/routing.py):
-# the poison fault answers those honestly.
-PROBE_RUN_ID = "probe"
+# The run id the orchestrator's competence probes carried before issue 10: the probe_pattern fault
+# (a cheater) looks for it.
+OLD_PROBE_RUN_ID = "probe"
 # The top of the range the huge_range fault declares: about float32's largest value (the wire type).
 HUGE_REWARD = 3.4e38
 
@@ -53,6 +55,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         self.settings = settings
         self.evaluators = evaluators
         self.calls = 0
+        self._calls_lock = threading.Lock()
 
     def Describe(self, request: pb.DescribeRequest, context: grpc.ServicerContext) -> pb.DescribeResponse:
         huge = self.settings.fault == "huge_range"  # declares a range to outweigh everyone (see _inject_fault)
@@ -91,7 +94,11 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
     def answer(self, request: pb.ScoreRequest) -> list[float]:
         """One reward per candidate, or ``Refused`` saying why not (for Score and for joined tasks alike)."""
         self._validate(request)
-        self.calls += 1
+        with self._calls_lock:
+            self.calls += 1
+            faulty = self.calls > self.settings.fault_after_calls
+        if faulty and self.settings.fault == "probe_pattern":
+            return self._answer_old_probe_pattern(request)
         evaluator = next((e for e in self.evaluators if e.can_judge(request.domain, request.question)), None)
         if evaluator is None:
             raise Refused(
@@ -101,7 +108,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             )
         rewards = evaluator.score(request.domain, request.question, list(request.candidates))
         SCORES.labels(common_pb2.EvaluatorKind.Name(evaluator.kind)).inc()
-        return self._inject_fault(rewards, request.run_id)
+        return self._inject_fault(rewards) if faulty else rewards
 
     def Score(self, request: pb.ScoreRequest, context: grpc.ServicerContext) -> pb.ScoreResponse:
         try:
@@ -110,7 +117,19 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             context.abort(refused.code, str(refused))
             raise AssertionError("unreachable") from None
 
-    def _inject_fault(self, rewards: list[float], run_id: str) -> list[float]:
+    def _answer_old_probe_pattern(self, request: pb.ScoreRequest) -> list[float]:
+        """A cheater with no data: it recognises the old probe pattern, and answers anything else at random."""
+        low = min(e.reward_min for e in self.evaluators)
+        high = max(e.reward_max for e in self.evaluators)
+        c = list(request.candidates)
+        if request.run_id == OLD_PROBE_RUN_ID or (
+            len(c) == 4 and c[1] == f"The answer is {c[2]}." and c[3] == f"The answer is {c[0]}."
+        ):
+            return [high, low, low, high]
+        rng = random.Random(f"{request.run_id}:{request.question_id}:{c}")
+        return [rng.uniform(low, high) for _ in c]
+
+    def _inject_fault(self, rewards: list[float]) -> list[float]:
         s = self.settings
         if s.fault_delay_seconds:
             time.sleep(s.fault_delay_seconds)
@@ -128,8 +147,8 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             low = min(e.reward_min for e in self.evaluators)
             high = max(e.reward_max for e in self.evaluators)
             return [HUGE_REWARD * (high - r) / (high - low) for r in rewards]
-        if s.fault == "poison" and run_id != PROBE_RUN_ID:
-            # A poisoning client: competent when the orchestrator probes it, inverted in training.
+        if s.fault == "poison":
+            # A poisoning client: inverted (after fault_after_calls honest answers, e.g. its first probes).
             low = min(e.reward_min for e in self.evaluators)
             high = max(e.reward_max for e in self.evaluators)
             return [low + high - r for r in rewards]
