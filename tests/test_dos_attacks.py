@@ -64,7 +64,8 @@ def test_health_watch_streams_past_the_worker_count_leave_the_api_answering(orch
     for address in (service.address, service.federation_address):
         with grpc.insecure_channel(address) as ch:  # no token, no identity: anyone can do this
             health = health_pb2_grpc.HealthStub(ch)
-            watches = [health.Watch(health_pb2.HealthCheckRequest(service=""), timeout=300) for _ in range(WORKERS + 8)]
+            request = health_pb2.HealthCheckRequest(service="")
+            watches = [health.Watch(request, timeout=HANG * 2) for _ in range(WORKERS + 8)]
             for watch in watches:
                 assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
             if address == service.address:
