@@ -1,13 +1,17 @@
 """Metrics and logs every fedgrpo service exposes, defined in one place.
 
 Metrics live on prometheus_client's default registry, all named ``fedgrpo_*``.
-``start_metrics_server(port)`` serves them at ``http://<host>:<port>/metrics``
-(port 0: no server, returns None; a taken port exits naming ``--metrics-port``).
+``start_metrics_server(port, host)`` serves them at ``http://<host>:<port>/metrics``
+(port 0: no server, returns None; a taken port exits naming ``--metrics-port``);
+the endpoint has no authentication, so ``host`` defaults to loopback
+(``--metrics-host`` chooses another interface).
 ``MetricsInterceptor()`` goes into ``grpc.server(interceptors=[...])`` and
 records, for every RPC of every arity, its server-side seconds in
 ``fedgrpo_rpc_seconds{service,method}`` and, when it ends with a non-OK status,
 one ``fedgrpo_rpc_errors_total{service,method,code}`` (code: the StatusCode
-name; an exception without an abort counts as UNKNOWN). The remaining metrics
+name; an exception without an abort counts as UNKNOWN). The health Watch
+stream passes through untimed: wrapping it would drop its non-blocking flag
+and make each open stream hold a worker thread. The remaining metrics
 are set by the services themselves (orchestrator steps, rewards, queue depths,
 trainer and reward-client work).
 
@@ -55,10 +59,16 @@ QUEUE_DEPTH = Gauge(
 STEPS = Counter("fedgrpo_steps_total", "Training steps finished (completed|replayed).", ["outcome"])
 CLIENTS_LIVE = Gauge("fedgrpo_reward_clients_live", "Reward clients currently answering.")
 SCORES = Counter("fedgrpo_scores_total", "Questions scored by this reward client.", ["evaluator"])
+JOINS = Counter(
+    "fedgrpo_joins_total",
+    "Joins at the federation port (changed: new or changed description, queued for the store and probing; "
+    "unchanged: a rejoin with the same description, nothing queued; refused: past --join-rate-limit).",
+    ["outcome"],
+)
 TRAIN_SECONDS = Histogram("fedgrpo_train_seconds", "Seconds of one Train call.", buckets=SECONDS_BUCKETS)
 
 
-def start_metrics_server(port: int, host: str = "0.0.0.0") -> int | None:
+def start_metrics_server(port: int, host: str = "127.0.0.1") -> int | None:
     """Serve /metrics on ``host:port`` from a daemon thread; port 0 disables it."""
     if port == 0:
         return None
@@ -67,7 +77,7 @@ def start_metrics_server(port: int, host: str = "0.0.0.0") -> int | None:
     except OSError as err:
         raise SystemExit(
             f"cannot serve metrics on {host}:{port} ({err.strerror or err}); "
-            f"pick a free port with --metrics-port, or 0 to disable metrics"
+            f"pick a free port with --metrics-port (or another --metrics-host), or 0 to disable metrics"
         ) from err
     return port
 
@@ -90,13 +100,17 @@ def _returned_code(context: grpc.ServicerContext) -> str:
     return "OK" if code is None else code.name
 
 
+# Non-blocking as registered: wrapped, each open stream would hold a worker thread.
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Times every RPC and counts the ones that end with a non-OK status."""
 
     def intercept_service(self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails):
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or handler_call_details.method == HEALTH_WATCH:
+            return handler
         service, method = _split_method(handler_call_details.method)
         seconds = RPC_SECONDS.labels(service, method)
 

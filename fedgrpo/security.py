@@ -9,13 +9,19 @@ peer's identity is the certificate's common name (``peer_identity``).
 
 ``Guard`` is the server interceptor that bounds every request before a
 servicer sees it, in this order: a bearer token where the endpoint asks for
-one (UNAUTHENTICATED), the peer's identity against an allow-list and the
-role its certificate carries (``fedgrpo.certs``) against the endpoint's
-roles (PERMISSION_DENIED; a certificate from before roles is refused with a
-message saying to reissue it), a request rate per peer (RESOURCE_EXHAUSTED, via the
-``limits`` package), and a request that does not decode as its message
-(INVALID_ARGUMENT). Health checks and reflection are exempt from tokens and
-rates so orchestration tools can probe a service. Oversized messages are
+one (UNAUTHENTICATED), checked from the call's metadata before its body is
+decoded, with failed checks limited per peer address (past
+``auth_failure_limit``, every call from that address that needs a token is
+RESOURCE_EXHAUSTED until the window passes); the peer's identity against an
+allow-list and the role its certificate carries (``fedgrpo.certs``) against
+the endpoint's roles (PERMISSION_DENIED; a certificate from before roles is
+refused with a message saying to reissue it), a request rate per peer
+(RESOURCE_EXHAUSTED, via the ``limits`` package), and a request that does
+not decode as its message (INVALID_ARGUMENT). Health checks and reflection
+are exempt from tokens and rates so orchestration tools can probe a
+service, and their handlers pass through unwrapped: the health Watch stream
+is non-blocking only as gRPC registered it (a wrapped one holds a worker
+thread while open). Oversized messages are
 refused by gRPC itself (RESOURCE_EXHAUSTED) from the size options of
 ``serving``.
 """
@@ -177,6 +183,7 @@ class Guard(grpc.ServerInterceptor):
         allowed_roles: Collection[str] = (),
         rate_limit: str = "",
         service_label: str = "",
+        auth_failure_limit: str = "",
     ) -> None:
         self.tokens = tuple(tokens)
         self.allowed_peers = frozenset(allowed_peers)
@@ -184,19 +191,41 @@ class Guard(grpc.ServerInterceptor):
         self.limits = parse_many(rate_limit) if rate_limit else []
         self.limiter = MovingWindowRateLimiter(MemoryStorage()) if self.limits else None
         self.label = service_label
+        self.auth_limits = parse_many(auth_failure_limit) if auth_failure_limit and self.tokens else []
+        self.auth_failures = MovingWindowRateLimiter(MemoryStorage()) if self.auth_limits else None
 
     def _token_ok(self, metadata: Sequence[tuple[str, Any]] | None) -> bool:
         token = bearer_token(metadata)
         return token is not None and any(hmac.compare_digest(token, t) for t in self.tokens)
 
-    def check(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
-        """Abort the call unless it may proceed."""
-        exempt = method.startswith(EXEMPT_PREFIXES)
-        if self.tokens and not exempt and not self._token_ok(context.invocation_metadata()):
+    def _blocked(self, address: str) -> bool:
+        """Whether ``address`` used up its failed token checks (within the limits' window)."""
+        return self.auth_failures is not None and not all(
+            self.auth_failures.test(limit, self.label, address) for limit in self.auth_limits
+        )
+
+    def _refuse_token(self, context: grpc.ServicerContext) -> None:
+        """Abort a call whose token failed: UNAUTHENTICATED, or RESOURCE_EXHAUSTED past the failure limit."""
+        address = context.peer().rsplit(":", 1)[0]  # the address, not the port: a new connection is no new peer
+        if self.auth_failures is not None and not all(
+            [self.auth_failures.hit(limit, self.label, address) for limit in self.auth_limits]
+        ):
             context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "authorization: missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"authorization: more than {'; '.join(str(x) for x in self.auth_limits)} failed token checks from "
+                f"{address}; calls from it are refused until the window passes",
             )
+        context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authorization: missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
+        )
+
+    def check(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        """Abort the call unless it may proceed (its token was checked before decoding)."""
+        exempt = method.startswith(EXEMPT_PREFIXES)
+        if self.tokens and not exempt and self._blocked(context.peer().rsplit(":", 1)[0]):
+            # A right token from an address past its failure limit waits too: guesses are not answered faster.
+            self._refuse_token(context)
         peer = peer_identity(context)
         if self.allowed_peers and not exempt and peer not in self.allowed_peers:
             context.abort(
@@ -236,6 +265,17 @@ class Guard(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        if method.startswith(EXEMPT_PREFIXES):
+            return handler
+        if self.tokens and not self._token_ok(handler_call_details.invocation_metadata):
+            # Refuse from the metadata alone: the handler reads no request (a stream handler is
+            # never made to), so a 16 MiB body from someone without a token is never decoded.
+            refuse = self._refuse_token
+
+            def refused(_requests, context):  # type: ignore[no-untyped-def]
+                refuse(context)
+
+            return grpc.stream_unary_rpc_method_handler(refused)
         check = self.check
         deserializer = _tolerant(handler.request_deserializer)
         serializer = handler.response_serializer

@@ -2,9 +2,13 @@
 
 ``serve(settings, endpoints)`` starts one server per ``Endpoint`` (a port,
 its servicers, and who may call it) with the standard gRPC health service
-(every service reports SERVING once started), server reflection, the request
-``Guard`` (tokens, identities, rates, undecodable requests; see
-``fedgrpo.security``), RPC metrics, and TLS from the settings' identity
+(every service reports SERVING once started; its Watch streams are
+non-blocking and hold no worker thread), server reflection only where
+``settings.reflection`` asks for it, the request ``Guard`` (tokens,
+identities, rates, undecodable requests; see ``fedgrpo.security``), RPC
+metrics, at most ``max_concurrent_rpcs`` calls at once per port (more are
+RESOURCE_EXHAUSTED at once, never queued behind calls that do not end), and
+TLS from the settings' identity
 (mutual TLS where the endpoint requires client certificates); it blocks until
 SIGINT/SIGTERM, then drains in-flight calls. Ports are never shared: gRPC's
 default SO_REUSEPORT would let a second service bind a port in use and take
@@ -90,7 +94,7 @@ def failed_precondition(context: grpc.ServicerContext, what: str) -> NoReturn:
 def build_server(
     endpoint: Endpoint, settings: ServiceSettings, max_workers: int = 16
 ) -> tuple[grpc.Server, health.HealthServicer]:
-    """A server for ``endpoint``, not yet started, with health, reflection, guard and metrics."""
+    """A server for ``endpoint``, not yet started, with health, guard, metrics and reflection if asked for."""
     from fedgrpo.observability import MetricsInterceptor
 
     identity = settings.identity()
@@ -100,11 +104,14 @@ def build_server(
         allowed_peers=endpoint.allowed_peers if identity is not None else (),
         allowed_roles=endpoint.allowed_roles if identity is not None else (),
         rate_limit=settings.rate_limit, service_label=str(endpoint.port),
+        auth_failure_limit=settings.auth_failure_limit,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         interceptors=[MetricsInterceptor(), guard],
         options=[*message_options(settings.max_message_bytes), *SERVER_OPTIONS],
+        # Beyond it calls are refused, not queued without bound behind calls that may never end.
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -112,7 +119,8 @@ def build_server(
     for add, servicer, name in endpoint.registrations:
         add(servicer, server)
         names.append(name)
-    reflection.enable_server_reflection(names, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{endpoint.port}"
     try:
         if identity is None:
@@ -158,8 +166,8 @@ def serve(
             endpoint.port,
             "plaintext" if settings.plaintext else "mutual TLS" if endpoint.client_auth else "TLS",
         )
-    if start_metrics_server(settings.metrics_port) is not None:
-        log.info("Prometheus metrics on :%d/metrics", settings.metrics_port)
+    if start_metrics_server(settings.metrics_port, settings.metrics_host) is not None:
+        log.info("Prometheus metrics on %s:%d/metrics", settings.metrics_host, settings.metrics_port)
     stopped = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:

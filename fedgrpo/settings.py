@@ -10,7 +10,9 @@ it, and what was wrong, instead of a traceback.
 Every service also shares the transport settings: an identity for TLS
 (``tls_cert``, ``tls_key``, ``tls_ca``) or ``plaintext`` (development on
 loopback only), the request bounds (``max_message_bytes``, ``rate_limit``),
-and observability (``metrics_port``, ``log_format``).
+the serving bounds (``max_concurrent_rpcs``, ``auth_failure_limit``,
+``reflection``) and observability (``metrics_port``, ``metrics_host``,
+``log_format``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,28 @@ class ServiceSettings(BaseSettings):
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint; 0: no endpoint."
     )
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Interface of the /metrics endpoint, which has no authentication: loopback unless a "
+        "scraper on a trusted network needs it (e.g. 0.0.0.0 inside a container on the compose network).",
+    )
+    max_concurrent_rpcs: int = Field(
+        128, ge=1, le=100_000,
+        description="Calls each port holds at once, running or waiting for one of the service's worker threads "
+        "(orchestrator 32, reward client 16, trainer 4); more are refused at once with RESOURCE_EXHAUSTED "
+        "instead of waiting without bound. Each joined reward client holds one long poll on the federation port.",
+    )
+    reflection: bool = Field(
+        False,
+        description="Serve gRPC server reflection (for grpcurl without the .proto files). Off by default: a "
+        "reflection stream is open to anyone who can connect and holds a worker thread while open.",
+    )
+    auth_failure_limit: str = Field(
+        "10/minute",
+        description="Failed bearer-token checks accepted per peer address, in the `limits` notation; past it, "
+        "every call from that address that needs a token is refused with RESOURCE_EXHAUSTED until the window "
+        "passes, so tokens cannot be guessed quickly.",
+    )
     plaintext: bool = Field(
         False,
         description="Development only: no TLS and no certificates. Refused unless host and every address "
@@ -81,7 +105,7 @@ class ServiceSettings(BaseSettings):
         "'100/second;5000/minute'; more are refused with RESOURCE_EXHAUSTED. Health checks are exempt.",
     )
 
-    @field_validator("rate_limit")
+    @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _parse_rate(cls, value: str) -> str:
         if value.strip():

@@ -104,7 +104,12 @@ def test_orchestrator_publishes_api_federation_and_metrics_without_dialed_client
     for profile in PROFILES:
         orchestrator = services(profile)[f"orchestrator-{profile}"]
         assert {p["target"] for p in orchestrator["ports"]} == {50051, 50053, 9100}
+        # /metrics has no authentication: the host publishes it on loopback only.
+        published = {p["target"]: p.get("host_ip", "") for p in orchestrator["ports"]}
+        assert published[9100] == "127.0.0.1"
+        assert {p.get("host_ip", "") for p in services(profile)[f"trainer-{profile}"]["ports"]} == {"127.0.0.1"}
         command = command_text(orchestrator)
+        assert "--metrics-host=0.0.0.0" in command
         for flag in ("--federation-port=50053", "--api-tokens-file=/certs/api-token",
                      "--tls-cert=/certs/orchestrator.crt", "--metrics-port=9100", "--log-format=json"):
             assert flag in command

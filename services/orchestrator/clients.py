@@ -36,13 +36,14 @@ from dataclasses import dataclass, field
 import grpc
 
 from fedgrpo import serving
-from fedgrpo.observability import CLIENTS_LIVE
+from fedgrpo.observability import CLIENTS_LIVE, JOINS
 from fedgrpo.security import Identity, server_identity
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.v1 import reward_client_pb2_grpc as pb_grpc
 
 from .experts import ClientView
+from .join_work import JoinWork
 from .joined import JoinedTransport, ScoreError
 from .reward_scale import normalised_row
 
@@ -141,7 +142,7 @@ class ScoreOutcome:
 class RewardClients:
     def __init__(
         self, addresses: Sequence[str], identity: Identity | None = None, heartbeat_timeout: float = 15.0,
-        bench_seconds: float = 60.0,
+        bench_seconds: float = 60.0, max_open_tasks: int = 32,
     ) -> None:
         self.clients = [RewardClient(a, DialedTransport(a, identity)) for a in addresses]
         self.identity = identity
@@ -149,7 +150,9 @@ class RewardClients:
         self.refused: dict[str, str] = {}
         self.heartbeat_timeout = heartbeat_timeout
         self.bench_seconds = bench_seconds
-        self.on_join: list = []  # callbacks(client) run on a worker thread after a join
+        self.on_join: list = []  # callbacks(client) run on the join-work thread after a new or changed join
+        self.join_work = JoinWork(self.on_join)
+        self.max_open_tasks = max_open_tasks
         self.pool = futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="score")
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -213,10 +216,13 @@ class RewardClients:
             if client is not None and not client.joined:
                 raise KeyError(f"description.name: {identity!r} is a reward client this orchestrator dials")
             if client is None:
-                client = RewardClient(peer, JoinedTransport(identity, self.heartbeat_timeout))
+                client = RewardClient(peer, JoinedTransport(identity, self.heartbeat_timeout, self.max_open_tasks))
                 client.name = identity
                 self.clients.append(client)
             client.address = peer
+        # A rejoin with the description of the session before (this process's) changes nothing worth a store
+        # write or a probe; a client known only from the store has no description yet, so its first join counts.
+        unchanged = client.transport.description == d  # type: ignore[union-attr]
         session = client.transport.start_session(d)  # type: ignore[union-attr]
         client.learn(d)
         client.name = identity
@@ -225,8 +231,9 @@ class RewardClients:
         else:
             log.info("reward client %s joined from %s but is benched for %.0fs more after missed deadlines",
                      identity, peer, client.benched_until - time.monotonic())
-        for callback in self.on_join:  # e.g. probing: its own thread, so it never waits on the scoring pool
-            threading.Thread(target=callback, args=(client,), name=f"joined-{identity}", daemon=True).start()
+        JOINS.labels("unchanged" if unchanged else "changed").inc()
+        if not unchanged:  # store write and probing: one thread for all joins, never the scoring pool
+            self.join_work.submit(client)
         return client, session
 
     def known_joined(self, members: dict[str, dict]) -> None:
@@ -234,7 +241,9 @@ class RewardClients:
         for name, info in members.items():
             if name in self.by_name():
                 continue
-            client = RewardClient(info.get("address", ""), JoinedTransport(name, self.heartbeat_timeout))
+            client = RewardClient(
+                info.get("address", ""), JoinedTransport(name, self.heartbeat_timeout, self.max_open_tasks)
+            )
             client.learn(pb.DescribeResponse(
                 name=name, domains=info.get("domains", []), evaluator_kinds=info.get("evaluator_kinds", []),
                 reward_min=info.get("reward_min", 0.0), reward_max=info.get("reward_max", 1.0),
@@ -290,6 +299,7 @@ class RewardClients:
 
     def close(self) -> None:
         self._stop.set()
+        self.join_work.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def usable(self, names: Collection[str] = ()) -> list[RewardClient]:

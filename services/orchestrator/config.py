@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.models.registry import KNOWN_MODELS
@@ -49,6 +49,16 @@ class OrchestratorSettings(ServiceSettings):
     )
     heartbeat_seconds: float = Field(
         5.0, gt=0, le=3600, description="How often joined reward clients are told to send a heartbeat."
+    )
+    join_rate_limit: str = Field(
+        "10/minute",
+        description="Joins accepted per reward-client identity, in the `limits` notation (e.g. 10/minute); more are "
+        "refused with RESOURCE_EXHAUSTED. A client keeps its session with heartbeats and rejoins only after losing it.",
+    )
+    max_open_tasks_per_client: int = Field(
+        32, ge=1, le=4096,
+        description="Scoring tasks a joined reward client may hold unanswered at once; more fail at once "
+        "(RESOURCE_EXHAUSTED) and go to another expert, so a client that never answers holds few scoring threads.",
     )
     heartbeat_misses: int = Field(
         3, ge=1, le=100, description="A joined client that misses this many heartbeats in a row leaves expert selection."
@@ -145,6 +155,17 @@ class OrchestratorSettings(ServiceSettings):
 
     def dialed_addresses(self) -> list[tuple[str, str]]:
         return [("trainer", self.trainer), *(("reward_clients", a) for a in self.reward_clients)]
+
+    @field_validator("join_rate_limit")
+    @classmethod
+    def _parse_join_rate(cls, value: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(value)
+        except ValueError as err:
+            raise ValueError(f"{err}; write e.g. 10/minute or 10/minute;100/hour") from None
+        return value
 
     @model_validator(mode="after")
     def _sources(self) -> OrchestratorSettings:

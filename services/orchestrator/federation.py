@@ -9,6 +9,12 @@ PERMISSION_DENIED, a session that is not the caller's NOT_FOUND (join
 again), rewards for a task never sent to the caller PERMISSION_DENIED, for
 one already closed FAILED_PRECONDITION, and a malformed field
 INVALID_ARGUMENT naming it.
+
+No member can hold the port's threads: Join is rate-limited per identity
+(``join_rate_limit``, RESOURCE_EXHAUSTED), its description is bounded
+(name, count and length of domains, evaluator kinds), and a session has at
+most one FetchTasks waiting (a second is RESOURCE_EXHAUSTED; a poll whose
+caller went away frees its place at once).
 """
 
 from __future__ import annotations
@@ -19,29 +25,60 @@ import re
 from collections.abc import Collection
 
 import grpc
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from fedgrpo import serving
+from fedgrpo.observability import JOINS
 from fedgrpo.security import peer_identity
 from fedgrpo.tasks import DOMAINS
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 
 from .clients import RewardClient, RewardClients
-from .joined import NotYourTask, TaskClosed, UnknownSession
+from .joined import AlreadyPolling, NotYourTask, TaskClosed, UnknownSession
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a trailing newline
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 MAX_WAIT_SECONDS = 30.0
 MAX_TASKS = 256
+MAX_DOMAIN_CHARS = 64
+EVALUATOR_KINDS = (1, 2)  # ANSWER_BASED, MODEL_BASED
+
+
+def description_problem(d) -> tuple[str, str] | None:  # type: ignore[no-untyped-def]
+    """(field, what is wrong) for a join description outside its bounds, or None; echoes at most 80 characters."""
+    if not NAME.fullmatch(d.name):
+        return "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'"
+    if len(d.domains) > len(DOMAINS):
+        return "description.domains", f"{len(d.domains)} entries, expected at most {len(DOMAINS)} (one per known domain)"
+    long = [x for x in d.domains if len(x) > MAX_DOMAIN_CHARS]
+    if long:
+        return "description.domains", f"{len(long)} entries longer than {MAX_DOMAIN_CHARS} characters"
+    if len(set(d.domains)) != len(d.domains):
+        return "description.domains", "an entry appears twice"
+    unknown = [x for x in d.domains if x not in DOMAINS]
+    if unknown:
+        return "description.domains", f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}"
+    kinds = list(d.evaluator_kinds)
+    if not kinds or len(kinds) > len(EVALUATOR_KINDS) or len(set(kinds)) != len(kinds) or any(
+        k not in EVALUATOR_KINDS for k in kinds
+    ):
+        return "description.evaluator_kinds", "expected ANSWER_BASED and/or MODEL_BASED, each once"
+    return None
 
 
 class FederationServicer(fpb_grpc.FederationServiceServicer):
     def __init__(
-        self, clients: RewardClients, heartbeat_seconds: float, allowed: Collection[str] = (), plaintext: bool = False
+        self, clients: RewardClients, heartbeat_seconds: float, allowed: Collection[str] = (), plaintext: bool = False,
+        join_rate_limit: str = "10/minute",
     ) -> None:
         self.clients, self.heartbeat_seconds = clients, heartbeat_seconds
         self.allowed, self.plaintext = frozenset(allowed), plaintext
+        self.join_limits = parse_many(join_rate_limit) if join_rate_limit.strip() else []
+        self.join_limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def _caller(self, context: grpc.ServicerContext, claimed: str = "") -> str | None:
         """The caller's identity: its certificate's name; with plaintext, what it claims."""
@@ -67,7 +104,7 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
     def Join(self, request: fpb.JoinRequest, context: grpc.ServicerContext) -> fpb.JoinResponse:
         d = request.description
         if not NAME.fullmatch(d.name):
-            serving.invalid(context, "description.name", f"got {d.name!r}, expected 1-64 letters, digits, '_', '-', '.'")
+            serving.invalid(context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'")
         identity = self._caller(context, d.name)
         if identity != d.name:
             context.abort(
@@ -76,11 +113,17 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             )
         if self.allowed and identity not in self.allowed:
             context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {identity!r} is not a member of this federation")
-        unknown = [x for x in d.domains if x not in DOMAINS]
-        if unknown:
-            serving.invalid(context, "description.domains", f"unknown domain(s) {unknown}")
-        if not d.evaluator_kinds or any(k not in (1, 2) for k in d.evaluator_kinds):
-            serving.invalid(context, "description.evaluator_kinds", "expected ANSWER_BASED and/or MODEL_BASED")
+        # Counted before the description is judged: a storm of malformed joins is a storm too.
+        if not all([self.join_limiter.hit(limit, "join", identity) for limit in self.join_limits]):
+            JOINS.labels("refused").inc()
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"Join: more than {'; '.join(str(x) for x in self.join_limits)} joins by {identity!r}; "
+                "keep your session (heartbeats) and retry later",
+            )
+        problem = description_problem(d)
+        if problem is not None:
+            serving.invalid(context, *problem)
         try:
             _, session = self.clients.join(identity, d, context.peer())
         except ValueError as err:
@@ -107,12 +150,18 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
         if not 0 <= request.max_tasks <= MAX_TASKS:
             serving.invalid(context, "max_tasks", f"got {request.max_tasks}, expected 1 to {MAX_TASKS} (0: 16)")
         client = self._client(request.session_id, context)
+        transport = client.transport
+        poll = object()
+        # Runs when the call ends, however it ends: a caller that went away frees the session's poll at once.
+        context.add_callback(lambda: transport.cancel_poll(poll))  # type: ignore[union-attr]
         try:
-            tasks = client.transport.fetch(  # type: ignore[union-attr]
-                request.session_id, request.wait_seconds, request.max_tasks or 16
+            tasks = transport.fetch(  # type: ignore[union-attr]
+                request.session_id, request.wait_seconds, request.max_tasks or 16, poll
             )
         except UnknownSession as err:
             serving.not_found(context, str(err))
+        except AlreadyPolling as err:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         return fpb.FetchTasksResponse(tasks=tasks)
 
     def SubmitRewards(self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext) -> fpb.SubmitRewardsResponse:

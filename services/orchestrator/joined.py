@@ -9,6 +9,12 @@ heartbeats, Leave, or a rejoin), every task still open fails at once with
 UNAVAILABLE, so its question goes to the next expert without waiting out the
 deadline. ``score`` raises ``ScoreError`` carrying a gRPC status code, as a
 failed Score RPC to a dialed client would.
+
+Two bounds keep one client from holding the orchestrator's resources: a
+session has at most one ``fetch`` waiting at a time (a second raises
+``AlreadyPolling``: each waiting poll holds a server thread), and at most
+``max_open_tasks`` tasks open (``score`` beyond that fails at once with
+RESOURCE_EXHAUSTED, so the question goes to another expert).
 """
 
 from __future__ import annotations
@@ -51,6 +57,10 @@ class UnknownSession(Exception):
     """The session is not (or no longer) this client's (NOT_FOUND: join again)."""
 
 
+class AlreadyPolling(Exception):
+    """The session already has a FetchTasks waiting (RESOURCE_EXHAUSTED: one long poll per session)."""
+
+
 @dataclass
 class _Task:
     task_id: str
@@ -66,9 +76,11 @@ class JoinedTransport:
 
     RECENTLY_CLOSED = 4096
 
-    def __init__(self, name: str, heartbeat_timeout: float) -> None:
+    def __init__(self, name: str, heartbeat_timeout: float, max_open_tasks: int = 32) -> None:
         self.name = name
         self.heartbeat_timeout = heartbeat_timeout
+        self.max_open_tasks = max_open_tasks
+        self._polling: object | None = None  # the token of the fetch now waiting, if any
         self.session_id: str | None = None
         self.description = pb.DescribeResponse()
         self.last_seen = 0.0
@@ -93,6 +105,7 @@ class JoinedTransport:
             if self.session_id is None:
                 return 0
             self.session_id = None
+            self._polling = None  # the waiting fetch ends with the session; the next session may poll at once
             failed = list(self._open.values())
             self._queued.clear()
             self._open.clear()
@@ -139,6 +152,11 @@ class JoinedTransport:
         with self._cond:
             if self.session_id is None:
                 raise ScoreError(grpc.StatusCode.UNAVAILABLE, f"reward client {self.name} is not connected")
+            if len(self._open) >= self.max_open_tasks:
+                raise ScoreError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"reward client {self.name} already holds {len(self._open)} open tasks (at most {self.max_open_tasks})",
+                )
             self._queued.append(task)
             self._open[task.task_id] = task
             self._cond.notify_all()
@@ -157,19 +175,37 @@ class JoinedTransport:
         return pb.ScoreResponse(rewards=task.rewards or [])
 
     # ---- the client's side -------------------------------------------------
-    def fetch(self, session_id: str, wait: float, max_tasks: int) -> list[fpb.ScoreTask]:
-        """Queued tasks of the session, waiting up to ``wait`` seconds for the first."""
+    def fetch(
+        self, session_id: str, wait: float, max_tasks: int, poll: object | None = None
+    ) -> list[fpb.ScoreTask]:
+        """Queued tasks of the session, waiting up to ``wait`` seconds for the first.
+
+        Raises ``AlreadyPolling`` while another fetch of the client waits.
+        ``poll``: a token that ``cancel_poll(poll)`` uses to end the wait early
+        (the caller went away).
+        """
+        poll = poll if poll is not None else object()
         deadline = time.monotonic() + wait
         with self._cond:
             self.check_session(session_id)
             self.last_seen = time.monotonic()  # a poll is as good as a heartbeat
-            while not self._queued and self.session_id == session_id:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
+            if self._polling is not None:
+                raise AlreadyPolling(f"session_id: {self.name} already has a FetchTasks waiting; one at a time")
+            self._polling = poll
+            try:
+                while not self._queued and self.session_id == session_id and self._polling is poll:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                cancelled = self._polling is not poll
+            finally:
+                if self._polling is poll:
+                    self._polling = None
             if self.session_id != session_id:
                 raise UnknownSession(f"session_id: the session of {self.name} ended; join again")
+            if cancelled:
+                return []  # nobody would receive them: the tasks stay queued for the next poll
             now = time.monotonic()
             tasks = []
             while self._queued and len(tasks) < max_tasks:
@@ -179,6 +215,13 @@ class JoinedTransport:
                 )
             self.last_seen = time.monotonic()
             return tasks
+
+    def cancel_poll(self, poll: object) -> None:
+        """End the wait of fetch ``poll`` (its caller went away), freeing the session's poll."""
+        with self._cond:
+            if self._polling is poll:
+                self._polling = None
+                self._cond.notify_all()
 
     def submit(self, session_id: str, task_id: str, rewards: list[float], error: str) -> None:
         with self._cond:

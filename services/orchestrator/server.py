@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     clients = RewardClients(
         settings.reward_clients, identity, heartbeat_timeout=settings.heartbeat_seconds * settings.heartbeat_misses,
-        bench_seconds=settings.slow_client_bench_seconds,
+        bench_seconds=settings.slow_client_bench_seconds, max_open_tasks=settings.max_open_tasks_per_client,
     )
     try:
         serving.wait_healthy(settings.trainer, settings.client_wait_seconds, identity=identity)
@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     if settings.federation_port:
         federation = FederationServicer(
-            clients, settings.heartbeat_seconds, settings.reward_client_identities, settings.plaintext
+            clients, settings.heartbeat_seconds, settings.reward_client_identities, settings.plaintext,
+            join_rate_limit=settings.join_rate_limit,
         )
         endpoints.append(
             serving.Endpoint(
