@@ -27,6 +27,9 @@ from .conftest import federation, wait_for_clients
 pytestmark = pytest.mark.integration
 
 FAST_HEARTBEATS = ["--heartbeat-seconds", "0.5", "--heartbeat-misses", "3"]
+# For runs that must keep a live client through load: 1.5 s without a heartbeat dropped the survivor of
+# the kill -9 test on a busy 2-core CI machine (its tasks then had nobody to go to); 5 s does not.
+LOADED_HEARTBEATS = ["--heartbeat-seconds", "1", "--heartbeat-misses", "5"]
 
 
 def run_to_end(stub, run_id: str, timeout: float = 300.0) -> pb.Run:
@@ -122,7 +125,7 @@ def test_a_client_whose_heartbeats_stop_leaves_and_is_taken_back(tmp_path, model
 def test_run_survives_kill_9_of_a_joined_expert_mid_run(tmp_path, model_cache):
     with federation(
         tmp_path, model_cache, clients=[], joined=[("add1", []), ("add1", ["--fault-delay-seconds", "0.4"])],
-        orchestrator_args=[*FAST_HEARTBEATS, "--auxiliary-size", "10", "--auxiliary-domains", "add1"],
+        orchestrator_args=[*LOADED_HEARTBEATS, "--auxiliary-size", "10", "--auxiliary-domains", "add1"],
     ) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=6, questions_per_step=2, candidates_per_question=4, experts_per_question=1,
