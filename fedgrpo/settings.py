@@ -48,6 +48,17 @@ def split_commas(value: Any) -> Any:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
+def rate_limit_notation(value: str, example: str) -> str:
+    """``value`` if it parses in the ``limits`` notation, else ValueError saying how to write it (``example``)."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as err:
+        raise ValueError(f"{err}; write e.g. {example}") from None
+    return value
+
+
 class ServiceSettings(BaseSettings):
     """What every service is configured with; subclasses set env_prefix and cli_prog_name."""
 
@@ -108,14 +119,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("rate_limit", "auth_failure_limit")
     @classmethod
     def _parse_rate(cls, value: str) -> str:
-        if value.strip():
-            from limits import parse_many
-
-            try:
-                parse_many(value)
-            except ValueError as err:
-                raise ValueError(f"{err}; write e.g. 100/second or 100/second;5000/minute") from None
-        return value
+        return rate_limit_notation(value, "100/second or 100/second;5000/minute") if value.strip() else value
 
     @model_validator(mode="after")
     def _transport(self) -> ServiceSettings:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.models.registry import KNOWN_MODELS
-from fedgrpo.settings import CommaList, ServiceSettings
+from fedgrpo.settings import CommaList, ServiceSettings, rate_limit_notation
 
 # The built-in models, listed under --model in --help.
 _MODELS = "; ".join(f"{name} = {about}" for name, about in KNOWN_MODELS.items())
@@ -159,13 +159,7 @@ class OrchestratorSettings(ServiceSettings):
     @field_validator("join_rate_limit")
     @classmethod
     def _parse_join_rate(cls, value: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(value)
-        except ValueError as err:
-            raise ValueError(f"{err}; write e.g. 10/minute or 10/minute;100/hour") from None
-        return value
+        return rate_limit_notation(value, "10/minute or 10/minute;100/hour")
 
     @model_validator(mode="after")
     def _sources(self) -> OrchestratorSettings:
