@@ -73,6 +73,9 @@ def test_claims_are_paired_with_intervals_and_verdicts():
     assert near["verdict"] == "inconclusive" and near["interval"][0] < -0.03 < near["interval"][1]
     worse = got["ground-truth-free FedGRPO beats zero-shot"]  # 0.1 vs zero-shot's 0.3, same questions
     assert worse["verdict"] == "does not hold" and worse["interval"][1] < 0 and worse["seeds"] == 3
+    over_zero_shot = got["FedGRPO beats zero-shot"]  # zero-shot's one evaluation pairs with every seed
+    assert over_zero_shot["verdict"] == "holds" and over_zero_shot["difference"] == pytest.approx(0.2)
+    assert "FedGRPO beats all clients averaged" not in got  # no "all" runs: no claim, rather than a guess
 
 
 def test_markdown_has_the_table_and_the_claims():

@@ -110,6 +110,8 @@ def _strata(records: Sequence[MethodRun], method: str) -> list[str]:
 
 # (claim, method A, method B, kind): A - B is the paired difference.
 PAIRED_CLAIMS = [
+    ("FedGRPO beats zero-shot", "fedgrpo", "zero_shot", "beats"),
+    ("FedGRPO beats all clients averaged", "fedgrpo", "all", "beats"),
     ("FedGRPO beats random expert selection", "fedgrpo", "random", "beats"),
     ("FedGRPO within 3 points of centralised GRPO", "fedgrpo", "centralised", "within"),
     ("ground-truth-free FedGRPO beats zero-shot", "gt_free", "zero_shot", "beats"),
