@@ -9,8 +9,11 @@ lineage (the steps its current weights contain, in order) is exactly 1..N.
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 import time
+from collections import Counter
 
 import pytest
 
@@ -53,6 +56,25 @@ def trained_steps(run: pb.Run) -> list[int]:
     return [r[0] for r in rows]
 
 
+def ledger(run: pb.Run) -> dict[int, dict[str, int]]:
+    """Rewards kept in the orchestrator's ledger, counted per step and client (null, no reward, not counted)."""
+    counts: dict[int, Counter] = {}
+    with sqlite3.connect(f"{run.artifacts_path}/../orchestrator.sqlite3") as db:
+        for step, client, rewards in db.execute(
+            "SELECT step, client, rewards FROM rewards WHERE run_id = ?", (run.run_id,)
+        ):
+            counts.setdefault(step, Counter())[client] += sum(r is not None for r in json.loads(rewards))
+    return {step: dict(c) for step, c in counts.items()}
+
+
+def ledger_matches_steps(run: pb.Run, steps: list[dict]) -> None:
+    """Every step's rewards per client, as its metrics report them, are exactly those in the ledger."""
+    reported = {s["step"]: {c: n for c, n in s["rewards_by_client"].items() if n} for s in steps}
+    kept = ledger(run)
+    assert {step: kept.get(step, {}) for step in reported} == reported
+    assert set(kept) <= set(reported), f"ledger rows for steps never recorded: {sorted(set(kept) - set(reported))}"
+
+
 def test_trainer_killed_mid_run_resumes_from_its_checkpoint_and_the_lost_steps_are_replayed(tmp_path, model_cache):
     with federation(
         tmp_path, model_cache, clients=[("add1", [])], orchestrator_args=["--no-confidence-graph"],
@@ -77,6 +99,14 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
         wait_for_step(stub, run.run_id, 3)
         fed.restart(services["orchestrator"], kill=True)
         fed.wait_healthy(services["orchestrator"], 240)
+        # The kill landed mid-run: the restarted orchestrator found the run running, short of its last step.
+        resumed = re.search(
+            rf"run {run.run_id} was RUN_STATE_RUNNING when the orchestrator stopped: resuming it after step (\d+)",
+            services["orchestrator"].log_path.read_text(),
+        )
+        assert resumed, "the restarted orchestrator did not resume the run"
+        killed_after = int(resumed.group(1))
+        assert 3 <= killed_after < STEPS
         run = run_to_end(stub, run.run_id)
         assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
         steps = steps_of(run)
@@ -85,9 +115,61 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
         assert applied == trained_steps(run)
         assert len(applied) == len(set(applied))
         assert run.policy.version == len(applied)
+        assert any(step > killed_after for step in applied), "no step was trained after the restart"
+        ledger_matches_steps(run, steps)
         # The restarted engine serves the trainer's latest policy.
         served = stub.Generate(pb.GenerateRequest(prompts=["1+1="], max_tokens=2))
         assert served.policy.version == run.policy.version
+
+
+def test_the_step_in_flight_when_the_orchestrator_dies_is_finished_from_its_logged_batch(tmp_path, model_cache):
+    """Made to happen, not hoped for: with the trainer down, the orchestrator logs its next batch and waits
+    retrying the trainer; it is killed there. The restarted one trains that very batch (the step is not
+    sampled, generated or scored again) and the restarted trainer gets back the steps its checkpoint lacks."""
+    with federation(
+        tmp_path, model_cache, clients=[("add1", [])], orchestrator_args=["--no-confidence-graph"],
+    ) as (stub, fed, services):
+        run = stub.CreateRun(pb.CreateRunRequest(spec=spec()))
+        wait_for_step(stub, run.run_id, 2)
+        fed.kill(services["trainer"])
+        db_path = f"{run.artifacts_path}/../orchestrator.sqlite3"
+        deadline, pending = time.monotonic() + 180, None
+        while pending is None:
+            assert time.monotonic() < deadline, "no batch was logged while the trainer was down"
+            with sqlite3.connect(db_path) as db:
+                pending = db.execute(
+                    "SELECT step, length(batch) FROM steps WHERE run_id = ? AND completed = 0 AND batch IS NOT NULL",
+                    (run.run_id,),
+                ).fetchone()
+            time.sleep(0.2)
+        in_flight, batch_bytes = pending
+        with sqlite3.connect(db_path) as db:
+            scored_before = db.execute(
+                "SELECT COUNT(*) FROM rewards WHERE run_id = ? AND step = ?", (run.run_id, in_flight)
+            ).fetchone()[0]
+        fed.kill(services["orchestrator"])
+        fed.restart(services["trainer"])
+        fed.wait_healthy(services["trainer"], 240)
+        fed.restart(services["orchestrator"])
+        fed.wait_healthy(services["orchestrator"], 240)
+        run = run_to_end(stub, run.run_id)
+        log_text = services["orchestrator"].log_path.read_text()
+        applied = lineage(services["trainer"].address, run.run_id)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    assert f"run {run.run_id}: step {in_flight} finished from its logged batch after the restart" in log_text
+    steps = steps_of(run)
+    assert [s["step"] for s in steps] == list(range(1, STEPS + 1))
+    with sqlite3.connect(db_path) as db:
+        (logged,) = db.execute(
+            "SELECT length(batch) FROM steps WHERE run_id = ? AND step = ?", (run.run_id, in_flight)
+        ).fetchone()
+        scored_after = db.execute(
+            "SELECT COUNT(*) FROM rewards WHERE run_id = ? AND step = ?", (run.run_id, in_flight)
+        ).fetchone()[0]
+    assert logged == batch_bytes and scored_after == scored_before > 0  # the same batch, not scored again
+    # The trainer restarted from its last checkpoint (if any): the steps it lost were replayed, none twice.
+    assert applied == trained_steps(run) and in_flight in applied
+    ledger_matches_steps(run, steps)
 
 
 def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_cache):
@@ -114,3 +196,24 @@ def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_ca
     assert "client-0" in steps[0]["rewards_by_client"]
     assert all("client-0" not in s["rewards_by_client"] for s in steps[2:])
     assert steps[-1]["confidence_by_client"]["client-0"] == 0.25
+
+
+def test_a_run_whose_trainer_stays_away_fails_with_the_reason_and_the_next_run_trains(tmp_path, model_cache):
+    with federation(
+        tmp_path, model_cache, clients=[("add1", [])],
+        orchestrator_args=["--no-confidence-graph", "--trainer-retry-seconds", "5"],
+    ) as (stub, fed, services):
+        fed.kill(services["trainer"])
+        failed = run_to_end(stub, stub.CreateRun(pb.CreateRunRequest(spec=spec())).run_id)
+        fed.restart(services["trainer"])
+        fed.wait_healthy(services["trainer"], 240)
+        short = pb.RunSpec()
+        short.CopyFrom(spec())
+        short.steps = 2
+        after = run_to_end(stub, stub.CreateRun(pb.CreateRunRequest(spec=short)).run_id)
+    assert failed.state == pb.RUN_STATE_FAILED
+    assert failed.error.startswith("trainer call failed: UNAVAILABLE"), failed.error
+    assert failed.steps_completed == 0 and failed.HasField("end_time")
+    # The failure is the run's, not the orchestrator's: the next run, with the trainer back, trains.
+    assert after.state == pb.RUN_STATE_SUCCEEDED, after.error
+    assert [s["step"] for s in steps_of(after)] == [1, 2]

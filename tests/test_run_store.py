@@ -261,6 +261,22 @@ def test_reward_ledger_is_idempotent_and_keeps_nan(tmp_path):
     assert store.rewards_of(run.run_id, 3) == []
 
 
+def test_rewards_of_a_step_the_restart_abandoned_leave_the_ledger(tmp_path):
+    store = RunStore(tmp_path)
+    run, other = store.create(spec()), store.create(spec())
+    for step in (1, 2, 3):
+        store.record_rewards(run.run_id, step, "q1", "alice", [1.0])
+    store.record_rewards(other.run_id, 3, "q1", "alice", [1.0])
+    store = crash(store, tmp_path)
+    assert store.forget_rewards_after(run.run_id, 2) == 1
+    assert store.rewards_of(run.run_id, 3) == [] and store.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
+    assert store.rewards_of(other.run_id, 3) == [("q1", "alice", [1.0])]  # another run's step 3 stays
+    assert store.forget_rewards_after(run.run_id, 2) == 0
+    # The step scored again records its new rewards (the old row no longer shadows them).
+    assert store.record_rewards(run.run_id, 3, "q1", "alice", [0.0])
+    assert store.rewards_of(run.run_id, 3) == [("q1", "alice", [0.0])]
+
+
 def test_confidence_graph_and_clients_round_trip(tmp_path):
     store = RunStore(tmp_path)
     assert store.load_confidence() is None

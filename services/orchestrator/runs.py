@@ -421,6 +421,17 @@ class RunStore:
             ).fetchall()
         return [(q, c, [math.nan if r is None else r for r in json.loads(text)]) for q, c, text in rows]
 
+    def forget_rewards_after(self, run_id: str, step: int) -> int:
+        """Drop the ledger's rewards of steps after ``step``; how many rows went.
+
+        A restart abandons the scoring of a step it did not finish: those rewards judged
+        candidates that were never trained on, and the step is scored again from scratch.
+        """
+        with self.changed:
+            with self._tx() as db:
+                cursor = db.execute("DELETE FROM rewards WHERE run_id = ? AND step > ?", (run_id, step))
+            return cursor.rowcount
+
     def ledger_size(self, run_id: str) -> int:
         with self.changed:
             return self.db.execute("SELECT COUNT(*) FROM rewards WHERE run_id = ?", (run_id,)).fetchone()[0]
