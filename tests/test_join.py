@@ -61,7 +61,7 @@ def test_joined_clients_are_probed_and_judge_a_run(tmp_path, model_cache):
         accuracy = {(c.client, c.domain): c.accuracy for c in graph.competences}
         # Probed on joining: each answer-based client judges its own domain perfectly, the other not at all.
         assert accuracy[("joined-0", "add1")] == 1.0 and accuracy[("joined-1", "sub1")] == 1.0
-        assert accuracy[("joined-0", "sub1")] < 1.0
+        assert accuracy[("joined-0", "sub1")] == 0.0 and accuracy[("joined-1", "add1")] == 0.0
 
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1", "sub1"], steps=3, questions_per_step=2, candidates_per_question=4,

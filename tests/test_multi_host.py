@@ -96,7 +96,8 @@ def test_clients_on_two_other_hosts_join_over_tls_and_score_a_run(tmp_path, mode
         steps = steps_of(run)
         assert sum(s["rewards_received"] for s in steps) == 2 * 2 * 4
         scored = {name for s in steps for name in s["rewards_by_client"]}
-        assert scored <= {"org-a", "org-b"} and scored
+        # Every step has one add1 and one sub1 question (tasks round-robin): each goes to its own expert.
+        assert scored == {"org-a", "org-b"}
         assert all(s["questions_below_quorum"] == 0 for s in steps)
         # A clean shutdown leaves the federation at once.
         fed.stop(services["org-a"])

@@ -23,7 +23,7 @@ from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import reward_client_pb2 as rpb
 
-from .conftest import federation, reward_stub, trainer_stub
+from .conftest import federation, reward_stub
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ def identity(certs, name: str) -> Identity:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     certs = tmp_path_factory.mktemp("certs")
-    init_federation(certs, clients=["joined-0", "intruder"])
+    init_federation(certs, clients=["joined-0", "intruder", "victim", "outsider"])
     foreign = tmp_path_factory.mktemp("foreign")
     init_federation(foreign, clients=["joined-0"])
     return certs, foreign
@@ -47,7 +47,10 @@ def secured(tmp_path_factory, model_cache, pki):
     tmp = tmp_path_factory.mktemp("secured")
     with federation(
         tmp, model_cache, clients=[], joined=[("add1", [])], certs=certs,
-        orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1"],
+        # Every public method is tried without a token, twice: above the default 10 failures a minute.
+        orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1", "--auth-failure-limit", "100/minute",
+                           # The members: "outsider" holds a certificate of this CA, but is not one of them.
+                           "--reward-client-identities", "joined-0,intruder,victim"],
     ) as (stub, fed, services):
         yield stub, fed, services
 
@@ -58,17 +61,46 @@ def code_of(call) -> grpc.StatusCode:
     return err.value.code()
 
 
-def test_public_api_needs_a_valid_token(secured, pki):
+def methods_of(service) -> list[tuple[str, object]]:  # type: ignore[no-untyped-def]
+    """(full method path, empty request) for every RPC of a service descriptor."""
+    from google.protobuf import message_factory
+
+    return [
+        (f"/{service.full_name}/{m.name}", message_factory.GetMessageClass(m.input_type)())
+        for m in service.methods
+    ]
+
+
+def call_code(channel: grpc.Channel, path: str, request, streaming: bool) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    """Status of calling ``path`` with ``request``: OK, or the code it was refused with."""
+    serialize, deserialize = (lambda m: m.SerializeToString()), (lambda b: b)
+    try:
+        if streaming:
+            for _ in channel.unary_stream(path, serialize, deserialize)(request, timeout=10):
+                break
+        else:
+            channel.unary_unary(path, serialize, deserialize)(request, timeout=10)
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
+
+
+def test_every_public_api_method_needs_a_valid_token(secured, pki):
     stub, fed, services = secured
     certs, _ = pki
     address = services["orchestrator"].address
     assert stub.ListRuns(pb.ListRunsRequest()) is not None  # with the token
+    service = pb.DESCRIPTOR.services_by_name["OrchestratorService"]
+    methods = methods_of(service)
+    assert {"WatchRun", "Generate", "CreateRun", "CancelRun"} <= {m.name for m in service.methods}
     for token in (None, "x" * 43):
         with serving.channel(address, identity(certs, "orchestrator"), token=token) as ch:
-            other = pb_grpc.OrchestratorServiceStub(ch)
-            assert code_of(lambda: other.ListRuns(pb.ListRunsRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-            assert code_of(lambda: other.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(tasks=["add1"])), timeout=10)) \
-                == grpc.StatusCode.UNAUTHENTICATED
+            refused = {
+                path: call_code(ch, path, request, service.methods_by_name[path.rsplit("/", 1)[1]].server_streaming)
+                for path, request in methods
+            }
+        # Refused before the request is read: an empty request would otherwise be INVALID_ARGUMENT or NOT_FOUND.
+        assert set(refused.values()) == {grpc.StatusCode.UNAUTHENTICATED}, refused
     assert len(stub.ListRuns(pb.ListRunsRequest()).runs) == 0  # nothing was created
 
 
@@ -114,16 +146,80 @@ def test_a_client_cannot_join_under_another_name_nor_answer_tasks_it_was_not_sen
     assert listed["joined-0"] is True and listed.get("intruder") is False
 
 
+def test_a_certificate_of_the_federation_ca_is_not_membership(secured, pki):
+    """--reward-client-identities lists the members: another holder of a CA certificate is refused everywhere."""
+    stub, _, services = secured
+    certs, _ = pki
+    service = fpb.DESCRIPTOR.services_by_name["FederationService"]
+    with serving.channel(services["orchestrator"].federation_address, identity(certs, "outsider")) as ch:
+        refused = {path: call_code(ch, path, request, False) for path, request in methods_of(service)}
+    assert set(refused.values()) == {grpc.StatusCode.PERMISSION_DENIED}, refused
+    assert "outsider" not in {c.name for c in stub.ListRewardClients(pb.ListRewardClientsRequest()).clients}
+
+
 def test_only_the_orchestrator_identity_may_call_the_trainer(secured, pki):
     certs, _ = pki
     _, _, services = secured
-    with serving.channel(services["trainer"].address, identity(certs, "intruder")) as ch:
-        from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
+    service = tpb.DESCRIPTOR.services_by_name["PolicyTrainerService"]
+    for name in ("intruder", "joined-0"):  # a stranger member, and a reward client doing real work here
+        with serving.channel(services["trainer"].address, identity(certs, name)) as ch:
+            refused = {path: call_code(ch, path, request, False) for path, request in methods_of(service)}
+        assert set(refused.values()) == {grpc.StatusCode.PERMISSION_DENIED}, (name, refused)
+    with serving.channel(services["trainer"].address, identity(certs, "orchestrator")) as ch:
+        # The rightful caller gets past authorisation: a run with no policy started is FAILED_PRECONDITION.
+        path = f"/{service.full_name}/GetPolicyVersion"
+        assert call_code(ch, path, tpb.GetPolicyVersionRequest(run_id="no-such-run"), False) \
+            == grpc.StatusCode.FAILED_PRECONDITION
 
-        trainer = tpb_grpc.PolicyTrainerServiceStub(ch)
-        call = lambda: trainer.GetPolicyVersion(tpb.GetPolicyVersionRequest(run_id="r"), timeout=10)  # noqa: E731
-        assert code_of(call) == grpc.StatusCode.PERMISSION_DENIED
-    assert trainer_stub  # plaintext helper unused here
+
+def test_an_intruder_holding_a_victims_real_session_and_task_ids_can_neither_use_nor_spoil_them(secured, pki):
+    """The worst case of a leak: the intruder knows the ids the victim really holds."""
+    stub, _, services = secured
+    certs, _ = pki
+    address = services["orchestrator"].federation_address
+    with serving.channel(address, identity(certs, "victim")) as victim_ch, \
+            serving.channel(address, identity(certs, "intruder")) as intruder_ch:
+        victim, intruder = fpb_grpc.FederationServiceStub(victim_ch), fpb_grpc.FederationServiceStub(intruder_ch)
+        described = rpb.DescribeResponse(name="victim", domains=["add1"], evaluator_kinds=[1], reward_max=1)
+        session = victim.Join(fpb.JoinRequest(description=described), timeout=10).session_id
+        # Joining is followed by probes: real tasks with real ids, sent to the victim alone.
+        tasks = []
+        for _ in range(6):
+            tasks += victim.FetchTasks(fpb.FetchTasksRequest(session_id=session, wait_seconds=10), timeout=20).tasks
+            if tasks:
+                break
+        assert tasks, "no probe reached the victim after it joined"
+        task = tasks[0]
+        own = rpb.DescribeResponse(name="intruder", domains=["add1"], evaluator_kinds=[1], reward_max=1)
+        intruder_session = intruder.Join(fpb.JoinRequest(description=own), timeout=10).session_id
+        stolen = [1.0] * len(task.request.candidates)
+        attempts = {
+            "heartbeat as the victim": lambda: intruder.Heartbeat(fpb.HeartbeatRequest(session_id=session), timeout=10),
+            "fetch the victim's tasks": lambda: intruder.FetchTasks(
+                fpb.FetchTasksRequest(session_id=session, wait_seconds=0), timeout=10),
+            "answer in the victim's session": lambda: intruder.SubmitRewards(fpb.SubmitRewardsRequest(
+                session_id=session, task_id=task.task_id, rewards=stolen), timeout=10),
+            "answer the victim's task in its own session": lambda: intruder.SubmitRewards(fpb.SubmitRewardsRequest(
+                session_id=intruder_session, task_id=task.task_id, rewards=stolen), timeout=10),
+            "end the victim's session": lambda: intruder.Leave(fpb.LeaveRequest(session_id=session), timeout=10),
+        }
+        codes = {what: code_of(attempt) for what, attempt in attempts.items()}
+        assert codes == {
+            "heartbeat as the victim": grpc.StatusCode.NOT_FOUND,
+            "fetch the victim's tasks": grpc.StatusCode.NOT_FOUND,
+            "answer in the victim's session": grpc.StatusCode.NOT_FOUND,
+            "answer the victim's task in its own session": grpc.StatusCode.PERMISSION_DENIED,
+            "end the victim's session": grpc.StatusCode.NOT_FOUND,
+        }
+        # Nothing was spoiled: the victim's session lives and its task is still open for its own answer.
+        victim.Heartbeat(fpb.HeartbeatRequest(session_id=session), timeout=10)
+        answer = fpb.SubmitRewardsRequest(
+            session_id=session, task_id=task.task_id, rewards=[0.0] * len(task.request.candidates))
+        victim.SubmitRewards(answer, timeout=10)
+        # A task is answered once: the same answer again (a retry, a replay) is refused and changes nothing.
+        assert code_of(lambda: victim.SubmitRewards(answer, timeout=10)) == grpc.StatusCode.FAILED_PRECONDITION
+        intruder.Leave(fpb.LeaveRequest(session_id=intruder_session), timeout=10)
+        victim.Leave(fpb.LeaveRequest(session_id=session), timeout=10)
 
 
 def test_reward_client_bounds_message_size_and_request_rate(tmp_path):
