@@ -240,5 +240,7 @@ def test_reward_client_bounds_message_size_and_request_rate(tmp_path):
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as err:
                 codes.append(err.code())
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes and codes[0] == grpc.StatusCode.OK
+        # Exactly the limit: nothing else called Describe or Score (health checks are exempt), and the
+        # oversized Score above was refused before it counted.
+        assert codes == [grpc.StatusCode.OK] * 5 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
         fed.wait_healthy(client, 10)  # health checks are not rate limited
