@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from fedgrpo import serving
@@ -122,6 +123,22 @@ def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"clients {names} not {'live' if healthy else 'gone'} after {timeout:.0f}s: {listed}")
         time.sleep(0.25)
+
+
+def call(channel: grpc.Channel, service: str, method: str, payload: bytes) -> grpc.StatusCode:
+    """Status of one call with a raw (serialized) request: OK, or the code it ended with.
+
+    WatchRun, the one server-streaming method, is read to its end."""
+    path = f"/{service}/{method}"
+    try:
+        if method == "WatchRun":
+            for _ in channel.unary_stream(path)(payload, timeout=30):
+                pass
+        else:
+            channel.unary_unary(path)(payload, timeout=30)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as err:
+        return err.code()
 
 
 def trainer_stub(address: str):

@@ -23,7 +23,7 @@ from fedgrpo import serving
 from fedgrpo.tasks import DOMAINS
 from fedgrpo.v1 import federation_pb2, orchestrator_pb2, policy_trainer_pb2, reward_client_pb2
 
-from .conftest import federation
+from .conftest import call, federation
 
 pytestmark = pytest.mark.integration
 
@@ -130,19 +130,6 @@ RPCS = {
                        ("Leave", "LeaveRequest")]
     ],
 }
-
-
-def call(channel: grpc.Channel, service: str, method: str, payload: bytes) -> grpc.StatusCode:
-    path = f"/{service}/{method}"
-    try:
-        if method == "WatchRun":
-            for _ in channel.unary_stream(path)(payload, timeout=30):
-                pass
-        else:
-            channel.unary_unary(path)(payload, timeout=30)
-        return grpc.StatusCode.OK
-    except grpc.RpcError as err:
-        return err.code()
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ import pytest
 from fedgrpo.v1 import reward_client_pb2 as pb
 from services.orchestrator.joined import JoinedTransport, NotYourTask, ScoreError, TaskClosed, UnknownSession
 
+from .test_serving_bounds import wait_until
+
 HANG = 60.0  # a wait that must end long before this has hung
 
 
@@ -124,8 +126,7 @@ def test_a_rejoin_fails_the_old_sessions_open_tasks_at_once_and_retires_its_id()
     fetched = Scoring(transport, ["2"])
     task = one_task(transport, old)
     queued = Scoring(transport, ["3"])
-    while transport.pending() < 2:  # the second task is queued, not yet fetched
-        time.sleep(0.01)
+    wait_until(lambda: transport.pending() == 2, "the second task never opened")  # queued, not yet fetched
     new = transport.start_session(pb.DescribeResponse(name="client"))
     assert new != old
     for scoring in (fetched.result(), queued.result()):  # long before their HANG deadline

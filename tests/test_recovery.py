@@ -47,9 +47,14 @@ def lineage(address: str, run_id: str) -> list[int]:
     return list(trainer_stub(address).GetLineage(tpb.GetPolicyVersionRequest(run_id=run_id)).applied_steps)
 
 
+def store_of(run: pb.Run) -> str:
+    """The orchestrator's SQLite store, beside the run's artifacts."""
+    return f"{run.artifacts_path}/../orchestrator.sqlite3"
+
+
 def trained_steps(run: pb.Run) -> list[int]:
     """Steps that sent a batch to the trainer (a step whose groups all tied trains nothing)."""
-    with sqlite3.connect(f"{run.artifacts_path}/../orchestrator.sqlite3") as db:
+    with sqlite3.connect(store_of(run)) as db:
         rows = db.execute(
             "SELECT step FROM steps WHERE run_id = ? AND batch IS NOT NULL ORDER BY step", (run.run_id,)
         ).fetchall()
@@ -59,7 +64,7 @@ def trained_steps(run: pb.Run) -> list[int]:
 def ledger(run: pb.Run) -> dict[int, dict[str, int]]:
     """Rewards kept in the orchestrator's ledger, counted per step and client (null, no reward, not counted)."""
     counts: dict[int, Counter] = {}
-    with sqlite3.connect(f"{run.artifacts_path}/../orchestrator.sqlite3") as db:
+    with sqlite3.connect(store_of(run)) as db:
         for step, client, rewards in db.execute(
             "SELECT step, client, rewards FROM rewards WHERE run_id = ?", (run.run_id,)
         ):
@@ -132,7 +137,7 @@ def test_the_step_in_flight_when_the_orchestrator_dies_is_finished_from_its_logg
         run = stub.CreateRun(pb.CreateRunRequest(spec=spec()))
         wait_for_step(stub, run.run_id, 2)
         fed.kill(services["trainer"])
-        db_path = f"{run.artifacts_path}/../orchestrator.sqlite3"
+        db_path = store_of(run)
         deadline, pending = time.monotonic() + 180, None
         while pending is None:
             assert time.monotonic() < deadline, "no batch was logged while the trainer was down"

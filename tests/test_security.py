@@ -23,7 +23,7 @@ from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import reward_client_pb2 as rpb
 
-from .conftest import federation, reward_stub
+from .conftest import call, federation, reward_stub
 
 pytestmark = pytest.mark.integration
 
@@ -61,28 +61,9 @@ def code_of(call) -> grpc.StatusCode:
     return err.value.code()
 
 
-def methods_of(service) -> list[tuple[str, object]]:  # type: ignore[no-untyped-def]
-    """(full method path, empty request) for every RPC of a service descriptor."""
-    from google.protobuf import message_factory
-
-    return [
-        (f"/{service.full_name}/{m.name}", message_factory.GetMessageClass(m.input_type)())
-        for m in service.methods
-    ]
-
-
-def call_code(channel: grpc.Channel, path: str, request, streaming: bool) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
-    """Status of calling ``path`` with ``request``: OK, or the code it was refused with."""
-    serialize, deserialize = (lambda m: m.SerializeToString()), (lambda b: b)
-    try:
-        if streaming:
-            for _ in channel.unary_stream(path, serialize, deserialize)(request, timeout=10):
-                break
-        else:
-            channel.unary_unary(path, serialize, deserialize)(request, timeout=10)
-    except grpc.RpcError as err:
-        return err.code()
-    return grpc.StatusCode.OK
+def refusals(channel: grpc.Channel, service) -> dict[str, grpc.StatusCode]:  # type: ignore[no-untyped-def]
+    """Method name -> status of calling each RPC of a service descriptor with an empty request."""
+    return {m.name: call(channel, service.full_name, m.name, b"") for m in service.methods}
 
 
 def test_every_public_api_method_needs_a_valid_token(secured, pki):
@@ -91,14 +72,10 @@ def test_every_public_api_method_needs_a_valid_token(secured, pki):
     address = services["orchestrator"].address
     assert stub.ListRuns(pb.ListRunsRequest()) is not None  # with the token
     service = pb.DESCRIPTOR.services_by_name["OrchestratorService"]
-    methods = methods_of(service)
     assert {"WatchRun", "Generate", "CreateRun", "CancelRun"} <= {m.name for m in service.methods}
     for token in (None, "x" * 43):
         with serving.channel(address, identity(certs, "orchestrator"), token=token) as ch:
-            refused = {
-                path: call_code(ch, path, request, service.methods_by_name[path.rsplit("/", 1)[1]].server_streaming)
-                for path, request in methods
-            }
+            refused = refusals(ch, service)
         # Refused before the request is read: an empty request would otherwise be INVALID_ARGUMENT or NOT_FOUND.
         assert set(refused.values()) == {grpc.StatusCode.UNAUTHENTICATED}, refused
     assert len(stub.ListRuns(pb.ListRunsRequest()).runs) == 0  # nothing was created
@@ -152,7 +129,7 @@ def test_a_certificate_of_the_federation_ca_is_not_membership(secured, pki):
     certs, _ = pki
     service = fpb.DESCRIPTOR.services_by_name["FederationService"]
     with serving.channel(services["orchestrator"].federation_address, identity(certs, "outsider")) as ch:
-        refused = {path: call_code(ch, path, request, False) for path, request in methods_of(service)}
+        refused = refusals(ch, service)
     assert set(refused.values()) == {grpc.StatusCode.PERMISSION_DENIED}, refused
     assert "outsider" not in {c.name for c in stub.ListRewardClients(pb.ListRewardClientsRequest()).clients}
 
@@ -163,13 +140,12 @@ def test_only_the_orchestrator_identity_may_call_the_trainer(secured, pki):
     service = tpb.DESCRIPTOR.services_by_name["PolicyTrainerService"]
     for name in ("intruder", "joined-0"):  # a stranger member, and a reward client doing real work here
         with serving.channel(services["trainer"].address, identity(certs, name)) as ch:
-            refused = {path: call_code(ch, path, request, False) for path, request in methods_of(service)}
+            refused = refusals(ch, service)
         assert set(refused.values()) == {grpc.StatusCode.PERMISSION_DENIED}, (name, refused)
     with serving.channel(services["trainer"].address, identity(certs, "orchestrator")) as ch:
         # The rightful caller gets past authorisation: a run with no policy started is FAILED_PRECONDITION.
-        path = f"/{service.full_name}/GetPolicyVersion"
-        assert call_code(ch, path, tpb.GetPolicyVersionRequest(run_id="no-such-run"), False) \
-            == grpc.StatusCode.FAILED_PRECONDITION
+        request = tpb.GetPolicyVersionRequest(run_id="no-such-run").SerializeToString()
+        assert call(ch, service.full_name, "GetPolicyVersion", request) == grpc.StatusCode.FAILED_PRECONDITION
 
 
 def test_an_intruder_holding_a_victims_real_session_and_task_ids_can_neither_use_nor_spoil_them(secured, pki):

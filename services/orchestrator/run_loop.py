@@ -209,14 +209,12 @@ class RunExecutor:
             last = self.store.last_step(run_id)  # a resumed run goes on with its own confidence
             self.confidence = RunConfidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
         done = self.store.completed_steps(run_id)
-        if resume:
-            abandoned = self.store.forget_rewards_after(run_id, done[-1] if done else 0)
-            if abandoned:
-                log.warning("run %s: %d rewards of step %d came from a scoring the restart abandoned: "
-                            "dropped from the ledger, the step is scored again", run_id, abandoned,
-                            (done[-1] if done else 0) + 1)
+        last_done = done[-1] if done else 0
+        if resume and (abandoned := self.store.forget_rewards_after(run_id, last_done)):
+            log.warning("run %s: %d rewards of step %d came from a scoring the restart abandoned: "
+                        "dropped from the ledger, the step is scored again", run_id, abandoned, last_done + 1)
         self.resuming.discard(run_id)
-        for step in range((done[-1] if done else 0) + 1, cfg.steps + 1):
+        for step in range(last_done + 1, cfg.steps + 1):
             if self.store.cancel_requested(run_id):
                 raise RunCancelled()
             metrics, version = self._step(run_id, cfg, step, version)
