@@ -16,6 +16,10 @@ reward-client certificate naming host ``orchestrator`` for that address;
 ``api-token``, and is idempotent; it reissues identities of an older
 ``make certs`` that carry no role. ``common_name(pem)`` and ``role_of(pem)``
 read a peer's certificate, which is how a service learns who called it.
+``export(dir, name, out)`` hands one identity its own folder: its
+certificate, its key and ``ca.crt`` (the orchestrator's also the
+``api-token``), never ``ca.key``; that is how compose gives each container
+only its own secrets.
 
 Keys are EC P-256; private keys and the token are written with mode 0o600,
 every file atomically (temporary file, then rename), so a crash never leaves
@@ -193,6 +197,40 @@ def init_federation(
     if not token.exists():
         _write(token, (secrets.token_urlsafe(32) + "\n").encode(), private=True)
     return identities
+
+
+def export(
+    directory: Path,
+    name: str,
+    out_dir: Path,
+    with_api_token: bool = False,
+    owner: tuple[int, int] | None = None,
+) -> Identity:
+    """Copy identity ``name`` from the CA folder into ``out_dir`` without the CA key.
+
+    ``out_dir`` gets ``<name>.crt``, ``<name>.key``, ``ca.crt`` and, with
+    ``with_api_token``, the ``api-token``; anything else there is left alone.
+    ``owner`` (uid, gid) hands the folder and its files to the user a
+    container runs as (the caller must be allowed to chown: root).
+    """
+    directory, out_dir = Path(directory), Path(out_dir)
+    source = Identity.in_dir(directory, name)
+    if not source.exists():
+        raise ValueError(f"no identity {name!r} in {directory}: run `fedgrpo certs init` or `certs issue {name}` first")
+    if out_dir.resolve() == directory.resolve():
+        raise ValueError(f"export {name!r} into a folder of its own, not the CA folder {directory}")
+    out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    target = Identity.in_dir(out_dir, name)
+    files = [(source.cert, target.cert, False), (source.key, target.key, True), (source.ca, target.ca, False)]
+    if with_api_token:
+        files.append((directory / API_TOKEN, out_dir / API_TOKEN, True))
+    for origin, path, private in files:
+        _write(path, origin.read_bytes(), private=private)
+    if owner is not None:
+        for path in [out_dir] + [path for _, path, _ in files]:
+            os.chown(path, *owner)
+    os.chmod(out_dir, 0o700)
+    return target
 
 
 def common_name(pem: bytes) -> str:

@@ -73,11 +73,26 @@ def _certs(argv: list[str]) -> None:
     def names(text: str) -> list[str]:
         return [part.strip() for part in text.split(",") if part.strip()]
 
+    def owner_ids(text: str) -> tuple[int, int]:
+        uid, _, gid = text.partition(":")
+        if not (uid.isdigit() and gid.isdigit()):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected numeric UID:GID, e.g. 10001:10001")
+        return int(uid), int(gid)
+
     parser = argparse.ArgumentParser(prog="fedgrpo certs", description="A development CA for mutual TLS.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{init,issue}")
     init = commands.add_parser("init", help="a CA plus one identity per service and client, and an api-token")
     init.add_argument("--clients", type=names, default=[], help="comma-separated reward-client names")
     init.add_argument("--overwrite", action="store_true", help="reissue existing identities (the CA is kept)")
+    init.add_argument(
+        "--export", type=Path, default=None, metavar="DIR",
+        help="also copy each identity into DIR/NAME/ (its .crt and .key plus ca.crt; the orchestrator's also the "
+        "api-token; never ca.key), so each service or client mounts only its own",
+    )
+    init.add_argument(
+        "--owner", type=owner_ids, default=None, metavar="UID:GID",
+        help="with --export: the user the exported files belong to (the containers' user; needs root)",
+    )
     one = commands.add_parser("issue", help="one more identity signed by the existing CA")
     one.add_argument("name", help="identity name: 1-64 letters, digits, '-', '_' or '.'")
     one.add_argument("--out", type=Path, default=None, help="write NAME.crt, NAME.key and ca.crt here instead")
@@ -90,11 +105,20 @@ def _certs(argv: list[str]) -> None:
         sub.add_argument("--dir", type=Path, default=Path(".cache/certs"), help="CA folder (default .cache/certs)")
         sub.add_argument("--hosts", type=names, default=[], help="extra comma-separated DNS names or IPs for SANs")
     args = parser.parse_args(argv)
+    if args.command == "init" and args.owner is not None and args.export is None:
+        raise SystemExit("fedgrpo certs init: --owner applies to --export: give both")
     try:
         if args.command == "init":
             identities = certs.init_federation(
                 args.dir, clients=args.clients, hosts=args.hosts, overwrite=args.overwrite
             )
+            if args.export is not None:
+                identities = {
+                    name: certs.export(
+                        args.dir, name, args.export / name, with_api_token=name == "orchestrator", owner=args.owner
+                    )
+                    for name in identities
+                }
         else:
             identities = {args.name: certs.issue(args.dir, args.name, args.hosts, out_dir=args.out, role=args.role)}
     except (OSError, ValueError) as err:
@@ -104,6 +128,9 @@ def _certs(argv: list[str]) -> None:
     print(f"{'ca':14s} {next(iter(identities.values())).ca}")
     if args.command == "init":
         print(f"{'api-token':14s} {args.dir / certs.API_TOKEN}")
+    if getattr(args, "export", None) is not None:
+        print(f"Each identity's folder under {args.export} holds only its own key (the orchestrator's also the token).")
+        return
     print(f"Give each service or client its own .crt and .key plus {certs.CA_CERT}; "
           f"{certs.CA_KEY} stays here (it can sign any identity).")
 

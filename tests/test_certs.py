@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import stat
 from concurrent import futures
 from pathlib import Path
@@ -218,3 +219,25 @@ def test_init_federation_reissues_an_identity_without_a_role(tmp_path):
     certs.init_federation(tmp_path, clients=["client-0"])
     assert certs.role_of(client.cert.read_bytes()) == "reward_client"
     assert certs.Identity.in_dir(tmp_path, "trainer").cert.read_bytes() == kept
+
+
+def test_export_hands_an_identity_its_own_folder_and_nothing_else(tmp_path):
+    certs.init_federation(tmp_path / "ca", clients=["org-a"])
+    owner = (os.getuid(), os.getgid())
+    identity = certs.export(tmp_path / "ca", "org-a", tmp_path / "org-a", owner=owner)
+    assert identity == certs.Identity.in_dir(tmp_path / "org-a", "org-a")
+    assert sorted(p.name for p in (tmp_path / "org-a").iterdir()) == ["ca.crt", "org-a.crt", "org-a.key"]
+    assert identity.key.read_bytes() == (tmp_path / "ca" / "org-a.key").read_bytes()
+    assert stat.S_IMODE(identity.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "org-a").stat().st_mode) == 0o700
+    assert (identity.key.stat().st_uid, identity.key.stat().st_gid) == owner
+    token = certs.export(tmp_path / "ca", "orchestrator", tmp_path / "orch", with_api_token=True)
+    assert (token.cert.parent / certs.API_TOKEN).read_bytes() == (tmp_path / "ca" / certs.API_TOKEN).read_bytes()
+    with pytest.raises(ValueError, match="no identity 'org-b'"):
+        certs.export(tmp_path / "ca", "org-b", tmp_path / "org-b")
+    with pytest.raises(ValueError, match="not the CA folder"):
+        certs.export(tmp_path / "ca", "org-a", tmp_path / "ca")
+    with pytest.raises(SystemExit, match="--owner applies to --export"):
+        main(["certs", "init", "--dir", str(tmp_path / "ca"), "--owner", "1:1"])
+    with pytest.raises(SystemExit):
+        main(["certs", "init", "--dir", str(tmp_path / "ca"), "--export", str(tmp_path / "x"), "--owner", "fedgrpo"])
