@@ -8,6 +8,7 @@
     fedgrpo bench          generation and step-time benchmark
     fedgrpo chaos          a real run while services are killed and restarted; counts lost/duplicated steps
     fedgrpo tasks          list the task domains
+    fedgrpo datasets       write a built-in domain as a data file (`datasets make`); check a file (`datasets check`)
     fedgrpo prepare-model  convert/cache a base model (smollm2-135m-instruct, tiny-policy, tiny-llama)
     fedgrpo health ADDR    exit 0 if the service at host:port reports SERVING (container health checks)
     fedgrpo certs          a development CA and identities for mutual TLS (`certs init`, `certs issue NAME`)
@@ -29,6 +30,7 @@ COMMANDS = {
     "bench": ("fedgrpo.bench", "generation and training-step benchmark"),
     "chaos": ("fedgrpo.chaos", "a real run while services are killed and restarted"),
     "tasks": ("fedgrpo.cli", "list the task domains"),
+    "datasets": ("fedgrpo.cli", "write a built-in domain as a data file; check a data file"),
     "prepare-model": ("fedgrpo.cli", "convert and cache a base model"),
     "health": ("fedgrpo.cli", "check a service's gRPC health"),
     "certs": ("fedgrpo.cli", "a development CA and identities for mutual TLS"),
@@ -135,6 +137,56 @@ def _certs(argv: list[str]) -> None:
           f"{certs.CA_KEY} stays here (it can sign any identity).")
 
 
+def _datasets(argv: list[str]) -> None:
+    import argparse
+    from collections import Counter
+    from pathlib import Path
+
+    from fedgrpo.data.files import Columns, DataFileError, deduplicate, read_rows
+    from fedgrpo.data.make import make_rows, write_rows
+
+    parser = argparse.ArgumentParser(prog="fedgrpo datasets", description="Question and label files.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{make,check}")
+    make = commands.add_parser(
+        "make", help="write a built-in domain's labelled questions (question, answer, domain, metadata) to a file"
+    )
+    make.add_argument("domain", help="a built-in domain (`fedgrpo tasks` lists them)")
+    make.add_argument("--size", type=int, required=True, help="how many questions")
+    make.add_argument("--out", type=Path, required=True, help="labelled file: .jsonl, .csv or .parquet")
+    make.add_argument("--seed", type=int, default=0, help="which draw of the domain (default 0)")
+    make.add_argument(
+        "--questions-out", type=Path, default=None,
+        help="also write the same questions without answers (question, domain): the server's copy",
+    )
+    check = commands.add_parser("check", help="read a file as a client or the server would, and summarise it")
+    check.add_argument("path", type=Path, help="a .jsonl, .csv or .parquet file or a `datasets` folder")
+    check.add_argument("--labelled", action="store_true", help="every row must have an answer")
+    check.add_argument("--question-column", default=Columns.question)
+    check.add_argument("--answer-column", default=Columns.answer)
+    check.add_argument("--domain-column", default=Columns.domain)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "make":
+            if args.size < 1:
+                raise ValueError(f"--size {args.size}: give at least 1 question")
+            rows = make_rows(args.domain, args.size, args.seed)
+            print(f"{write_rows(rows, args.out)}: {len(rows)} labelled {args.domain} questions (seed {args.seed})")
+            if args.questions_out is not None:
+                print(f"{write_rows(rows, args.questions_out, labelled=False)}: the same questions, no answers")
+            return
+        columns = Columns(question=args.question_column, answer=args.answer_column, domain=args.domain_column)
+        rows = read_rows(args.path, columns, labelled=args.labelled)
+    except (DataFileError, KeyError, ValueError, OSError) as err:
+        raise SystemExit(f"fedgrpo datasets {args.command}: {str(err).strip(chr(34))}") from None
+    distinct, dropped = deduplicate(rows)
+    labelled = sum(row.answer is not None for row in rows)
+    domains = Counter(row.domain or "(none)" for row in distinct)
+    print(f"{args.path}: {len(rows)} rows, {len(distinct)} distinct questions ({dropped} repeated), "
+          f"{labelled} with an answer")
+    for domain, count in sorted(domains.items()):
+        print(f"  {domain:18s} {count}")
+
+
 def _tasks(argv: list[str]) -> None:
     from fedgrpo.tasks import DOMAINS
 
@@ -173,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         return _health(rest)
     if command == "certs":
         return _certs(rest)
+    if command == "datasets":
+        return _datasets(rest)
     import importlib
 
     importlib.import_module(COMMANDS[command][0]).main(rest)

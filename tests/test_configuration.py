@@ -34,8 +34,8 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["trainer", P, "--tls-ca", "/etc/hostname"], ["choose one"]),
         (["reward-client", P, "--domains", "add1", "--rate-limit", "lots"], ["rate_limit", "100/second"]),
         (["reward-client", P, "--domains", "add1", "--max-message-bytes", "10"], ["max_message_bytes"]),
-        *[  # a client with no domain can only judge with its own model
-            (["reward-client", P, *domains], ["no domains", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
+        *[  # a client with no labelled data can only judge with its own model
+            (["reward-client", P, *domains], ["no labelled data", "--labels", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
                                            "--judge-model", "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL"])
             for domains in ([], ["--domains", ""], ["--domains", " , "])
         ],
@@ -48,6 +48,20 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["reward-client", P, "--domains", "add1", "--ground-truth-free"], ["invalid configuration", "judge_model"]),
         (["reward-client", "--domains", "add1", "--judge-max-tokens", "0"],
          ["invalid configuration", "judge_max_tokens"]),
+        # A client's own data and checker: what to fix, named.
+        (["reward-client", P, "--labels", "/nonexistent/labels.jsonl"],
+         ["labels", "--labels / FEDGRPO_REWARD_CLIENT_LABELS", "/nonexistent/labels.jsonl", "no such file"]),
+        (["reward-client", P, "--labels", "/etc/hostname"], ["labels", "unknown format", ".jsonl", ".parquet"]),
+        (["reward-client", P, "--domains", "add1", "--labels", "/etc/hostname", "--checker", "astrology"],
+         ["checker", "--checker / FEDGRPO_REWARD_CLIENT_CHECKER", "unknown checker 'astrology'", "module:function"]),
+        (["reward-client", P, "--domains", "add1", "--labels", "/etc/hostname", "--checker", "no_such_module:f"],
+         ["checker", "module 'no_such_module' does not import"]),
+        (["reward-client", P, "--domains", "add1", "--evaluator-order", "judge"],
+         ["evaluator_order leaves out labels", "--evaluator-order"]),
+        (["reward-client", P, "--domains", "add1", "--evaluator-order", "labels,oracle"],
+         ["evaluator_order", "labels, judge"]),
+        (["reward-client", P, "--domains", "add1", "--judge-model", "tiny-policy", "--evaluator-order", "labels"],
+         ["evaluator_order leaves out judge"]),
     ],
 )
 def test_bad_configuration_is_refused_with_a_message(args, words):

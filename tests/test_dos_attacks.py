@@ -173,7 +173,8 @@ def test_a_join_storm_is_rate_limited_and_unchanged_rejoins_do_no_work(orchestra
 
 
 @pytest.mark.parametrize(("name", "domains", "field"), [
-    ("many-domains", ["add1"] * 10, "description.domains"),
+    ("many-domains", [f"domain-{i}" for i in range(65)], "description.domains"),
+    ("odd-domain", ["icd\n"], "description.domains"),
     ("long-domain", ["x" * 100_000], "description.domains"),
     ("twice", ["add1", "add1"], "description.domains"),
     ("newline\n", ["add1"], "description.name"),

@@ -191,7 +191,7 @@ class RefusesTraining:
         from services.reward_client.evaluators import AnswerBasedEvaluator
 
         self.calls, self.items = 0, {i.question_id for i in items}
-        self.judge = AnswerBasedEvaluator(["add1"], 7, 3)
+        self.judge = AnswerBasedEvaluator.from_bank(["add1"], 7, 3)
 
     def score(self, request, timeout):
         self.calls += 1

@@ -113,3 +113,21 @@ def test_named_reward_clients_must_exist_and_be_enough():
         with pytest.raises(SpecError) as err:
             resolve_spec(pb.RunSpec(**spec, reward_clients=names), DOMAINS.keys(), "m", live, 512)
         assert err.value.field == field
+
+
+def test_a_join_description_may_name_an_organisations_own_domains_within_bounds():
+    from fedgrpo.v1 import common_pb2, reward_client_pb2
+    from services.orchestrator.federation import description_problem
+
+    def described(domains):
+        return reward_client_pb2.DescribeResponse(
+            name="org-a", domains=domains, evaluator_kinds=[common_pb2.EVALUATOR_KIND_ANSWER_BASED],
+            reward_min=0.0, reward_max=1.0,
+        )
+
+    assert description_problem(described(["icd", "triage", "add1"])) is None
+    assert description_problem(described([f"d{i}" for i in range(64)])) is None
+    assert description_problem(described([f"d{i}" for i in range(65)])) == (
+        "description.domains", "65 entries, expected at most 64")
+    assert description_problem(described(["icd codes"])) == (
+        "description.domains", "'icd codes': expected 1-64 letters, digits, '_', '-', '.'")

@@ -50,7 +50,7 @@ def test_probe_candidates_are_judged_by_a_real_client_as_their_truth_says():
     from services.orchestrator.probes import probe_candidates
 
     items = auxiliary_items(["add1", "sub2", "leg_counting"], 30, 0, 200)
-    judge = AnswerBasedEvaluator(["add1", "sub2", "leg_counting"], 0, 200)
+    judge = AnswerBasedEvaluator.from_bank(["add1", "sub2", "leg_counting"], 0, 200)
     rng = random.Random(1)
     for item in items:
         candidates, truth = probe_candidates(item, rng, 6)
@@ -72,7 +72,7 @@ class Recording(RewardClientServicer):
 
 def honest(domains):
     settings = RewardClientSettings(name="honest", domains=domains, bank_size=200, plaintext=True, port=free_port())
-    return settings, [AnswerBasedEvaluator(domains, settings.bank_seed, settings.bank_size)]
+    return settings, [AnswerBasedEvaluator.from_bank(domains, settings.bank_seed, settings.bank_size)]
 
 
 def right_answers(request, judge) -> tuple[bool, ...]:

@@ -111,7 +111,7 @@ def embedder():
 
 
 ITEMS = build_questions("add1", 7, 3)
-JUDGE = AnswerBasedEvaluator(["add1"], 7, 3)
+JUDGE = AnswerBasedEvaluator.from_bank(["add1"], 7, 3)
 
 
 def federation(**transports):

@@ -11,7 +11,7 @@ def servicer_with(fault: str, after: int = 0) -> RewardClientServicer:
     settings = RewardClientSettings(
         name="mallory", domains=["add1"], bank_size=100, fault=fault, fault_after_calls=after, plaintext=True
     )
-    return RewardClientServicer(settings, [AnswerBasedEvaluator(["add1"], settings.bank_seed, 100)])
+    return RewardClientServicer(settings, [AnswerBasedEvaluator.from_bank(["add1"], settings.bank_seed, 100)])
 
 
 def test_a_poisoning_client_answers_honestly_for_its_first_calls_then_inverts_every_reward():

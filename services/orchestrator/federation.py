@@ -32,7 +32,6 @@ from limits.strategies import MovingWindowRateLimiter
 from fedgrpo import serving
 from fedgrpo.observability import JOINS
 from fedgrpo.security import peer_identity
-from fedgrpo.tasks import DOMAINS
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -45,6 +44,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing 
 MAX_WAIT_SECONDS = 30.0
 MAX_TASKS = 256
 MAX_DOMAIN_CHARS = 64
+# Domains are public names a client declares: built-in ones or its organisation's own (a labels file's).
+MAX_DOMAINS = 64
 EVALUATOR_KINDS = (1, 2)  # ANSWER_BASED, MODEL_BASED
 
 
@@ -52,16 +53,16 @@ def description_problem(d) -> tuple[str, str] | None:  # type: ignore[no-untyped
     """(field, what is wrong) for a join description outside its bounds, or None; echoes at most 80 characters."""
     if not NAME.fullmatch(d.name):
         return "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'"
-    if len(d.domains) > len(DOMAINS):
-        return "description.domains", f"{len(d.domains)} entries, expected at most {len(DOMAINS)} (one per known domain)"
+    if len(d.domains) > MAX_DOMAINS:
+        return "description.domains", f"{len(d.domains)} entries, expected at most {MAX_DOMAINS}"
     long = [x for x in d.domains if len(x) > MAX_DOMAIN_CHARS]
     if long:
         return "description.domains", f"{len(long)} entries longer than {MAX_DOMAIN_CHARS} characters"
     if len(set(d.domains)) != len(d.domains):
         return "description.domains", "an entry appears twice"
-    unknown = [x for x in d.domains if x not in DOMAINS]
-    if unknown:
-        return "description.domains", f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}"
+    malformed = [x for x in d.domains if not NAME.fullmatch(x)]
+    if malformed:
+        return "description.domains", f"{malformed[0][:80]!r}: expected 1-64 letters, digits, '_', '-', '.'"
     kinds = list(d.evaluator_kinds)
     if not kinds or len(kinds) > len(EVALUATOR_KINDS) or len(set(kinds)) != len(kinds) or any(
         k not in EVALUATOR_KINDS for k in kinds

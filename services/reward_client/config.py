@@ -1,8 +1,10 @@
 """Configuration of one reward client (one domain organisation).
 
-A client holds the labelled data of its ``domains`` (answer-based evaluator)
-and, with ``judge_model`` set, its own small local model that judges any
-other question (model-based evaluator). A client may hold no domain at all
+A client holds private labelled data (answer-based evaluator): a file of its
+own (``labels``: questions and answers, compared by its ``checker``) and/or
+the built-in bank of its ``domains``; and, with ``judge_model`` set, its own
+small local model that judges any other question (model-based evaluator).
+``evaluator_order`` says which it asks first. A client may hold no domain at all
 (a Dirichlet split of domains over clients leaves some empty-handed): it then
 judges with its model only, so it needs ``judge_model``. In
 ``ground_truth_free`` mode it judges every question with that model only and
@@ -22,6 +24,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.settings import CommaList, ServiceSettings
+
+
+EVALUATORS = ("labels", "judge")
 
 
 class RewardClientSettings(ServiceSettings):
@@ -53,6 +58,33 @@ class RewardClientSettings(ServiceSettings):
         [],
         description="Task domains whose labelled data this client holds, comma-separated (see `fedgrpo tasks`); "
         "empty: none, the client judges with its judge_model only.",
+    )
+    labels: Path | None = Field(
+        None,
+        description="This organisation's private labelled data: a JSON Lines, CSV or Parquet file or a folder "
+        "saved by Hugging Face `datasets`, one row per question with its answer (columns question_column, "
+        "answer_column, optional domain_column and metadata). A server question is matched by normalised text; "
+        "the labels never leave the client. Empty: none.",
+    )
+    question_column: str = Field(
+        "question", min_length=1, description="Column of `labels` holding the question ('prompt' also works)."
+    )
+    answer_column: str = Field("answer", min_length=1, description="Column of `labels` holding the answer.")
+    domain_column: str = Field("domain", min_length=1, description="Column of `labels` naming the domain, if any.")
+    checker: str = Field(
+        "exact",
+        description="How a candidate is compared with a label of `labels`: exact, numeric, choice, regex, math "
+        "(math-verify), reasoning-gym (built-in domains), or your own function as module:function or the name of "
+        "an entry point of group fedgrpo.checkers (see fedgrpo/data/checkers.py for the signature).",
+    )
+    checker_tolerance: float = Field(
+        1e-6, ge=0.0, description="The numeric checker's tolerance, relative to max(1, |label|)."
+    )
+    evaluator_order: CommaList = Field(
+        default_factory=lambda: ["labels", "judge"],
+        description="Which evaluators a question goes to first, comma-separated: labels (the labelled data of "
+        "`labels` and `domains`), judge (judge_model). The first that holds the question scores it; which one "
+        "did never leaves the client.",
     )
     bank_seed: int = Field(
         0, description="Seed of the federation's question bank; must match the orchestrator's."
@@ -137,12 +169,40 @@ class RewardClientSettings(ServiceSettings):
             raise ValueError(f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}")
         return domains
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _no_labels_when_empty(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("evaluator_order")
+    @classmethod
+    def _known_evaluators(cls, order: list[str]) -> list[str]:
+        unknown = [name for name in order if name not in EVALUATORS]
+        if unknown or len(set(order)) != len(order) or not order:
+            raise ValueError(
+                f"{order}: expected each of {', '.join(EVALUATORS)} at most once, in the order to ask them"
+            )
+        return order
+
     @model_validator(mode="after")
     def _judge_needed(self) -> RewardClientSettings:
-        if not self.domains and not self.judge_model:
+        if not self.domains and self.labels is None and not self.judge_model:
             raise ValueError(
-                "a client with no domains can only judge with its own model: set domains (--domains add1,sub1 / "
-                "FEDGRPO_REWARD_CLIENT_DOMAINS) or judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+                "a client with no labelled data can only judge with its own model: set labels (--labels FILE / "
+                "FEDGRPO_REWARD_CLIENT_LABELS), domains (--domains add1,sub1 / FEDGRPO_REWARD_CLIENT_DOMAINS) or "
+                "judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+            )
+        if (self.domains or self.labels is not None) and not self.ground_truth_free and (
+            "labels" not in self.evaluator_order
+        ):
+            raise ValueError(
+                "labelled data is set but evaluator_order leaves out labels: add labels to evaluator_order "
+                "(--evaluator-order labels,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop the data"
+            )
+        if self.judge_model and "judge" not in self.evaluator_order:
+            raise ValueError(
+                "judge_model is set but evaluator_order leaves out judge: add judge to evaluator_order "
+                "(--evaluator-order labels,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop judge_model"
             )
         if self.ground_truth_free and not self.judge_model:
             raise ValueError(

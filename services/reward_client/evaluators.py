@@ -9,7 +9,12 @@ question scores it. Which one was used never leaves the client.
 Two kinds exist (FedGRPO's AE and ME):
 
 * :class:`AnswerBasedEvaluator` checks answers against the client's private
-  ground truth: exact, but only for the questions it holds.
+  labels with its checker (:mod:`fedgrpo.data.checkers`): exact, but only
+  for the questions it holds. A question is matched by its normalised text
+  (:func:`fedgrpo.data.files.normalise`); of several labelled rows with that
+  text, the one of the asked domain wins, else the first. Its labels come
+  from a file (``--labels``) or from the built-in domains' bank
+  (``--domains``, scored by the ``reasoning-gym`` checker).
 * :class:`ModelBasedEvaluator` judges any question with the client's own small
   local model: weak and noisy, but it can always judge. It is also the only
   evaluator of a client in ground-truth-free mode and of a client that holds
@@ -17,8 +22,10 @@ Two kinds exist (FedGRPO's AE and ME):
   replies through a SQLite file (:mod:`services.reward_client.judge_cache`,
   a simulation speed-up).
 
-Both score on the same scale (0.9 * correct + 0.1 * concise), so the
-orchestrator treats their rewards alike.
+Both answer rewards in [0, 1]: the built-in domains and the judge on the
+same scale (0.9 * correct + 0.1 * concise), a file's checker as it scores
+(see :mod:`fedgrpo.data.checkers`); NaN for a candidate means "cannot
+judge" it.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Protocol
 
+from fedgrpo.data.checkers import Checker, load_checker
+from fedgrpo.data.files import Row, normalise
 from fedgrpo.tasks import (
     CORRECT_WEIGHT,
     FORMAT_WEIGHT,
@@ -39,7 +48,6 @@ from fedgrpo.tasks import (
     build_questions,
     extract_answer,
     is_concise,
-    score_completion,
     user_message,
 )
 from fedgrpo.v1 import common_pb2
@@ -57,35 +65,64 @@ class Evaluator(Protocol):
 
     def can_judge(self, domain: str, question: str) -> bool: ...
 
-    def score(self, domain: str, question: str, candidates: list[str]) -> list[float]: ...
+    def score(self, domain: str, question: str, candidates: list[str], question_id: str = "") -> list[float]: ...
 
 
 class AnswerBasedEvaluator:
-    """Checks answers against the client's private ground truth (AE).
+    """Checks answers against the client's private labels (AE).
 
-    Holds the labelled entries of its domains, keyed by (domain, question
-    text), and scores with the task's own verifier.
+    Holds labelled rows keyed by normalised question text and scores each
+    candidate with ``checker``; the labels never leave it.
     """
 
     kind = common_pb2.EVALUATOR_KIND_ANSWER_BASED
     reward_min = REWARD_MIN
     reward_max = REWARD_MAX
 
-    def __init__(self, domains: list[str], bank_seed: int, bank_size: int) -> None:
-        self._entries: dict[tuple[str, str], dict] = {}
-        for domain in domains:
-            for q in build_questions(domain, bank_seed, bank_size):
-                self._entries[(domain, q.text)] = q.entry
+    def __init__(self, rows: list[Row], checker: Checker) -> None:
+        self.checker = checker
+        self._rows: dict[str, list[Row]] = {}
+        self.repeated = 0  # rows whose question and domain an earlier row already had (first label kept)
+        for row in rows:
+            if row.answer is None:
+                raise ValueError(f"{row.where or row.question!r}: a labelled row needs an answer")
+            same = self._rows.setdefault(normalise(row.question), [])
+            if any(other.domain == row.domain for other in same):
+                self.repeated += 1
+                continue
+            same.append(row)
+
+    @classmethod
+    def from_bank(cls, domains: list[str], bank_seed: int, bank_size: int) -> AnswerBasedEvaluator:
+        """The built-in domains' labelled bank, scored by each domain's own reasoning-gym check."""
+        rows = [
+            Row(q.text, q.answer, domain, metadata=q.entry.get("metadata", {}), where=f"{domain} bank")
+            for domain in domains
+            for q in build_questions(domain, bank_seed, bank_size)
+        ]
+        return cls(rows, load_checker("reasoning-gym"))
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return sum(len(rows) for rows in self._rows.values())
+
+    @property
+    def domains(self) -> list[str]:
+        """The domains its rows name, sorted."""
+        return sorted({row.domain for rows in self._rows.values() for row in rows if row.domain})
 
     def can_judge(self, domain: str, question: str) -> bool:
-        return (domain, question) in self._entries
+        return normalise(question) in self._rows
 
-    def score(self, domain: str, question: str, candidates: list[str]) -> list[float]:
-        entry = self._entries[(domain, question)]
-        return [score_completion(domain, entry, c) for c in candidates]
+    def score(self, domain: str, question: str, candidates: list[str], question_id: str = "") -> list[float]:
+        rows = self._rows[normalise(question)]
+        row = next((r for r in rows if r.domain == domain), rows[0])
+        return [
+            self.checker(
+                c, row.answer, question=row.question, domain=row.domain or domain, metadata=row.metadata,
+                question_id=question_id,
+            )
+            for c in candidates
+        ]
 
 
 class ModelBasedEvaluator:
@@ -246,7 +283,7 @@ class ModelBasedEvaluator:
                 self.shared_hits += 1
             return self._remember(key, extract_answer(reply))
 
-    def score(self, domain: str, question: str, candidates: list[str]) -> list[float]:
+    def score(self, domain: str, question: str, candidates: list[str], question_id: str = "") -> list[float]:
         own = self.own_answer(domain, question)
         rewards = []
         for c in candidates:

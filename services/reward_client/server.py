@@ -61,7 +61,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         huge = self.settings.fault == "huge_range"  # declares a range to outweigh everyone (see _inject_fault)
         return pb.DescribeResponse(
             name=self.settings.name,
-            domains=self.settings.domains,
+            domains=domains_of(self.settings, self.evaluators),
             evaluator_kinds=[e.kind for e in self.evaluators],
             reward_min=0.0 if huge else min(e.reward_min for e in self.evaluators),
             reward_max=HUGE_REWARD if huge else max(e.reward_max for e in self.evaluators),
@@ -106,7 +106,9 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
                 f"question_id {request.question_id}: this client cannot judge this question "
                 f"of domain {request.domain!r}",
             )
-        rewards = evaluator.score(request.domain, request.question, list(request.candidates))
+        rewards = evaluator.score(
+            request.domain, request.question, list(request.candidates), question_id=request.question_id
+        )
         SCORES.labels(common_pb2.EvaluatorKind.Name(evaluator.kind)).inc()
         return self._inject_fault(rewards) if faulty else rewards
 
@@ -155,60 +157,106 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         return rewards
 
 
+def answer_based_evaluators(settings: RewardClientSettings) -> list[AnswerBasedEvaluator]:
+    """The client's labelled data: its built-in bank (``domains``) and its file (``labels``), in that order."""
+    from fedgrpo.data.checkers import CheckerError, load_checker
+    from fedgrpo.data.files import Columns, DataFileError, read_rows
+    from fedgrpo.settings import ConfigError
+
+    evaluators = []
+    if settings.domains:
+        started = time.monotonic()
+        bank = AnswerBasedEvaluator.from_bank(settings.domains, settings.bank_seed, settings.bank_size)
+        log.info(
+            "%s holds %d labelled questions of %s (%.1fs)",
+            settings.name, len(bank), ",".join(settings.domains), time.monotonic() - started,
+        )
+        evaluators.append(bank)
+    if settings.labels is not None:
+        try:
+            checker = load_checker(settings.checker, settings.checker_tolerance)
+        except CheckerError as err:
+            raise ConfigError(f"fedgrpo reward-client: checker (--checker / FEDGRPO_REWARD_CLIENT_CHECKER): {err}") from None
+        columns = Columns(
+            question=settings.question_column, answer=settings.answer_column, domain=settings.domain_column
+        )
+        started = time.monotonic()
+        try:
+            own = AnswerBasedEvaluator(read_rows(settings.labels, columns, labelled=True), checker)
+        except DataFileError as err:
+            raise ConfigError(f"fedgrpo reward-client: labels (--labels / FEDGRPO_REWARD_CLIENT_LABELS): {err}") from None
+        log.info(
+            "%s holds %d labelled questions from %s%s, checked by %s (%.1fs)",
+            settings.name, len(own), settings.labels,
+            f" ({own.repeated} repeated rows skipped, first label kept)" if own.repeated else "",
+            checker.name, time.monotonic() - started,
+        )
+        evaluators.append(own)
+    return evaluators
+
+
+def domains_of(settings: RewardClientSettings, evaluators: list[Evaluator]) -> list[str]:
+    """The domains a client declares: its bank's, then those its labels file names."""
+    named = [d for e in evaluators if isinstance(e, AnswerBasedEvaluator) for d in e.domains]
+    return list(dict.fromkeys([*settings.domains, *named]))
+
+
+def model_based_evaluator(settings: RewardClientSettings) -> Evaluator | None:
+    """The client's judge model (``judge_model``), or None without one."""
+    from fedgrpo.settings import ConfigError
+
+    if not settings.judge_model:
+        if settings.judge_cache is not None:
+            log.warning("judge_cache %s unused: this client has no judge_model", settings.judge_cache)
+        return None
+    import torch
+
+    from fedgrpo.models import resolve_model
+
+    from .evaluators import ModelBasedEvaluator
+    from .judge_cache import SharedReplyCache
+
+    if settings.judge_cache is not None:
+        try:  # open it once before loading the model, to refuse a bad path at once
+            SharedReplyCache(settings.judge_cache).close()
+        except (sqlite3.Error, OSError) as err:
+            raise ConfigError(
+                "fedgrpo reward-client: judge_cache (--judge-cache / FEDGRPO_REWARD_CLIENT_JUDGE_CACHE): "
+                f"cannot use {str(settings.judge_cache)!r}: {err}"
+            ) from None
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    started = time.monotonic()
+    try:
+        judge_dir = resolve_model(settings.judge_model, settings.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"fedgrpo reward-client: judge_model: {err}") from None
+    judge = ModelBasedEvaluator(judge_dir, settings.judge_max_tokens, shared_cache=settings.judge_cache)
+    log.info(
+        "%s judges with its local model %s (%s, %d torch threads, %.1fs to load)",
+        settings.name, settings.judge_model, judge_dir, torch.get_num_threads(), time.monotonic() - started,
+    )
+    if settings.judge_cache is not None:
+        log.info("judge answers shared with the machine's other clients through %s", settings.judge_cache)
+    return judge
+
+
 def main(argv: list[str] | None = None) -> None:
-    from fedgrpo.settings import ConfigError, load, setup_logging
+    from fedgrpo.settings import load, setup_logging
 
     settings = load(RewardClientSettings, argv)
     setup_logging(settings.log_level, settings.name, settings.log_format)
-    evaluators: list[Evaluator] = []
-    if not settings.domains:
-        log.info("%s holds no domain: no labelled data, it judges with its own model only", settings.name)
-    elif not settings.ground_truth_free:  # ground-truth-free: its labelled data is not used (said below)
-        started = time.monotonic()
-        answer_based = AnswerBasedEvaluator(settings.domains, settings.bank_seed, settings.bank_size)
-        log.info(
-            "%s holds %d labelled questions of %s (%.1fs)",
-            settings.name, len(answer_based), ",".join(settings.domains), time.monotonic() - started,
-        )
-        evaluators.append(answer_based)
-    if settings.judge_model:
-        import torch
-
-        from fedgrpo.models import resolve_model
-
-        from .evaluators import ModelBasedEvaluator
-        from .judge_cache import SharedReplyCache
-
-        if settings.judge_cache is not None:
-            try:  # open it once before loading the model, to refuse a bad path at once
-                SharedReplyCache(settings.judge_cache).close()
-            except (sqlite3.Error, OSError) as err:
-                raise ConfigError(
-                    "fedgrpo reward-client: judge_cache (--judge-cache / FEDGRPO_REWARD_CLIENT_JUDGE_CACHE): "
-                    f"cannot use {str(settings.judge_cache)!r}: {err}"
-                ) from None
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        started = time.monotonic()
-        try:
-            judge_dir = resolve_model(settings.judge_model, settings.cache_dir)
-        except ValueError as err:
-            raise ConfigError(f"fedgrpo reward-client: judge_model: {err}") from None
-        evaluators.append(
-            ModelBasedEvaluator(judge_dir, settings.judge_max_tokens, shared_cache=settings.judge_cache)
-        )
-        log.info(
-            "%s judges with its local model %s (%s, %d torch threads, %.1fs to load)",
-            settings.name, settings.judge_model, judge_dir, torch.get_num_threads(), time.monotonic() - started,
-        )
-        if settings.judge_cache is not None:
-            log.info("judge answers shared with the machine's other clients through %s", settings.judge_cache)
-    elif settings.judge_cache is not None:
-        log.warning("judge_cache %s unused: this client has no judge_model", settings.judge_cache)
+    labelled = [] if settings.ground_truth_free else answer_based_evaluators(settings)
+    judge = model_based_evaluator(settings)
+    if not labelled and not settings.ground_truth_free:
+        log.info("%s holds no labelled data: it judges with its own model only", settings.name)
+    evaluators: list[Evaluator] = [
+        e for name in settings.evaluator_order for e in {"labels": labelled, "judge": [judge] if judge else []}[name]
+    ]
     log.info(
-        "%s: domains %s; evaluators on: %s%s",
+        "%s: domains %s; evaluators on, in order: %s%s",
         settings.name,
-        ",".join(settings.domains) or "none",
+        ",".join(domains_of(settings, evaluators)) or "none",
         ", ".join(common_pb2.EvaluatorKind.Name(e.kind) for e in evaluators),
         " (ground-truth-free: labelled data not used)" if settings.ground_truth_free else "",
     )
