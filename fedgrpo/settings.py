@@ -48,6 +48,29 @@ def split_commas(value: Any) -> Any:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
+def split_named(value: Any) -> Any:
+    """``"a=x,b=y"`` (environment), a repeated ``--flag a=x`` (parsed by the CLI) or a mapping -> a dict."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"not a JSON object ({err}); write NAME=VALUE pairs comma-separated") from None
+        named = {}
+        for part in (p for p in text.split(",") if p.strip()):
+            name, equals, item = part.partition("=")
+            if not equals:
+                raise ValueError(f"{part.strip()!r}: expected NAME=VALUE")
+            named[name.strip()] = item.strip()
+        return named
+    return value
+
+
+# NAME=VALUE options: `--flag a=x --flag b=y`, `--flag a=x,b=y`, or `a=x,b=y` in the environment.
+NamedValues = Annotated[dict[str, str], NoDecode, BeforeValidator(split_named)]
+
+
 def rate_limit_notation(value: str, example: str) -> str:
     """``value`` if it parses in the ``limits`` notation, else ValueError saying how to write it (``example``)."""
     from limits import parse_many

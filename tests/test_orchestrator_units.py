@@ -53,7 +53,8 @@ def test_groups_without_signal_are_kept_unless_the_spec_drops_them():
 @pytest.mark.parametrize(
     "fields, field, words",
     [
-        ({"tasks": []}, "tasks", "at least 1"),
+        ({"tasks": []}, "tasks", "name at least one task (`fedgrpo tasks` lists them), or a dataset"),
+        ({"dataset": "clinic"}, "dataset", "no dataset 'clinic' is registered; registered: none"),
         ({"tasks": ["nope"]}, "tasks", "known"),
         ({"tasks": ["add1", "add1"]}, "tasks", "twice"),
         ({"tasks": ["add1"], "candidates_per_question": 1}, "candidates_per_question", "greater than or equal to 2"),
@@ -73,6 +74,22 @@ def test_invalid_specs_name_the_field_and_the_range(fields, field, words):
         resolve(**fields)
     assert err.value.field.startswith(field)
     assert words in str(err.value)
+
+
+def test_a_spec_naming_a_dataset_takes_its_domains():
+    datasets = {"clinic": ["icd", "triage"]}
+
+    def with_datasets(**fields):
+        return resolve_spec(pb.RunSpec(**fields), DOMAINS.keys(), "tiny-policy", client_count=3, max_model_len=512,
+                            datasets=datasets)
+
+    assert with_datasets(dataset="clinic").tasks == ["icd", "triage"]  # empty tasks: all of its domains
+    assert with_datasets(dataset="clinic", tasks=["triage"]).tasks == ["triage"]
+    assert to_message(with_datasets(dataset="clinic")).dataset == "clinic"
+    with pytest.raises(SpecError, match="unknown task\\(s\\) \\['add1'\\] of dataset 'clinic'; known: icd, triage"):
+        with_datasets(dataset="clinic", tasks=["add1"])
+    with pytest.raises(SpecError, match="no dataset 'other' is registered; registered: \\['clinic'\\]"):
+        with_datasets(dataset="other")
 
 
 def test_experts_prefer_domain_holders_then_name_order():

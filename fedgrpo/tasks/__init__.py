@@ -20,7 +20,7 @@ from .domains import (
     question_id,
     unlabelled,
 )
-from .prompts import INSTRUCTION, canonical_number, extract_answer, is_concise, user_message
+from .prompts import INSTRUCTION, PromptFormat, canonical_number, extract_answer, is_concise, user_message
 from .scoring import (
     CORRECT_THRESHOLD,
     CORRECT_WEIGHT,
@@ -45,6 +45,7 @@ __all__ = [
     "question_id",
     "unlabelled",
     "INSTRUCTION",
+    "PromptFormat",
     "canonical_number",
     "extract_answer",
     "is_concise",

@@ -2,9 +2,13 @@
 
 Contract
 --------
-* ``user_message(q)`` is the exact user-turn text the policy sees:
-  ``q.strip() + " " + INSTRUCTION`` (callers apply the tokenizer's chat
-  template; stripping matters for leg_counting, whose text ends in a newline).
+* ``user_message(q)`` is the exact user-turn text the policy sees for a
+  built-in domain: ``q.strip() + " " + INSTRUCTION`` (callers apply the
+  tokenizer's chat template; stripping matters for leg_counting, whose text
+  ends in a newline). ``PromptFormat(instruction, system)`` is the same for
+  any dataset: its ``user_text(q)`` is ``q.strip()`` followed by the
+  instruction when there is one, and ``system`` is the system prompt (None:
+  the chat template's own).
 * ``extract_answer(reply)`` returns the *last* number in the reply as a
   canonical string, or ``None`` when the reply has no number.  Recognised:
   integers and decimals, an optional sign (``-``, ``+``, U+2212), thousands
@@ -21,8 +25,9 @@ Contract
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-__all__ = ["INSTRUCTION", "user_message", "extract_answer", "is_concise", "canonical_number"]
+__all__ = ["INSTRUCTION", "PromptFormat", "user_message", "extract_answer", "is_concise", "canonical_number"]
 
 INSTRUCTION = "Answer with just the number."
 
@@ -33,9 +38,21 @@ _NUMBER_RE = re.compile(rf"(?:(?<![\w)\]}}]){_SIGN})?{_UNSIGNED}")
 _CONCISE_RE = re.compile(rf"{_SIGN}?{_UNSIGNED}\.?")
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a dataset's questions are put to the policy."""
+
+    instruction: str = INSTRUCTION
+    system: str | None = None
+
+    def user_text(self, question_text: str) -> str:
+        text = question_text.strip()
+        return f"{text} {self.instruction.strip()}" if self.instruction.strip() else text
+
+
 def user_message(question_text: str) -> str:
-    """The user turn for a question: the question followed by the instruction."""
-    return f"{question_text.strip()} {INSTRUCTION}"
+    """The user turn for a built-in domain's question: the question followed by the instruction."""
+    return PromptFormat().user_text(question_text)
 
 
 def canonical_number(s: str) -> str:

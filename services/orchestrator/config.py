@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.models.registry import KNOWN_MODELS
-from fedgrpo.settings import CommaList, ServiceSettings, rate_limit_notation
+from fedgrpo.settings import CommaList, NamedValues, ServiceSettings, rate_limit_notation
 
 # The built-in models, listed under --model in --help.
 _MODELS = "; ".join(f"{name} = {about}" for name, about in KNOWN_MODELS.items())
@@ -118,6 +118,24 @@ class OrchestratorSettings(ServiceSettings):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads for the transformers backend; 0 = default.")
     bank_seed: int = Field(0, description="Seed of the federation's question bank (clients use the same).")
     bank_size: int = Field(1000, ge=1, le=100_000, description="Questions per domain in the bank.")
+    dataset: NamedValues = Field(
+        default_factory=dict,
+        description="Question datasets runs may train on, NAME=PATH (repeat the flag, or comma-separate; "
+        "NAME=PATH,NAME2=PATH2 in the environment): a JSON Lines, CSV or Parquet file or a `datasets` folder "
+        "with a question (or prompt) column and optional domain and system columns; a row without a domain "
+        "belongs to the domain NAME. Answers in the file are not read. A RunSpec names one in `dataset`; "
+        "without one, runs train on the built-in domains' bank.",
+    )
+    dataset_instruction: NamedValues = Field(
+        default_factory=dict,
+        description="NAME=TEXT: what follows each question of dataset NAME in the policy's prompt (default: "
+        "nothing; the built-in domains add 'Answer with just the number.').",
+    )
+    dataset_system: NamedValues = Field(
+        default_factory=dict,
+        description="NAME=TEXT: the system prompt of dataset NAME's questions (a row's own `system` cell wins; "
+        "default: none, the chat template's own).",
+    )
     seed: int = Field(
         0, description="Seed of the rollout engine's unseeded calls (Generate); a run's sampling follows its "
         "spec's seed and step instead.",
@@ -156,6 +174,18 @@ class OrchestratorSettings(ServiceSettings):
     def dialed_addresses(self) -> list[tuple[str, str]]:
         return [("trainer", self.trainer), *(("reward_clients", a) for a in self.reward_clients)]
 
+    @field_validator("dataset", "dataset_instruction", "dataset_system")
+    @classmethod
+    def _dataset_names(cls, named: dict[str, str], info) -> dict[str, str]:  # type: ignore[no-untyped-def]
+        import re
+
+        for name, value in named.items():
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+                raise ValueError(f"dataset name {name!r}: expected 1-64 letters, digits, '_', '-', '.'")
+            if info.field_name == "dataset" and not value.strip():
+                raise ValueError(f"dataset {name!r} has no path: write NAME=PATH")
+        return named
+
     @field_validator("join_rate_limit")
     @classmethod
     def _parse_join_rate(cls, value: str) -> str:
@@ -170,6 +200,12 @@ class OrchestratorSettings(ServiceSettings):
             )
         if self.federation_port and self.federation_port == self.port:
             raise ValueError(f"federation_port {self.federation_port} is the public API's port; choose another")
+        for field in ("dataset_instruction", "dataset_system"):
+            unknown = sorted(set(getattr(self, field)) - set(self.dataset))
+            if unknown:
+                raise ValueError(
+                    f"{field} names {unknown}, which --dataset does not register (registered: {sorted(self.dataset)})"
+                )
         if not self.plaintext and self.api_tokens_file is None:
             raise ValueError(
                 "api_tokens_file: the public API needs bearer tokens with TLS (--api-tokens-file; "

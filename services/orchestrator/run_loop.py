@@ -38,7 +38,7 @@ from fedgrpo import observability as obs
 from fedgrpo.advantage_bound import clamped
 from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
-from fedgrpo.tasks import Question, user_message
+from fedgrpo.tasks import Question
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
@@ -88,10 +88,10 @@ class Policy:
     lock: threading.Lock
     loaded: common_pb2.PolicyVersion
 
-    def prompt_ids(self, text: str, raw: bool = False) -> list[int]:
+    def prompt_ids(self, text: str, system: str | None = None, raw: bool = False) -> list[int]:
         if raw:
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[operator]
-        return chat_prompt_ids(self.tokenizer, text)
+        return chat_prompt_ids(self.tokenizer, text, system)
 
     def load(self, version: common_pb2.PolicyVersion) -> float:
         """Bring the engine to ``version``; returns the seconds it took (0 if current)."""
@@ -248,8 +248,8 @@ class RunExecutor:
         m = pb.StepMetrics(step=step, policy_version=version.version)
 
         # question -> rollout
-        questions = self.bank.sample(cfg.tasks, step, cfg.questions_per_step, cfg.seed)
-        prompts = [self.policy.prompt_ids(user_message(q.text)) for q in questions]
+        questions = self.bank.sample(cfg.tasks, step, cfg.questions_per_step, cfg.seed, cfg.dataset)
+        prompts = [self.policy.prompt_ids(*self.bank.prompt(q, cfg.dataset)) for q in questions]
         sampling = SamplingSettings(
             cfg.samples_per_question, cfg.temperature, cfg.top_p, cfg.max_tokens,
             seed=SamplingSettings.step_seed(cfg.seed, step),  # (seed, step) alone: resumes sample alike

@@ -24,6 +24,7 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
 from .clients import RewardClients
 from .config import OrchestratorSettings
+from .datasets import QuestionDataset
 from .questions import QuestionBank
 from .rollout import EngineLimitError, SamplingSettings, make_engine
 from .run_loop import Policy, RunExecutor
@@ -62,6 +63,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             config = resolve_spec(
                 request.spec, DOMAINS.keys(), self.served_model, {v.name: v.healthy for v in self.clients.views()},
                 self.settings.max_model_len, graph_available=self.executor.router is not None,
+                datasets={name: d.domains for name, d in self.executor.bank.datasets.items()},
             )
         except SpecError as err:
             serving.invalid(context, f"spec.{err.field}", str(err).split(": ", 1)[1])
@@ -185,6 +187,33 @@ def start_engine(settings: OrchestratorSettings, model_dir: Path):
         ) from None
 
 
+def registered_datasets(settings: OrchestratorSettings) -> dict[str, QuestionDataset]:
+    """The --dataset files, read once at start; a file that cannot be used refuses the start."""
+    from fedgrpo.data.files import DataFileError
+    from fedgrpo.settings import ConfigError
+
+    from .datasets import load_dataset
+
+    datasets = {}
+    for name, path in settings.dataset.items():
+        started = time.monotonic()
+        try:
+            dataset = load_dataset(
+                name, Path(path), settings.dataset_instruction.get(name, ""), settings.dataset_system.get(name)
+            )
+        except DataFileError as err:
+            raise ConfigError(
+                f"fedgrpo orchestrator: dataset (--dataset / FEDGRPO_ORCHESTRATOR_DATASET): {name}: {err}"
+            ) from None
+        log.info(
+            "dataset %s: %d questions over %s from %s%s (%.1fs)", name, len(dataset), ",".join(dataset.domains),
+            path, f"; {dataset.repeated} repeated questions dropped" if dataset.repeated else "",
+            time.monotonic() - started,
+        )
+        datasets[name] = dataset
+    return datasets
+
+
 def main(argv: list[str] | None = None) -> None:
     import threading
 
@@ -209,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"fedgrpo orchestrator: model: {err}") from None
     identity = settings.identity()
     tokens = read_tokens(settings.api_tokens_file) if settings.api_tokens_file else frozenset()
+    datasets = registered_datasets(settings)
     started = time.monotonic()
     engine = start_engine(settings, model_dir)
     # From here on max_model_len is the engine's (derived from the model when not given).
@@ -260,7 +290,10 @@ def main(argv: list[str] | None = None) -> None:
                  settings.auxiliary_size, ",".join(domains), time.monotonic() - started)
     executor = RunExecutor(
         store, clients, policy, trainer,
-        QuestionBank(settings.bank_seed, settings.bank_size, frozenset(router.graph.items()) if router else frozenset()),
+        QuestionBank(
+            settings.bank_seed, settings.bank_size, frozenset(router.graph.items()) if router else frozenset(),
+            datasets,
+        ),
         router, trainer_retry_seconds=settings.trainer_retry_seconds, client_wait_seconds=settings.client_wait_seconds,
     )
     servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model)

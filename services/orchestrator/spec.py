@@ -35,7 +35,10 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model: str = ""
-    tasks: list[str] = Field(min_length=1)
+    dataset: str = ""
+    """A question dataset registered with the orchestrator; empty: the built-in domains' bank."""
+    tasks: list[str] = Field(default_factory=list)
+    """Domains to train on: built-in ones, or the dataset's (all of them when empty)."""
     questions_per_step: int = Field(4, ge=1, le=1024)
     candidates_per_question: int = Field(8, ge=2, le=256)
     experts_per_question: int = Field(2, ge=1, le=64)
@@ -88,7 +91,9 @@ class RunConfig(BaseModel):
 
 
 def _set_fields(msg: pb.RunSpec) -> dict:
-    values: dict = {"model": msg.model, "tasks": list(msg.tasks), "reward_clients": list(msg.reward_clients)}
+    values: dict = {
+        "model": msg.model, "dataset": msg.dataset, "tasks": list(msg.tasks), "reward_clients": list(msg.reward_clients)
+    }
     for f in pb.RunSpec.DESCRIPTOR.fields:
         if f.has_presence and f.name not in values and msg.HasField(f.name):
             values[f.name] = getattr(msg, f.name)
@@ -102,17 +107,31 @@ def resolve_spec(
     client_count: int | Mapping[str, bool],
     max_model_len: int,
     graph_available: bool = False,
+    datasets: Mapping[str, Collection[str]] | None = None,
 ) -> RunConfig:
-    """``client_count``: how many reward clients are live, or each client's name -> live."""
+    """``client_count``: how many reward clients are live, or each client's name -> live;
+    ``datasets``: each registered dataset's domains."""
     try:
         config = RunConfig.model_validate(_set_fields(msg))
     except ValidationError as err:
         e = err.errors()[0]
         field = ".".join(str(p) for p in e["loc"])
         raise SpecError(field, f"{e['msg']} (got {e.get('input')!r})") from None
+    datasets = datasets or {}
+    if config.dataset:
+        if config.dataset not in datasets:
+            raise SpecError(
+                "dataset", f"no dataset {config.dataset!r} is registered; registered: {sorted(datasets) or 'none'}"
+            )
+        known_tasks = datasets[config.dataset]
+        if not config.tasks:
+            config = config.model_copy(update={"tasks": sorted(known_tasks)})
+    elif not config.tasks:
+        raise SpecError("tasks", "name at least one task (`fedgrpo tasks` lists them), or a dataset")
     unknown = [t for t in config.tasks if t not in known_tasks]
     if unknown:
-        raise SpecError("tasks", f"unknown task(s) {unknown}; known: {', '.join(sorted(known_tasks))}")
+        where = f" of dataset {config.dataset!r}" if config.dataset else ""
+        raise SpecError("tasks", f"unknown task(s) {unknown}{where}; known: {', '.join(sorted(known_tasks))}")
     if len(set(config.tasks)) != len(config.tasks):
         raise SpecError("tasks", "a task is listed twice")
     if config.model and config.model != served_model:

@@ -1,0 +1,124 @@
+"""The orchestrator's own question datasets (--dataset NAME=PATH): read at start without their answers,
+sampled by runs that name them, prompted with the dataset's instruction and system prompt; and a real run
+on an organisation's own domain, scored by clients whose labels and checker are files of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from fedgrpo.tasks import question_id, user_message
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from services.orchestrator.datasets import load_dataset
+from services.orchestrator.questions import QuestionBank
+
+from .conftest import federation
+from .test_configuration import start
+from .test_join import run_to_end, steps_of
+
+CODES = {
+    "asthma": "J45", "GERD": "K21", "migraine": "G43", "influenza": "J11", "gout": "M10", "anaemia": "D64",
+}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def clinic_questions(path, with_answers=False):
+    rows = [{"question": f"Which ICD-10 code is {name}?", "domain": "icd",
+             **({"answer": code} if with_answers else {})} for name, code in CODES.items()]
+    rows.append({"question": "Is a fever of 39C urgent?", "system": "You are a triage nurse.",  # no domain
+                 **({"answer": "yes"} if with_answers else {})})
+    rows.append({"question": "Which  ICD-10 code is asthma? ", "domain": "icd",  # a repeat, once normalised
+                 **({"answer": "J45"} if with_answers else {})})
+    return write_jsonl(path, rows)
+
+
+def test_a_dataset_is_read_by_domain_without_answers_and_with_its_prompt_format(tmp_path):
+    dataset = load_dataset("clinic", clinic_questions(tmp_path / "q.jsonl", with_answers=True),
+                           instruction="Answer with the code only.", system="You are a clinical coder.")
+    assert dataset.domains == ["clinic", "icd"]  # a row without a domain belongs to the dataset's name
+    assert len(dataset.by_domain["icd"]) == 6 and dataset.repeated == 1
+    asthma = dataset.by_domain["icd"][0]
+    assert (asthma.question_id, asthma.text) == (question_id("icd", "Which ICD-10 code is asthma?"),
+                                                 "Which ICD-10 code is asthma?")
+    assert not hasattr(asthma, "entry")  # the server keeps no answer
+    assert dataset.prompt(asthma) == ("Which ICD-10 code is asthma? Answer with the code only.",
+                                      "You are a clinical coder.")
+    fever = dataset.by_domain["clinic"][0]
+    assert dataset.prompt(fever) == ("Is a fever of 39C urgent? Answer with the code only.",
+                                     "You are a triage nurse.")  # the row's own system prompt wins
+
+
+def test_the_bank_samples_a_datasets_domains_and_keeps_the_built_in_path(tmp_path):
+    dataset = load_dataset("clinic", clinic_questions(tmp_path / "q.jsonl"))
+    bank = QuestionBank(0, 50, datasets={"clinic": dataset})
+    drawn = bank.sample(["icd"], step=3, count=20, seed=1, dataset="clinic")
+    assert {q.domain for q in drawn} == {"icd"} and {q.text for q in drawn} <= {q.text for q in dataset.by_domain["icd"]}
+    assert drawn == bank.sample(["icd"], step=3, count=20, seed=1, dataset="clinic")  # (seed, step) decide
+    assert bank.prompt(drawn[0], "clinic") == (drawn[0].text, None)  # no instruction given: the question alone
+    built_in = bank.sample(["add1"], step=3, count=4, seed=1)
+    assert bank.prompt(built_in[0]) == (user_message(built_in[0].text), None)
+    with pytest.raises(ValueError, match="dataset 'gone' is not registered with this orchestrator"):
+        bank.sample(["icd"], step=1, count=1, seed=0, dataset="gone")
+    reserved = QuestionBank(0, 50, frozenset(q.question_id for q in dataset.by_domain["icd"]), {"clinic": dataset})
+    with pytest.raises(ValueError, match="every icd question of dataset 'clinic' is reserved"):
+        reserved.sample(["icd"], step=1, count=1, seed=0, dataset="clinic")
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--dataset", "clinic=/nonexistent/q.jsonl"],
+         ["dataset (--dataset / FEDGRPO_ORCHESTRATOR_DATASET)", "clinic", "/nonexistent/q.jsonl: no such file"]),
+        (["--dataset", "clinic"], ["dataset (--dataset", "'clinic': expected NAME=VALUE"]),
+        (["--dataset", "clinic="], ["dataset", "has no path: write NAME=PATH"]),
+        (["--dataset", "bad name=q.jsonl"], ["dataset name 'bad name'"]),
+        (["--dataset", "clinic=q.jsonl", "--dataset-instruction", "other=Be brief."],
+         ["dataset_instruction names ['other']", "registered: ['clinic']"]),
+    ],
+)
+def test_a_bad_dataset_refuses_the_start(args, words):
+    proc = start("orchestrator", "--plaintext", "--model", "tiny-llama", "--reward-clients", "127.0.0.1:1", *args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    for word in words:
+        assert word in proc.stderr, proc.stderr
+
+
+CHECKER = '''
+def code_matches(candidate, label):
+    return label.lower() in candidate.lower()
+'''
+
+
+@pytest.mark.integration
+def test_a_run_trains_on_an_organisations_own_domain(tmp_path, model_cache, monkeypatch):
+    """The server holds the questions, two organisations hold the answers and a checker of their own;
+    a run naming the dataset is scored by both at every step, on domain `icd` only."""
+    (tmp_path / "server").mkdir()
+    questions = clinic_questions(tmp_path / "server" / "clinic.jsonl")
+    org = tmp_path / "org"
+    org.mkdir()
+    labels = clinic_questions(org / "labels.jsonl", with_answers=True)
+    (org / "org_checks.py").write_text(CHECKER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(org), os.environ.get("PYTHONPATH", "")) if p))
+    own = ["--labels", str(labels), "--checker", "org_checks:code_matches"]
+    with federation(
+        tmp_path, model_cache, clients=[("", own), ("", own)],
+        orchestrator_args=["--no-confidence-graph", "--dataset", f"clinic={questions}",
+                           "--dataset-instruction", "clinic=Answer with the ICD-10 code."],
+    ) as (stub, _, services):
+        run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
+            dataset="clinic", tasks=["icd"], steps=2, questions_per_step=2, candidates_per_question=4,
+            experts_per_question=2, max_tokens=8,
+        )))
+        assert (run.spec.dataset, list(run.spec.tasks)) == ("clinic", ["icd"])
+        run = run_to_end(stub, run.run_id)
+        log = services["orchestrator"].log_path.read_text()
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
+    assert [s["rewards_by_client"] for s in steps_of(run)] == [{"client-0": 8, "client-1": 8}] * 2
+    assert "dataset clinic: 7 questions over clinic,icd" in log and "1 repeated questions dropped" in log
