@@ -18,7 +18,10 @@ Concurrent connections are served. A half-close is passed on; a reset or error
 on either side ends that connection only. If ``target`` is down the incoming
 connection is closed at once (a gRPC caller sees UNAVAILABLE) and later
 connections are still served. ``close()`` stops listening, closes open
-connections and joins the threads; counters stay readable. A context manager
+connections and joins the threads; counters stay readable. With
+``record=True`` it also keeps every byte that crossed, per direction
+(``recorded()`` -> ``(to_target, from_target)``), for tests that check what
+a plaintext exchange carried (e.g. that no label ever crosses). A context manager
 (``with`` starts it if needed, then closes it). ``relay_all(targets)`` starts
 one relay per target. Standard library only.
 """
@@ -43,8 +46,12 @@ def _shutdown(*socks: socket.socket) -> None:
 
 
 class ByteCountingRelay:
-    def __init__(self, target: str, host: str = "127.0.0.1", port: int = 0, connect_timeout: float = 5.0):
+    def __init__(
+        self, target: str, host: str = "127.0.0.1", port: int = 0, connect_timeout: float = 5.0, record: bool = False
+    ):
         self.target = target
+        self._record = record
+        self._recorded = [bytearray(), bytearray()]  # [from_target, to_target], with record
         self._target = _split(target)
         self._bind = (host.strip("[]"), port)
         self._connect_timeout = connect_timeout
@@ -67,6 +74,11 @@ class ByteCountingRelay:
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
             return self._counts[True], self._counts[False]
+
+    def recorded(self) -> tuple[bytes, bytes]:
+        """Every byte that crossed so far, (to target, from target); empty unless ``record``."""
+        with self._lock:
+            return bytes(self._recorded[True]), bytes(self._recorded[False])
 
     def start(self) -> ByteCountingRelay:
         if self._listener is not None or self._closed:
@@ -151,6 +163,8 @@ class ByteCountingRelay:
             while data := src.recv(_CHUNK):
                 with self._lock:
                     self._counts[to_target] += len(data)
+                    if self._record:
+                        self._recorded[to_target] += data
                 dst.sendall(data)
             dst.shutdown(socket.SHUT_WR)  # pass the half-close on
         except OSError:
