@@ -2,6 +2,7 @@
 
     fedgrpo run            the main job: a whole federation on this machine
     fedgrpo experiment     FedGRPO vs its baselines over seeds: report.md, report.json, plots
+    fedgrpo evaluate       accuracy of a policy folder on a labelled file, with a chosen checker
     fedgrpo orchestrator   the orchestrator service (public API, rollouts)
     fedgrpo trainer        the policy trainer service
     fedgrpo reward-client  one reward client (a domain organisation)
@@ -24,6 +25,7 @@ import sys
 COMMANDS = {
     "run": ("fedgrpo.job.main_job", "the main job: a whole federation on this machine"),
     "experiment": ("fedgrpo.job.experiment", "FedGRPO against its baselines, with a report"),
+    "evaluate": ("fedgrpo.job.accuracy", "accuracy of a policy on a labelled file"),
     "orchestrator": ("services.orchestrator.server", "the orchestrator service"),
     "trainer": ("services.policy_trainer.server", "the policy trainer service"),
     "reward-client": ("services.reward_client.server", "one reward client"),

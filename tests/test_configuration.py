@@ -91,7 +91,7 @@ def test_reward_client_domains_are_comma_separated_in_the_environment_too():
 
 
 def test_every_command_documents_its_options():
-    for command in ["run", "orchestrator", "trainer", "reward-client", "bench"]:
+    for command in ["run", "orchestrator", "trainer", "reward-client", "bench", "evaluate", "datasets", "certs"]:
         proc = start(command, "--help")
         assert proc.returncode == 0, proc.stderr
         assert "--" in proc.stdout and "usage" in proc.stdout.lower()
