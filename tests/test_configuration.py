@@ -59,7 +59,7 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["reward-client", P, "--domains", "add1", "--evaluator-order", "judge"],
          ["evaluator_order leaves out labels", "--evaluator-order"]),
         (["reward-client", P, "--domains", "add1", "--evaluator-order", "labels,oracle"],
-         ["evaluator_order", "labels, judge"]),
+         ["evaluator_order", "labels, reward_model, judge"]),
         (["reward-client", P, "--domains", "add1", "--judge-model", "tiny-policy", "--evaluator-order", "labels"],
          ["evaluator_order leaves out judge"]),
     ],

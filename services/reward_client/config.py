@@ -26,7 +26,7 @@ from pydantic_settings import SettingsConfigDict
 from fedgrpo.settings import CommaList, ServiceSettings
 
 
-EVALUATORS = ("labels", "judge")
+EVALUATORS = ("labels", "reward_model", "judge")
 
 
 class RewardClientSettings(ServiceSettings):
@@ -80,11 +80,17 @@ class RewardClientSettings(ServiceSettings):
     checker_tolerance: float = Field(
         1e-6, ge=0.0, description="The numeric checker's tolerance, relative to max(1, |label|)."
     )
+    reward_model: str = Field(
+        "",
+        description="The organisation's own reward model: a Hugging Face sequence-classification folder (1 logit, "
+        "or 2 labels) that scores any (question, candidate) pair in [0, 1]; tiny-reward-model builds a random "
+        "one for tests in cache_dir. Empty: none.",
+    )
     evaluator_order: CommaList = Field(
-        default_factory=lambda: ["labels", "judge"],
+        default_factory=lambda: ["labels", "reward_model", "judge"],
         description="Which evaluators a question goes to first, comma-separated: labels (the labelled data of "
-        "`labels` and `domains`), judge (judge_model). The first that holds the question scores it; which one "
-        "did never leaves the client.",
+        "`labels` and `domains`), reward_model, judge (judge_model). The first that can judge the question "
+        "scores it; which one did never leaves the client.",
     )
     bank_seed: int = Field(
         0, description="Seed of the federation's question bank; must match the orchestrator's."
@@ -186,23 +192,28 @@ class RewardClientSettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _judge_needed(self) -> RewardClientSettings:
-        if not self.domains and self.labels is None and not self.judge_model:
+        if not self.domains and self.labels is None and not self.judge_model and not self.reward_model:
             raise ValueError(
                 "a client with no labelled data can only judge with its own model: set labels (--labels FILE / "
-                "FEDGRPO_REWARD_CLIENT_LABELS), domains (--domains add1,sub1 / FEDGRPO_REWARD_CLIENT_DOMAINS) or "
-                "judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+                "FEDGRPO_REWARD_CLIENT_LABELS), domains (--domains add1,sub1 / FEDGRPO_REWARD_CLIENT_DOMAINS), "
+                "reward_model (--reward-model DIR) or judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+            )
+        if self.reward_model and "reward_model" not in self.evaluator_order:
+            raise ValueError(
+                "reward_model is set but evaluator_order leaves it out: add reward_model to evaluator_order "
+                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER)"
             )
         if (self.domains or self.labels is not None) and not self.ground_truth_free and (
             "labels" not in self.evaluator_order
         ):
             raise ValueError(
                 "labelled data is set but evaluator_order leaves out labels: add labels to evaluator_order "
-                "(--evaluator-order labels,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop the data"
+                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop the data"
             )
         if self.judge_model and "judge" not in self.evaluator_order:
             raise ValueError(
                 "judge_model is set but evaluator_order leaves out judge: add judge to evaluator_order "
-                "(--evaluator-order labels,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop judge_model"
+                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop judge_model"
             )
         if self.ground_truth_free and not self.judge_model:
             raise ValueError(

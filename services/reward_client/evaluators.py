@@ -6,7 +6,7 @@ returns one float per candidate in ``[reward_min, reward_max]``. Evaluators
 are pluggable; the client asks each in turn and the first that can judge a
 question scores it. Which one was used never leaves the client.
 
-Two kinds exist (FedGRPO's AE and ME):
+Two kinds exist (FedGRPO's AE and ME), in three evaluators:
 
 * :class:`AnswerBasedEvaluator` checks answers against the client's private
   labels with its checker (:mod:`fedgrpo.data.checkers`): exact, but only
@@ -21,6 +21,10 @@ Two kinds exist (FedGRPO's AE and ME):
   no domain. Clients of one machine running the same judge may share its
   replies through a SQLite file (:mod:`services.reward_client.judge_cache`,
   a simulation speed-up).
+* :class:`RewardModelEvaluator` (also model-based) scores each (question,
+  candidate) pair with the organisation's own reward model, a Hugging Face
+  sequence-classification folder: the sigmoid of its one logit (or the
+  softmax probability of label 1 of two) is the reward in [0, 1].
 
 Both answer rewards in [0, 1]: the built-in domains and the judge on the
 same scale (0.9 * correct + 0.1 * concise), a file's checker as it scores
@@ -291,3 +295,64 @@ class ModelBasedEvaluator:
             r = CORRECT_WEIGHT * float(right) + FORMAT_WEIGHT * float(is_concise(c))
             rewards.append(round(min(REWARD_MAX, max(REWARD_MIN, r)), 12))
         return rewards
+
+
+class RewardModelEvaluator:
+    """Scores (question, candidate) pairs with the client's own reward model (model-based).
+
+    ``model_dir`` is a Hugging Face folder of a ``*ForSequenceClassification``
+    model with one or two labels; a folder whose classification head would be
+    newly initialised (a causal LM, a base model) is refused with
+    ``ValueError``, as is a folder that does not load. Rewards: sigmoid of the
+    single logit, or the probability of label 1 of two, in [0, 1]. Question
+    and candidate go in as a text pair, truncated to ``max_length`` tokens.
+    CPU, eval mode, one forward per Score call under a lock.
+    """
+
+    kind = common_pb2.EVALUATOR_KIND_MODEL_BASED
+    reward_min = REWARD_MIN
+    reward_max = REWARD_MAX
+
+    def __init__(self, model_dir: Path, max_length: int = 512) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._torch = torch
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                model_dir, output_loading_info=True, torch_dtype=torch.float32
+            )
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"{model_dir}: not a sequence-classification model folder that loads ({err})") from None
+        if info.get("missing_keys"):
+            raise ValueError(
+                f"{model_dir}: has no sequence-classification head (weights {sorted(info['missing_keys'])[:3]} "
+                "would be random): give a folder saved from a *ForSequenceClassification model"
+            )
+        if model.config.num_labels not in (1, 2):
+            raise ValueError(f"{model_dir}: {model.config.num_labels} labels; a reward model has 1 (a score) or 2")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model = model.eval()
+        self.max_length = max_length
+        self._lock = threading.Lock()
+
+    def can_judge(self, domain: str, question: str) -> bool:
+        return True
+
+    def score(self, domain: str, question: str, candidates: list[str], question_id: str = "") -> list[float]:
+        torch = self._torch
+        with self._lock, torch.no_grad():
+            encoded = self.tokenizer(
+                [question] * len(candidates), candidates, truncation=True, max_length=self.max_length,
+                padding=True, return_tensors="pt",
+            )
+            logits = self.model(**encoded).logits.float()
+            if logits.shape[-1] == 1:
+                probability = torch.sigmoid(logits[:, 0])
+            else:
+                probability = torch.softmax(logits, dim=-1)[:, 1]
+        span = self.reward_max - self.reward_min
+        return [self.reward_min + span * float(p) for p in probability]

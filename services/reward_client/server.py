@@ -21,6 +21,7 @@ import random
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import grpc
 
@@ -62,7 +63,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         return pb.DescribeResponse(
             name=self.settings.name,
             domains=domains_of(self.settings, self.evaluators),
-            evaluator_kinds=[e.kind for e in self.evaluators],
+            evaluator_kinds=list(dict.fromkeys(e.kind for e in self.evaluators)),  # a kind once, as Join asks
             reward_min=0.0 if huge else min(e.reward_min for e in self.evaluators),
             reward_max=HUGE_REWARD if huge else max(e.reward_max for e in self.evaluators),
         )
@@ -201,6 +202,32 @@ def domains_of(settings: RewardClientSettings, evaluators: list[Evaluator]) -> l
     return list(dict.fromkeys([*settings.domains, *named]))
 
 
+def reward_model_evaluator(settings: RewardClientSettings) -> Evaluator | None:
+    """The organisation's reward model (``reward_model``), or None without one."""
+    from fedgrpo.settings import ConfigError
+
+    if not settings.reward_model:
+        return None
+    from fedgrpo.models.tiny_reward import TINY_REWARD_MODEL, build_tiny_reward_model
+
+    from .evaluators import RewardModelEvaluator
+
+    started = time.monotonic()
+    folder = Path(settings.reward_model)
+    if settings.reward_model == TINY_REWARD_MODEL:
+        folder = build_tiny_reward_model(settings.cache_dir / TINY_REWARD_MODEL)
+    try:
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: no such folder")
+        evaluator = RewardModelEvaluator(folder)
+    except ValueError as err:
+        raise ConfigError(
+            f"fedgrpo reward-client: reward_model (--reward-model / FEDGRPO_REWARD_CLIENT_REWARD_MODEL): {err}"
+        ) from None
+    log.info("%s scores with its reward model %s (%.1fs to load)", settings.name, folder, time.monotonic() - started)
+    return evaluator
+
+
 def model_based_evaluator(settings: RewardClientSettings) -> Evaluator | None:
     """The client's judge model (``judge_model``), or None without one."""
     from fedgrpo.settings import ConfigError
@@ -247,12 +274,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = load(RewardClientSettings, argv)
     setup_logging(settings.log_level, settings.name, settings.log_format)
     labelled = [] if settings.ground_truth_free else answer_based_evaluators(settings)
+    reward_model = reward_model_evaluator(settings)
     judge = model_based_evaluator(settings)
     if not labelled and not settings.ground_truth_free:
         log.info("%s holds no labelled data: it judges with its own model only", settings.name)
-    evaluators: list[Evaluator] = [
-        e for name in settings.evaluator_order for e in {"labels": labelled, "judge": [judge] if judge else []}[name]
-    ]
+    by_name: dict[str, list[Evaluator]] = {
+        "labels": list(labelled), "reward_model": [reward_model] if reward_model else [], "judge": [judge] if judge else [],
+    }
+    evaluators: list[Evaluator] = [e for name in settings.evaluator_order for e in by_name[name]]
     log.info(
         "%s: domains %s; evaluators on, in order: %s%s",
         settings.name,
