@@ -126,6 +126,12 @@ class OrchestratorSettings(ServiceSettings):
         "belongs to the domain NAME. Answers in the file are not read. A RunSpec names one in `dataset`; "
         "without one, runs train on the built-in domains' bank.",
     )
+    max_dataset_rows: int = Field(
+        100_000, ge=1, description="Most rows one ImportDataset stream may carry (more is RESOURCE_EXHAUSTED)."
+    )
+    max_dataset_question_chars: int = Field(
+        8_192, ge=1, description="Longest question an imported dataset may hold, in characters."
+    )
     dataset_instruction: NamedValues = Field(
         default_factory=dict,
         description="NAME=TEXT: what follows each question of dataset NAME in the policy's prompt (default: "

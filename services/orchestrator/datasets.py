@@ -9,18 +9,29 @@ normalised text (repeats counted), and how its questions are put to the
 policy (:class:`fedgrpo.tasks.PromptFormat`: the dataset's instruction after
 the question, the row's or the dataset's system prompt). Any unreadable file
 raises :class:`fedgrpo.data.files.DataFileError` naming it.
+
+:class:`DatasetLibrary` holds every dataset runs may name: the files given
+at start (``source`` "file", read-only) and those imported through the API
+(``source`` "imported"), which it stores as JSON Lines plus a small JSON of
+their prompt format in its folder (atomically: a temporary file renamed into
+place) and reads back at the next start. Its ``datasets`` mapping is what the
+question bank samples from; add and delete hold a lock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fedgrpo.data.files import deduplicate, read_rows
+from fedgrpo.data.files import Row, deduplicate, read_rows
 from fedgrpo.tasks import PromptFormat, Question, question_id
 
-__all__ = ["QuestionDataset", "load_datasets"]
+__all__ = ["DatasetExists", "DatasetLibrary", "QuestionDataset", "dataset_from_rows", "load_dataset", "load_datasets"]
 
 
 @dataclass(frozen=True)
@@ -50,7 +61,13 @@ class QuestionDataset:
 def load_dataset(
     name: str, path: Path, instruction: str = "", system: str | None = None
 ) -> QuestionDataset:
-    rows, repeated = deduplicate(read_rows(path))
+    return dataset_from_rows(name, path, read_rows(path), instruction, system)
+
+
+def dataset_from_rows(
+    name: str, path: Path, rows: Iterable[Row], instruction: str = "", system: str | None = None
+) -> QuestionDataset:
+    rows, repeated = deduplicate(rows)
     by_domain: dict[str, list[Question]] = {}
     systems: dict[str, str] = {}
     for row in rows:
@@ -75,3 +92,66 @@ def load_datasets(
         name: load_dataset(name, Path(path), instructions.get(name, ""), systems.get(name))
         for name, path in files.items()
     }
+
+
+class DatasetExists(ValueError):
+    """A dataset of that name is already registered."""
+
+
+class DatasetLibrary:
+    """Every dataset runs may name (see module docstring)."""
+
+    def __init__(self, folder: Path, files: Mapping[str, QuestionDataset] | None = None) -> None:
+        self.folder = Path(folder)
+        self._lock = threading.Lock()
+        self.datasets: dict[str, QuestionDataset] = dict(files or {})
+        self.sources = {name: "file" for name in self.datasets}
+        for path in sorted(self.folder.glob("*.jsonl")):
+            name = path.stem
+            if name in self.datasets:
+                continue  # a --dataset of the same name wins; the stored one stays on disk
+            meta = json.loads(path.with_suffix(".json").read_text()) if path.with_suffix(".json").exists() else {}
+            self.datasets[name] = load_dataset(name, path, meta.get("instruction", ""), meta.get("system"))
+            self.sources[name] = "imported"
+
+    def add(self, name: str, rows: list[Row], instruction: str = "", system: str | None = None) -> QuestionDataset:
+        """Store and register an imported dataset; DatasetExists if the name is taken."""
+        with self._lock:
+            if name in self.datasets:
+                raise DatasetExists(f"a dataset named {name!r} exists ({self.sources[name]})")
+            self.folder.mkdir(parents=True, exist_ok=True)
+            path = self.folder / f"{name}.jsonl"
+            _write_atomically(path.with_suffix(".json"), json.dumps({"instruction": instruction, "system": system}))
+            _write_atomically(path, "".join(
+                json.dumps({"question": r.question, "domain": r.domain or name, "system": r.system or ""},
+                           ensure_ascii=False) + "\n"
+                for r in rows
+            ))
+            dataset = dataset_from_rows(name, path, rows, instruction, system)
+            self.datasets[name] = dataset
+            self.sources[name] = "imported"
+            return dataset
+
+    def delete(self, name: str) -> None:
+        """Forget an imported dataset and its files (KeyError if unknown; ValueError if from a file)."""
+        with self._lock:
+            if name not in self.datasets:
+                raise KeyError(name)
+            if self.sources[name] != "imported":
+                raise ValueError(f"dataset {name!r} was given at start (--dataset); remove the flag to drop it")
+            del self.datasets[name], self.sources[name]
+            for path in (self.folder / f"{name}.jsonl", self.folder / f"{name}.json"):
+                path.unlink(missing_ok=True)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

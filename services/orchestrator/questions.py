@@ -35,7 +35,7 @@ class QuestionBank:
         self.bank_seed = bank_seed
         self.bank_size = bank_size
         self.reserved = reserved  # the auxiliary set's ids: never training questions
-        self.datasets = dict(datasets or {})
+        self.datasets = datasets if datasets is not None else {}  # shared: imports appear at once
 
     def questions(self, domain: str, dataset: str = "") -> tuple[Question, ...]:
         if dataset:

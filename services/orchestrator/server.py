@@ -24,7 +24,8 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
 from .clients import RewardClients
 from .config import OrchestratorSettings
-from .datasets import QuestionDataset
+from . import dataset_api
+from .datasets import DatasetLibrary, QuestionDataset
 from .questions import QuestionBank
 from .rollout import EngineLimitError, SamplingSettings, make_engine
 from .run_loop import Policy, RunExecutor
@@ -46,9 +47,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         clients: RewardClients,
         policy: Policy,
         served_model: str,
+        library: DatasetLibrary | None = None,
     ) -> None:
         self.settings, self.store, self.executor = settings, store, executor
         self.clients, self.policy, self.served_model = clients, policy, served_model
+        self.library = library if library is not None else DatasetLibrary(settings.runs_dir / "datasets")
 
     def _run(self, run_id: str, context: grpc.ServicerContext) -> pb.Run:
         if not run_id:
@@ -63,7 +66,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             config = resolve_spec(
                 request.spec, DOMAINS.keys(), self.served_model, {v.name: v.healthy for v in self.clients.views()},
                 self.settings.max_model_len, graph_available=self.executor.router is not None,
-                datasets={name: d.domains for name, d in self.executor.bank.datasets.items()},
+                datasets={name: d.domains for name, d in self.library.datasets.items()},
             )
         except SpecError as err:
             serving.invalid(context, f"spec.{err.field}", str(err).split(": ", 1)[1])
@@ -140,6 +143,27 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             ]
         )
 
+
+    def ImportDataset(self, request_iterator, context: grpc.ServicerContext) -> pb.Dataset:  # type: ignore[no-untyped-def]
+        dataset = dataset_api.import_dataset(
+            self.library, request_iterator, context, self.settings.max_dataset_rows,
+            self.settings.max_dataset_question_chars,
+        )
+        log.info("dataset %s imported: %d questions over %s", dataset.name, dataset.questions,
+                 ",".join(d.domain for d in dataset.domains))
+        return dataset
+
+    def ListDatasets(self, request: pb.ListDatasetsRequest, context: grpc.ServicerContext) -> pb.ListDatasetsResponse:
+        names = sorted(self.library.datasets)
+        return pb.ListDatasetsResponse(datasets=[dataset_api.dataset_message(self.library, n) for n in names])
+
+    def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
+        return dataset_api.get_dataset(self.library, request.name, context)
+
+    def DeleteDataset(self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext) -> pb.DeleteDatasetResponse:
+        reply = dataset_api.delete_dataset(self.library, self.store, request.name, context)
+        log.info("dataset %s deleted", request.name)
+        return reply
 
     def GetConfidenceGraph(self, request: pb.GetConfidenceGraphRequest, context: grpc.ServicerContext) -> pb.ConfidenceGraphView:
         router = self.executor.router
@@ -238,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"fedgrpo orchestrator: model: {err}") from None
     identity = settings.identity()
     tokens = read_tokens(settings.api_tokens_file) if settings.api_tokens_file else frozenset()
-    datasets = registered_datasets(settings)
+    library = DatasetLibrary(settings.runs_dir / "datasets", registered_datasets(settings))
     started = time.monotonic()
     engine = start_engine(settings, model_dir)
     # From here on max_model_len is the engine's (derived from the model when not given).
@@ -292,11 +316,11 @@ def main(argv: list[str] | None = None) -> None:
         store, clients, policy, trainer,
         QuestionBank(
             settings.bank_seed, settings.bank_size, frozenset(router.graph.items()) if router else frozenset(),
-            datasets,
+            library.datasets,
         ),
         router, trainer_retry_seconds=settings.trainer_retry_seconds, client_wait_seconds=settings.client_wait_seconds,
     )
-    servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model)
+    servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model, library)
     endpoints = [
         serving.Endpoint(
             [(pb_grpc.add_OrchestratorServiceServicer_to_server, servicer, "fedgrpo.v1.OrchestratorService")],
