@@ -122,3 +122,63 @@ def test_a_run_trains_on_an_organisations_own_domain(tmp_path, model_cache, monk
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
     assert [s["rewards_by_client"] for s in steps_of(run)] == [{"client-0": 8, "client-1": 8}] * 2
     assert "dataset clinic: 7 questions over clinic,icd" in log and "1 repeated questions dropped" in log
+
+
+def test_probes_of_text_answers_take_wrong_ones_from_the_domain_and_forms_a_checker_reads():
+    import random
+
+    from fedgrpo.data.checkers import load_checker
+    from fedgrpo.tasks import LabelledQuestion
+    from services.orchestrator.probes import probe_candidates
+
+    item = LabelledQuestion("id", "icd", "Which ICD-10 code is asthma?", {"answer": "J45"})
+    exact = load_checker("exact")
+    rng = random.Random(3)
+    wrong = []
+    for _ in range(50):
+        candidates, truth = probe_candidates(item, rng, 8, distractors=list(CODES.values()))
+        for candidate, right in zip(candidates, truth):
+            judged = exact(candidate, "J45", question=item.text, domain="icd", metadata={})
+            assert (judged == 1.0) == right, candidate  # an honest exact checker agrees with every probe
+            wrong += [candidate] if not right else []
+    assert any("K21" in c for c in wrong) and not any("J45" in c for c in wrong)
+    assert not any(c.rstrip(".\n* ").endswith(("J451", "J452", "J459")) for c in wrong)  # codes, not J45+digit
+
+
+def test_the_auxiliary_set_from_a_file_spreads_over_its_domains(tmp_path):
+    from services.orchestrator.auxiliary import auxiliary_items_from_file
+
+    path = write_jsonl(tmp_path / "aux.jsonl", [
+        *[{"question": f"Which ICD-10 code is {n}?", "answer": c, "domain": "icd"} for n, c in CODES.items()],
+        {"question": "Is a fever of 39C urgent?", "answer": "yes"},
+        {"question": "Is a cough urgent?", "answer": "no"},
+    ])
+    items = auxiliary_items_from_file(path, 4)
+    assert [(i.domain, i.entry["answer"]) for i in items] == [("icd", "J45"), ("icd", "K21"), ("aux", "yes"),
+                                                              ("aux", "no")]
+    assert items[0].question_id == question_id("icd", "Which ICD-10 code is asthma?")
+
+
+@pytest.mark.integration
+def test_the_confidence_graph_probes_clients_on_the_servers_own_labelled_file(tmp_path, model_cache):
+    """An auxiliary file of the server's own (codes): the client holding the true codes judges every probe
+    right; one whose labels are shifted by one judges many wrong."""
+    aux = write_jsonl(tmp_path / "aux.jsonl", [
+        {"question": f"Which ICD-10 code is {n}?", "answer": c, "domain": "icd"} for n, c in CODES.items()])
+    names, codes = list(CODES), list(CODES.values())
+    honest = write_jsonl(tmp_path / "honest.jsonl", [
+        {"question": f"Which ICD-10 code is {n}?", "answer": c, "domain": "icd"} for n, c in CODES.items()])
+    confused = write_jsonl(tmp_path / "confused.jsonl", [
+        {"question": f"Which ICD-10 code is {n}?", "answer": codes[(i + 1) % len(codes)], "domain": "icd"}
+        for i, n in enumerate(names)])
+    with federation(
+        tmp_path, model_cache,
+        clients=[("", ["--labels", str(honest)]), ("", ["--labels", str(confused)])],
+        orchestrator_args=["--auxiliary", str(aux), "--auxiliary-size", "6"],
+    ) as (stub, _, services):
+        view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
+        log = services["orchestrator"].log_path.read_text()
+    accuracy = {(c.client, c.domain): c.accuracy for c in view.competences}
+    assert accuracy[("client-0", "icd")] == 1.0
+    assert accuracy[("client-1", "icd")] < 1.0
+    assert f"confidence graph: 6 auxiliary items over icd from {aux}" in log

@@ -150,6 +150,12 @@ class OrchestratorSettings(ServiceSettings):
         True, description="Build the confidence graph at start (embed the auxiliary set, probe every client)."
     )
     auxiliary_size: int = Field(100, ge=1, le=10_000, description="Labelled auxiliary items (D_p) the server holds.")
+    auxiliary: Path | None = Field(
+        None,
+        description="The server's own labelled auxiliary set: a file of question, answer and domain (formats as "
+        "--dataset); at most auxiliary_size of its questions, spread over its domains, probe the clients. Empty: "
+        "items from the built-in bank of auxiliary_domains.",
+    )
     auxiliary_domains: CommaList = Field(
         default_factory=list, description="Domains of the auxiliary set; default: every domain a client declares."
     )
@@ -179,6 +185,11 @@ class OrchestratorSettings(ServiceSettings):
 
     def dialed_addresses(self) -> list[tuple[str, str]]:
         return [("trainer", self.trainer), *(("reward_clients", a) for a in self.reward_clients)]
+
+    @field_validator("auxiliary", mode="before")
+    @classmethod
+    def _no_auxiliary_when_empty(cls, value):  # type: ignore[no-untyped-def]
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("dataset", "dataset_instruction", "dataset_system")
     @classmethod

@@ -8,11 +8,14 @@ pattern without holding any data (issue 10). So:
 - ``probe_run_id(live)``: the run id a probe carries is the id of the run
   executing now when there is one, else a fresh id in the format real run
   ids have (``runs.new_run_id``), a new one per probe pass; never a constant.
-- ``probe_candidates(item, rng, count)``: ``count`` candidates (a live run's
-  ``candidates_per_question``, else the spec default) written in the forms
-  a policy's completions take (a bare number, a sentence, a worked line,
-  no number at all), the right answer in a random number of them (0 to
-  ``count``), wrong numbers near the right one, in random order. Question
+- ``probe_candidates(item, rng, count, distractors)``: ``count`` candidates
+  (a live run's ``candidates_per_question``, else the spec default) written
+  in the forms a policy's completions take (a bare answer, a sentence, a
+  worked line, no answer at all), the right answer in a random number of
+  them (0 to ``count``), wrong ones otherwise, in random order: for a whole
+  number, numbers near it; for any other answer (a code, a word), the other
+  answers of its domain in the auxiliary set (``distractors``), else the
+  answer with a digit added. Question
   ids are the bank's (a hash of the text), as in training.
 - ``description_signature(client)``: what a probe measured depends on
   (domains, evaluator kinds, reward range); ``probe_due`` says a client is
@@ -46,6 +49,10 @@ ANSWER_FORMS = (
     "{n}", "{n}", "{n}.", " {n}", "{n}\n", "The answer is {n}.", "Answer: {n}", "**{n}**",
     "The result is {n}", "I think it is {n}.", "= {n}", "So the answer is {n}.",
 )
+# The forms whose answer a checker of text answers reads (fedgrpo.data.checkers.final_answer): for codes, words.
+TEXT_ANSWER_FORMS = (
+    "{n}", "{n}", "{n}.", " {n}", "{n}\n", "The answer is {n}.", "Answer: {n}", "**{n}**", "So the answer is {n}.",
+)
 # Completions with no number: wrong whatever the question.
 NO_ANSWER = ("I don't know.", "The answer is", "Let me think step by step.")
 
@@ -73,20 +80,36 @@ def wrong_numbers(answer: str, rng: random.Random, count: int) -> list[str]:
     return [str(value + rng.choice(offsets)) for _ in range(count)]
 
 
+def wrong_answers(answer: str, rng: random.Random, count: int, distractors: Sequence[str] = ()) -> list[str]:
+    """``count`` wrong answers: near numbers for a whole number, else other answers of the domain."""
+    others = sorted({d for d in distractors if d.strip() and d.strip() != answer.strip()})
+    try:
+        int(answer)
+    except ValueError:
+        if others:
+            return [rng.choice(others) for _ in range(count)]
+    return wrong_numbers(answer, rng, count)
+
+
 def probe_candidates(
-    item: LabelledQuestion, rng: random.Random, count: int = DEFAULT_CANDIDATES
+    item: LabelledQuestion, rng: random.Random, count: int = DEFAULT_CANDIDATES, distractors: Sequence[str] = ()
 ) -> tuple[list[str], list[bool]]:
     """``count`` policy-like candidates of known correctness for ``item``, in random order, and their truth."""
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     answer = str(item.entry["answer"])
+    try:
+        int(answer)
+        forms = ANSWER_FORMS
+    except ValueError:
+        forms = TEXT_ANSWER_FORMS
     right = rng.randint(0, count)
-    candidates = [(rng.choice(ANSWER_FORMS).format(n=answer), True) for _ in range(right)]
-    for number in wrong_numbers(answer, rng, count - right):
+    candidates = [(rng.choice(forms).format(n=answer), True) for _ in range(right)]
+    for number in wrong_answers(answer, rng, count - right, distractors):
         if rng.random() < 0.1:
             candidates.append((rng.choice(NO_ANSWER), False))
         else:
-            candidates.append((rng.choice(ANSWER_FORMS).format(n=number), False))
+            candidates.append((rng.choice(forms).format(n=number), False))
     rng.shuffle(candidates)
     return [c for c, _ in candidates], [t for _, t in candidates]
 

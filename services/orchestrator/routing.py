@@ -77,6 +77,9 @@ class ExpertRouter:
         if not reprobe_seconds >= 0:
             raise ValueError(f"reprobe_seconds must be >= 0 (0: never for age), got {reprobe_seconds!r}")
         self.clients, self.embedder, self.items = clients, embedder, list(items)
+        self.answers: dict[str, list[str]] = {}  # domain -> its items' answers: wrong candidates for text answers
+        for item in self.items:
+            self.answers.setdefault(item.domain, []).append(str(item.entry["answer"]))
         self.neighbours, self.probe_timeout = neighbours, probe_timeout
         self.reprobe_seconds = reprobe_seconds
         # The run executing now (set by the run loop): probes carry its id and its candidate count.
@@ -141,7 +144,7 @@ class ExpertRouter:
         count = live.candidates if live is not None else DEFAULT_CANDIDATES
         calls = []
         for item in self.items if items is None else items:
-            candidates, truth = probe_candidates(item, self.rng, count)
+            candidates, truth = probe_candidates(item, self.rng, count, self.answers.get(item.domain, ()))
             future = self.clients.pool.submit(
                 self.clients.score_one, client, run_id, item, candidates, self.probe_timeout, False
             )

@@ -303,15 +303,28 @@ def main(argv: list[str] | None = None) -> None:
             embedder = make_embedder(settings.embedding, model_dir, settings.device, settings.dtype)
         except ValueError as err:
             raise ConfigError(f"fedgrpo orchestrator: embedding: {err}") from None
-        items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
+        if settings.auxiliary is not None:
+            from fedgrpo.data.files import DataFileError
+
+            from .auxiliary import auxiliary_items_from_file
+
+            try:
+                items = auxiliary_items_from_file(settings.auxiliary, settings.auxiliary_size)
+            except DataFileError as err:
+                raise ConfigError(
+                    f"fedgrpo orchestrator: auxiliary (--auxiliary / FEDGRPO_ORCHESTRATOR_AUXILIARY): {err}"
+                ) from None
+            domains = sorted({i.domain for i in items})
+        else:
+            items = auxiliary_items(domains, settings.auxiliary_size, settings.bank_seed, settings.bank_size)
         router = ExpertRouter(
             clients, embedder, items, settings.neighbours, settings.probe_timeout_seconds, store,
             reprobe_seconds=settings.reprobe_seconds,
         )
         router.probe_new_clients()
         clients.on_join.append(lambda _client: router.probe_new_clients())
-        log.info("confidence graph: %d auxiliary items over %s, built in %.1fs",
-                 settings.auxiliary_size, ",".join(domains), time.monotonic() - started)
+        log.info("confidence graph: %d auxiliary items over %s%s, built in %.1fs", len(items), ",".join(domains),
+                 f" from {settings.auxiliary}" if settings.auxiliary else "", time.monotonic() - started)
     executor = RunExecutor(
         store, clients, policy, trainer,
         QuestionBank(
