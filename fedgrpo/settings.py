@@ -18,6 +18,7 @@ the serving bounds (``max_concurrent_rpcs``, ``auth_failure_limit``,
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -48,6 +49,9 @@ def split_commas(value: Any) -> Any:
 CommaList = Annotated[list[str], NoDecode, BeforeValidator(split_commas)]
 
 
+_PAIR_START = re.compile(r",(?=\s*[A-Za-z0-9][A-Za-z0-9_.-]*=)")
+
+
 def split_named(value: Any) -> Any:
     """``"a=x,b=y"`` (environment), a repeated ``--flag a=x`` (parsed by the CLI) or a mapping -> a dict."""
     if isinstance(value, str):
@@ -58,7 +62,8 @@ def split_named(value: Any) -> Any:
             except json.JSONDecodeError as err:
                 raise ValueError(f"not a JSON object ({err}); write NAME=VALUE pairs comma-separated") from None
         named = {}
-        for part in (p for p in text.split(",") if p.strip()):
+        # A comma starts a new pair only before NAME=, so a value may hold commas ("Answer briefly, e.g. A00.").
+        for part in (p for p in _PAIR_START.split(text) if p.strip()):
             name, equals, item = part.partition("=")
             if not equals:
                 raise ValueError(f"{part.strip()!r}: expected NAME=VALUE")

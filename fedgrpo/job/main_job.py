@@ -41,6 +41,12 @@ class JobSettings(BaseSettings):
         cli_implicit_flags=True, extra="forbid",
     )
 
+    config: Path | None = Field(
+        None,
+        description="A whole federation in one TOML file (policy, the server's datasets, each organisation's data, "
+        "checker and models, the run spec): see examples/clinic/federation.toml. Only runs_dir, cache_dir and "
+        "start_timeout of these options apply then.",
+    )
     model: str = Field("smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-llama or a HF folder.")
     backend: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
@@ -221,4 +227,14 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = load(JobSettings, argv)
     setup_logging("WARNING")
+    if settings.config is not None:
+        from .federation_file import FederationFileError, load_federation, run_federation
+
+        try:
+            federation = load_federation(settings.config)
+        except FederationFileError as err:
+            raise SystemExit(f"fedgrpo run: --config: {err}") from None
+        work = settings.runs_dir / "_federations" / time.strftime("%Y%m%d-%H%M%S")
+        run_federation(federation, settings.runs_dir, work, settings.cache_dir, settings.start_timeout)
+        return
     run_job(settings)
