@@ -39,6 +39,8 @@ def test_the_example_file_loads_with_its_paths_from_its_folder():
         (lambda t: t.replace('dataset = "clinic"', 'dataset = "oncology"'),
          "run.dataset 'oncology' is not in server.datasets ['clinic']"),
         (lambda t: t.replace("[policy]", "[policy"), "not TOML"),
+        (lambda t: t.replace("steps = 12", "steps = 0"), "run.steps: Input should be greater than or equal to 1"),
+        (lambda t: t.replace("steps = 12", 'steps = "many"'), "run.steps: Input should be a valid integer"),
         (lambda t: t.replace('backend = "vllm"', 'backend = "onnx"'), "policy.backend"),
     ],
 )

@@ -143,6 +143,13 @@ def load_federation(path: Path) -> FederationFile:
     unknown = sorted(set(federation.run) - set(RunConfig.model_fields))
     if unknown:
         raise FederationFileError(f"{path}: run: unknown RunSpec field(s) {unknown}")
+    try:
+        RunConfig.model_validate(federation.run)
+    except ValidationError as err:
+        e = err.errors()[0]
+        raise FederationFileError(
+            f"{path}: run.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+        ) from None
     server = federation.server
     server.datasets = {name: _paths_from(folder, p) for name, p in server.datasets.items()}
     if server.auxiliary is not None:
@@ -181,6 +188,7 @@ def run_federation(
     Runs (artifacts) go to ``runs_dir``; the job's logs, certificates and trainer state to ``job_dir``."""
     import os
 
+    import grpc
     from rich.console import Console
 
     from fedgrpo import serving
@@ -240,7 +248,10 @@ def run_federation(
             checker = load_checker(evaluation.checker)
             before = generate_accuracy(stub, rows, checker, evaluation.instruction, evaluation.max_tokens)
             console.log(f"accuracy before training on {evaluation.dataset.name}: {before:.3f}")
-        run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**federation.run)))
+        try:
+            run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**federation.run)))
+        except grpc.RpcError as err:
+            raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.details()}") from None
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
         run, steps = follow_run(stub, run, console)
         if run.state != pb.RUN_STATE_SUCCEEDED:
