@@ -56,6 +56,16 @@ def message_options(max_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]
 # A server owns its port alone (gRPC Python sets SO_REUSEPORT unless told not to).
 SERVER_OPTIONS = [("grpc.so_reuseport", 0)]
 
+# How soon a channel tries again to reach a peer that was down. gRPC's default backoff grows to 120 s,
+# and while it waits every call fails at once with UNAVAILABLE: a trainer back after 20 s would then go
+# unseen for longer than a run's retry window (--trainer-retry-seconds). Peers here are few and known,
+# so trying again every second at most costs nothing.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
 
 @dataclass
 class Endpoint:
@@ -200,8 +210,9 @@ def retry_backoff(attempt: int, base: float = 0.5, cap: float = 10.0) -> float:
 def channel(
     address: str, identity: Identity | None = None, token: str | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES
 ) -> grpc.Channel:
-    """A channel to a fedgrpo service: TLS with ``identity`` (plaintext without), bearer ``token`` if given."""
-    options = message_options(max_message_bytes)
+    """A channel to a fedgrpo service: TLS with ``identity`` (plaintext without), bearer ``token`` if given;
+    it tries a peer that was down again within a second (``RECONNECT_OPTIONS``)."""
+    options = message_options(max_message_bytes) + RECONNECT_OPTIONS
     if identity is None:
         ch = grpc.insecure_channel(address, options=options)
     else:
