@@ -8,7 +8,7 @@ request's fields (``max_question_chars``, ``max_domain_chars``,
 INVALID_ARGUMENT naming the field), picks the
 first evaluator able to judge the question, and answers one float per
 candidate. Data and evaluator choice stay inside this process. A client that
-holds no domain has only its model-based evaluator. Faults set in
+holds no labelled data has only its model-based evaluators. Faults set in
 the configuration (``fault``, ``fault_delay_seconds``) are injected on purpose
 for tests and chaos runs.
 """
