@@ -15,7 +15,6 @@ NOT_FOUND. ``dataset_message`` describes one for the API.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import grpc
@@ -25,9 +24,9 @@ from fedgrpo.data.files import Row
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 from .datasets import DatasetExists, DatasetLibrary
+from .federation import NAME  # names of datasets and domains follow the join rule for names
 from .runs import RunStore
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_PROMPT_CHARS = 4096  # instruction and system prompts
 
 
