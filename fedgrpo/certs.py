@@ -34,7 +34,6 @@ import ipaddress
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from fedgrpo.atomic_file import replace_file
 
 CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
@@ -107,8 +108,8 @@ def init_ca(
     )
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Certificate first: an existing ca.key then always means a complete CA.
-    _write(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(directory / CA_KEY, _key_pem(key), private=True)
+    replace_file(directory / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    replace_file(directory / CA_KEY, _key_pem(key), private=True)
 
 
 def default_role(name: str) -> str:
@@ -156,9 +157,9 @@ def issue(
     identity = Identity.in_dir(Path(out_dir) if out_dir is not None else directory, name)
     identity.cert.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if identity.ca != directory / CA_CERT:
-        _write(identity.ca, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
-    _write(identity.key, _key_pem(key), private=True)
-    _write(identity.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
+        replace_file(identity.ca, ca_cert.public_bytes(serialization.Encoding.PEM), private=False)
+    replace_file(identity.key, _key_pem(key), private=True)
+    replace_file(identity.cert, cert.public_bytes(serialization.Encoding.PEM), private=False)
     return identity
 
 
@@ -195,7 +196,7 @@ def init_federation(
         identities[name] = identity
     token = directory / API_TOKEN
     if not token.exists():
-        _write(token, (secrets.token_urlsafe(32) + "\n").encode(), private=True)
+        replace_file(token, (secrets.token_urlsafe(32) + "\n").encode(), private=True)
     return identities
 
 
@@ -225,7 +226,7 @@ def export(
     if with_api_token:
         files.append((directory / API_TOKEN, out_dir / API_TOKEN, True))
     for origin, path, private in files:
-        _write(path, origin.read_bytes(), private=private)
+        replace_file(path, origin.read_bytes(), private=private)
     if owner is not None:
         for path in [out_dir] + [path for _, path, _ in files]:
             os.chown(path, *owner)
@@ -338,19 +339,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def _write(path: Path, data: bytes, private: bool) -> None:
-    """Replace ``path`` atomically; mkstemp creates the file 0o600 from the start."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not private:
-            os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -28,6 +28,9 @@ from pydantic_settings import BaseSettings, CliApp, NoDecode, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
 
+# A member's, dataset's or domain's name: 1-64 letters, digits, '_', '-', '.' (use fullmatch: no trailing newline).
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 
 def split_commas(value: Any) -> Any:
     """``"a,b"`` (flag or environment), ``'["a","b"]'`` or a list -> a list; blank entries dropped."""

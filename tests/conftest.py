@@ -9,6 +9,7 @@ faults are injected on purpose through the reward client's test settings.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from pathlib import Path
@@ -123,6 +124,12 @@ def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"clients {names} not {'live' if healthy else 'gone'} after {timeout:.0f}s: {listed}")
         time.sleep(0.25)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    """Rows as a JSON Lines file, as an organisation would write its own."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
 
 
 def call(channel: grpc.Channel, service: str, method: str, payload: bytes) -> grpc.StatusCode:

@@ -42,7 +42,7 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["reward-client", "--domains", "[add1"], ["domains", "comma-separated"]),
         (["reward-client", P, "--judge-model", "tiny-policy", "--judge-cache", "/dev/null/judge.sqlite"],
          ["judge_cache", "--judge-cache", "/dev/null/judge.sqlite"]),
-        (["reward-client", "--domains", "astrology"], ["invalid configuration", "unknown domain"]),
+        (["reward-client", "--domains", "astrology"], ["invalid configuration", "unknown built-in domain"]),
         (["reward-client", "--domains", "add1", "--port", "0"], ["invalid configuration", "port"]),
         (["reward-client", "--domains", "add1", "--bank-size", "-3"], ["invalid configuration", "bank_size"]),
         (["reward-client", P, "--domains", "add1", "--ground-truth-free"], ["invalid configuration", "judge_model"]),
@@ -87,7 +87,7 @@ def test_reward_client_domains_are_comma_separated_in_the_environment_too():
         env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_DOMAINS": "add1,astrology"},
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "unknown domain(s) ['astrology']" in proc.stderr, proc.stderr
+    assert "unknown built-in domain(s) ['astrology']" in proc.stderr, proc.stderr
 
 
 def test_every_command_documents_its_options():

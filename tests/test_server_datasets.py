@@ -4,7 +4,6 @@ on an organisation's own domain, scored by clients whose labels and checker are 
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -14,18 +13,13 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from services.orchestrator.datasets import load_dataset
 from services.orchestrator.questions import QuestionBank
 
-from .conftest import federation
+from .conftest import federation, write_jsonl
 from .test_configuration import start
 from .test_join import run_to_end, steps_of
 
 CODES = {
     "asthma": "J45", "GERD": "K21", "migraine": "G43", "influenza": "J11", "gout": "M10", "anaemia": "D64",
 }
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def clinic_questions(path, with_answers=False):

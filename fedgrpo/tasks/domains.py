@@ -40,6 +40,7 @@ __all__ = [
     "Question",
     "LabelledQuestion",
     "get_domain",
+    "known_domains",
     "get_dataset",
     "question_id",
     "build_questions",
@@ -116,6 +117,14 @@ def get_domain(name: str) -> Domain:
         return DOMAINS[name]
     except KeyError:
         raise KeyError(f"unknown domain {name!r}; known domains: {', '.join(sorted(DOMAINS))}") from None
+
+
+def known_domains(names: list[str]) -> list[str]:
+    """``names`` unchanged when every one is a built-in domain; ``ValueError`` naming the others otherwise."""
+    unknown = [d for d in names if d not in DOMAINS]
+    if unknown:
+        raise ValueError(f"unknown built-in domain(s) {unknown}; known: {sorted(DOMAINS)} (`fedgrpo tasks`)")
+    return names
 
 
 def dataset_seed(domain: str, seed: int) -> int:

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.models.registry import KNOWN_MODELS
-from fedgrpo.settings import CommaList, NamedValues, ServiceSettings, rate_limit_notation
+from fedgrpo.settings import NAME, CommaList, NamedValues, ServiceSettings, rate_limit_notation
 
 # The built-in models, listed under --model in --help.
 _MODELS = "; ".join(f"{name} = {about}" for name, about in KNOWN_MODELS.items())
@@ -194,10 +194,8 @@ class OrchestratorSettings(ServiceSettings):
     @field_validator("dataset", "dataset_instruction", "dataset_system")
     @classmethod
     def _dataset_names(cls, named: dict[str, str], info) -> dict[str, str]:  # type: ignore[no-untyped-def]
-        import re
-
         for name, value in named.items():
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
+            if not NAME.fullmatch(name):
                 raise ValueError(f"dataset name {name!r}: expected 1-64 letters, digits, '_', '-', '.'")
             if info.field_name == "dataset" and not value.strip():
                 raise ValueError(f"dataset {name!r} has no path: write NAME=PATH")

@@ -21,10 +21,10 @@ import grpc
 
 from fedgrpo import serving
 from fedgrpo.data.files import Row
+from fedgrpo.settings import NAME  # the one rule for names of members, datasets and domains
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 from .datasets import DatasetExists, DatasetLibrary
-from .federation import NAME  # names of datasets and domains follow the join rule for names
 from .runs import RunStore
 
 MAX_PROMPT_CHARS = 4096  # instruction and system prompts

@@ -21,13 +21,12 @@ question bank samples from; add and delete hold a lock.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fedgrpo.atomic_file import replace_file
 from fedgrpo.data.files import Row, deduplicate, read_rows
 from fedgrpo.tasks import PromptFormat, Question, question_id
 
@@ -121,8 +120,8 @@ class DatasetLibrary:
                 raise DatasetExists(f"a dataset named {name!r} exists ({self.sources[name]})")
             self.folder.mkdir(parents=True, exist_ok=True)
             path = self.folder / f"{name}.jsonl"
-            _write_atomically(path.with_suffix(".json"), json.dumps({"instruction": instruction, "system": system}))
-            _write_atomically(path, "".join(
+            replace_file(path.with_suffix(".json"), json.dumps({"instruction": instruction, "system": system}))
+            replace_file(path, "".join(
                 json.dumps({"question": r.question, "domain": r.domain or name, "system": r.system or ""},
                            ensure_ascii=False) + "\n"
                 for r in rows
@@ -142,16 +141,3 @@ class DatasetLibrary:
             del self.datasets[name], self.sources[name]
             for path in (self.folder / f"{name}.jsonl", self.folder / f"{name}.json"):
                 path.unlink(missing_ok=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Collection
 
 import grpc
@@ -32,6 +31,7 @@ from limits.strategies import MovingWindowRateLimiter
 from fedgrpo import serving
 from fedgrpo.observability import JOINS
 from fedgrpo.security import peer_identity
+from fedgrpo.settings import NAME
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 
@@ -40,7 +40,6 @@ from .joined import AlreadyPolling, NotYourTask, TaskClosed, UnknownSession
 
 log = logging.getLogger(__name__)
 
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: no trailing newline
 MAX_WAIT_SECONDS = 30.0
 MAX_TASKS = 256
 MAX_DOMAIN_CHARS = 64

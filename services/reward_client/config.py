@@ -168,12 +168,9 @@ class RewardClientSettings(ServiceSettings):
     @field_validator("domains")
     @classmethod
     def _known_domains(cls, domains: list[str]) -> list[str]:
-        from fedgrpo.tasks import DOMAINS
+        from fedgrpo.tasks import known_domains
 
-        unknown = [d for d in domains if d not in DOMAINS]
-        if unknown:
-            raise ValueError(f"unknown domain(s) {unknown}; known: {sorted(DOMAINS)}")
-        return domains
+        return known_domains(domains)
 
     @field_validator("labels", mode="before")
     @classmethod
