@@ -166,6 +166,8 @@ def test_unknown_run_is_not_found(fed):
         ({"prompts": ["hi"], "temperature": -1.0}, "temperature"),
         ({"prompts": ["hi"], "top_p": 0.0}, "top_p"),
         ({"prompts": ["hi"], "max_tokens": 0}, "max_tokens"),
+        ({"prompts": ["hi"], "system": "x" * 20_000}, "system"),
+        ({"prompts": ["hi"], "system": "Be brief.", "raw_prompts": True}, "system"),
     ],
 )
 def test_bad_generate_requests_name_the_field(fed, request_fields, field):
@@ -174,6 +176,25 @@ def test_bad_generate_requests_name_the_field(fed, request_fields, field):
         stub.Generate(pb.GenerateRequest(**request_fields))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith(field + ":")
+
+
+def test_generate_puts_the_system_prompt_through_the_chat_template(fed, model_cache):
+    """A system prompt answers exactly as the same conversation written out by the template (greedy)."""
+    from transformers import AutoTokenizer
+
+    stub, _ = fed
+    tokenizer = AutoTokenizer.from_pretrained(model_cache / "tiny-policy")
+    system, question = "You are a careful calculator. Reply with digits only.", "What is 12 + 30?"
+    raw = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": question}], tokenize=False,
+        add_generation_prompt=True)
+    assert system in raw
+    with_system = stub.Generate(pb.GenerateRequest(prompts=[question], system=system, max_tokens=12))
+    written_out = stub.Generate(pb.GenerateRequest(prompts=[raw], raw_prompts=True, max_tokens=12))
+    text = [r.results[0].completions[0] for r in (with_system, written_out)]
+    assert (text[0].text, text[0].num_tokens) == (text[1].text, text[1].num_tokens)
+    assert len(tokenizer(raw, add_special_tokens=False)["input_ids"]) > len(
+        tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True))
 
 
 def test_cancel_stops_a_run_after_its_current_step(fed):

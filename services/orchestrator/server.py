@@ -114,7 +114,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             serving.invalid(context, "top_p", f"got {top_p}, expected in (0, 1]")
         if not 1 <= max_tokens < self.settings.max_model_len:
             serving.invalid(context, "max_tokens", f"got {max_tokens}, expected 1 to {self.settings.max_model_len - 1}")
-        ids = [self.policy.prompt_ids(p, raw=request.raw_prompts) for p in request.prompts]
+        if len(request.system) > MAX_PROMPT_CHARS:
+            serving.invalid(context, "system", f"expected at most {MAX_PROMPT_CHARS} characters")
+        if request.system and request.raw_prompts:
+            serving.invalid(context, "system", "not used with raw_prompts: put it in the raw prompt text")
+        ids = [self.policy.prompt_ids(p, request.system or None, raw=request.raw_prompts) for p in request.prompts]
         for i, p in enumerate(ids):
             if len(p) + max_tokens > self.settings.max_model_len:
                 serving.invalid(context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {self.settings.max_model_len}")
