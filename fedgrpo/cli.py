@@ -145,17 +145,24 @@ def _datasets(argv: list[str]) -> None:
     from pathlib import Path
 
     from fedgrpo.data.files import Columns, DataFileError, deduplicate, read_rows
-    from fedgrpo.data.make import make_rows, write_rows
+    from fedgrpo.data.make import make_file, write_rows
 
     parser = argparse.ArgumentParser(prog="fedgrpo datasets", description="Question and label files.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{make,check}")
     make = commands.add_parser(
-        "make", help="write a built-in domain's labelled questions (question, answer, domain, metadata) to a file"
+        "make", help="write built-in domains' labelled questions (question, answer, domain, metadata) to a file"
     )
-    make.add_argument("domain", help="a built-in domain (`fedgrpo tasks` lists them)")
-    make.add_argument("--size", type=int, required=True, help="how many questions")
-    make.add_argument("--out", type=Path, required=True, help="labelled file: .jsonl, .csv or .parquet")
-    make.add_argument("--seed", type=int, default=0, help="which draw of the domain (default 0)")
+    make.add_argument("domains", help="built-in domains, comma-separated (`fedgrpo tasks` lists them)")
+    make.add_argument("--size", type=int, required=True, help="how many questions of each domain")
+    make.add_argument("--out", type=Path, required=True, help="the file: .jsonl, .csv or .parquet")
+    make.add_argument("--seed", type=int, default=0, help="which draw of the domains (default 0)")
+    make.add_argument(
+        "--unlabelled", action="store_true", help="write question and domain only (the server's copy: no answers)"
+    )
+    make.add_argument(
+        "--exclude", type=Path, action="append", default=[], metavar="FILE",
+        help="leave out every question of FILE (repeatable), and repeats: a held-out set",
+    )
     make.add_argument(
         "--questions-out", type=Path, default=None,
         help="also write the same questions without answers (question, domain): the server's copy",
@@ -169,11 +176,13 @@ def _datasets(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "make":
-            if args.size < 1:
-                raise ValueError(f"--size {args.size}: give at least 1 question")
-            rows = make_rows(args.domain, args.size, args.seed)
-            print(f"{write_rows(rows, args.out)}: {len(rows)} labelled {args.domain} questions (seed {args.seed})")
+            domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+            count = make_file(domains, args.size, args.out, args.seed, not args.unlabelled, args.exclude)
+            kind = "unlabelled" if args.unlabelled else "labelled"
+            held_out = f", none of the questions of {', '.join(map(str, args.exclude))}" if args.exclude else ""
+            print(f"{args.out}: {count} {kind} {','.join(domains)} questions (seed {args.seed}{held_out})")
             if args.questions_out is not None:
+                rows = [{"question": r.question, "domain": r.domain or ""} for r in read_rows(args.out)]
                 print(f"{write_rows(rows, args.questions_out, labelled=False)}: the same questions, no answers")
             return
         columns = Columns(question=args.question_column, answer=args.answer_column, domain=args.domain_column)

@@ -12,16 +12,13 @@ from fedgrpo.cli import main
 from fedgrpo.data.files import Columns, DataFileError, Row, deduplicate, normalise, read_rows
 from fedgrpo.data.make import make_rows, write_rows
 
+from .conftest import write_jsonl
+
 ROWS = [
     {"question": "What is 2 + 2?", "answer": "4", "domain": "arith"},
     {"question": "Capital of France?", "answer": "Paris", "domain": "geo"},
     {"question": "Leading zeros?", "answer": "007", "domain": "codes"},
 ]
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "parquet", "folder", "dict-folder"])
@@ -141,3 +138,26 @@ def test_datasets_cli_makes_and_checks_files(tmp_path, capsys):
         main(["datasets", "make", "astrology", "--size", "3", "--out", str(tmp_path / "x.jsonl")])
     with pytest.raises(SystemExit, match="write .jsonl, .csv or .parquet"):
         main(["datasets", "make", "add1", "--size", "3", "--out", str(tmp_path / "x.txt")])
+
+
+def test_datasets_make_writes_several_domains_and_a_held_out_set(tmp_path, capsys):
+    pool, held = tmp_path / "pool.jsonl", tmp_path / "held.jsonl"
+    main(["datasets", "make", "add1,chain3", "--size", "150", "--out", str(pool)])
+    main(["datasets", "make", "add1,chain3", "--size", "20", "--seed", "7", "--exclude", str(pool), "--out",
+          str(held)])
+    main(["datasets", "make", "add1", "--size", "5", "--unlabelled", "--out", str(tmp_path / "server.csv")])
+    out = capsys.readouterr().out
+    assert f"{pool}: 300 labelled add1,chain3 questions (seed 0)" in out
+    assert f"none of the questions of {pool}" in out
+    pool_rows, held_rows = read_rows(pool, labelled=True), read_rows(held, labelled=True)
+    # the pool is each domain's first 150 items in generation order, repeats kept (add1 has ~121 texts)
+    assert [r.question for r in pool_rows] == [r["question"] for d in ("add1", "chain3") for r in make_rows(d, 150)]
+    assert len({r.question for r in pool_rows if r.domain == "add1"}) < 150
+    # the held-out set: 20 per domain, all new, none repeated; add1's 20 had to be searched for
+    assert [sum(r.domain == d for r in held_rows) for d in ("add1", "chain3")] == [20, 20]
+    held_texts = [normalise(r.question) for r in held_rows]
+    assert len(set(held_texts)) == 40 and not set(held_texts) & {normalise(r.question) for r in pool_rows}
+    assert held_texts != [normalise(r["question"]) for d in ("add1", "chain3") for r in make_rows(d, 20, seed=7)]
+    assert read_rows(tmp_path / "server.csv")[0].answer is None
+    with pytest.raises(SystemExit, match="add1: only .* new questions among the 4000 drawn"):
+        main(["datasets", "make", "add1", "--size", "200", "--exclude", str(pool), "--out", str(held)])
