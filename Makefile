@@ -1,5 +1,5 @@
 # fedgrpo: every target installs what is missing first.
-#   make run        the main job (CPU, SmolLM2-135M, whole federation on this machine)
+#   make run        the main job: examples/reasoning/federation.toml (CPU, SmolLM2-135M, whole federation here)
 #   make test       every test
 #   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free (3 seeds, ~60 min)
 #   make bench      generation and training-step benchmark

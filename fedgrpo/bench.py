@@ -76,19 +76,26 @@ def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tu
 
 
 def _step_times(settings: BenchSettings) -> None:
-    from fedgrpo.job.main_job import JobSettings, run_job
+    import time
+
+    from fedgrpo.job.federation_file import DEFAULT_FEDERATION, load_federation
+    from fedgrpo.job.federation_run import run_federation
+    from fedgrpo.job.main_job import JobSettings
 
     job = JobSettings(
-        model=settings.model, device=settings.device, dtype=settings.dtype, steps=settings.step_runs,
-        eval_questions=4, runs_dir=settings.runs_dir, cache_dir=settings.cache_dir,
+        model=settings.model, device=settings.device, dtype=settings.dtype,
+        spec={"steps": str(settings.step_runs)}, eval_questions=4,
     )
-    summary = run_job(job)
+    federation = job.apply(load_federation(DEFAULT_FEDERATION))
+    work = settings.runs_dir / "_federations" / time.strftime("%Y%m%d-%H%M%S")
+    summary = run_federation(federation, settings.runs_dir, work, settings.cache_dir)
     import json
 
     run_dir = settings.runs_dir / summary["run_id"]
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    print(f"\n== one training step: {settings.model}, {job.questions_per_step} questions x "
-          f"{job.candidates_per_question} candidates, mean of {len(steps)} steps ==")
+    spec = summary["spec"]
+    print(f"\n== one training step: {settings.model}, {spec['questions_per_step']} questions x "
+          f"{spec['candidates_per_question']} candidates, mean of {len(steps)} steps ==")
     total = statistics.fmean(s["step_seconds"] for s in steps)
     for phase in ("generate", "score", "train", "sync", "step"):
         values = [s[f"{phase}_seconds"] for s in steps]

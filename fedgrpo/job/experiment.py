@@ -16,9 +16,13 @@ wire. Methods:
     centralised    the ground truth of every domain (the upper bound)
     gt_free        FedGRPO with model-based judging only (paper Table 2)
 
-Each training method runs once per seed; after each run the policy is
-evaluated greedily on the same held-out questions, none of which is in the
-training pool or the auxiliary set (``held_out``), and each question's
+Every party reads its own files, written first by ``experiment_files`` (what
+`fedgrpo datasets make` writes): the orchestrator its questions (no answers)
+and auxiliary set, each client its labels (checked by the ``reasoning-gym``
+checker), the evaluator its held-out questions; nothing shares a generator
+at run time. Each training method runs once per seed; after each run the
+policy is evaluated greedily on the same held-out questions, none of which
+is in the training pool or the auxiliary set, and each question's
 correctness is recorded so methods are compared paired (``paired``).
 ``experiment_report`` turns the records into report.md, report.json and
 plots.
@@ -41,11 +45,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
 from fedgrpo import serving
+from fedgrpo.data.checkers import load_checker
+from fedgrpo.tasks import INSTRUCTION, PromptFormat, question_id
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
-from .evaluate import held_out_accuracy
-from .held_out import HeldOut, disjoint_held_out
+from .evaluate import Accuracy, labelled_accuracy
+from .experiment_files import ExperimentFiles, make_experiment_files
 from .experiment_report import MethodRun, write_report
 from .launcher import Federation
 from .main_job import follow_run
@@ -130,14 +136,15 @@ class ExperimentSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _apply_scale(self) -> ExperimentSettings:
-        from fedgrpo.tasks import DOMAINS
+        from fedgrpo.tasks import known_domains
 
         for name, value in SCALES[self.scale].items():
             if name not in self.model_fields_set or (name == "domains" and not self.domains):
                 object.__setattr__(self, name, value)
-        unknown = [d for d in self.domains if d not in DOMAINS]
-        if unknown:
-            raise ValueError(f"domains: unknown {unknown}; known: {sorted(DOMAINS)}")
+        try:
+            known_domains(self.domains)
+        except ValueError as err:
+            raise ValueError(f"domains: {err}") from None
         if self.experts_per_question > self.clients:
             raise ValueError(f"experts_per_question {self.experts_per_question} > clients {self.clients}")
         if len(set(self.seeds)) != len(self.seeds):
@@ -151,9 +158,14 @@ def rollouts_per_question(spec: pb.RunSpec) -> int:
     return spec.candidates_per_question * (spec.experts_per_question if pooled else 1)
 
 
-def held_out_digest(held_out: HeldOut) -> str:
+DATASET = "experiment"  # the orchestrator's name for the experiment's questions file
+AUXILIARY_SIZE = 100  # auxiliary items over all domains (rounded up to a multiple of the domain count)
+
+
+def held_out_digest(files: ExperimentFiles) -> str:
     """Names the held-out questions (ids in order): runs are compared only on the same ones."""
-    return hashlib.sha256("\n".join(q.question_id for q in held_out.questions).encode()).hexdigest()[:16]
+    ids = (question_id(r.domain or "", r.question) for r in files.evaluation)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
 def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, list[str]]) -> pb.RunSpec:
@@ -166,7 +178,7 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
         "gt_free": ("confidence_graph", names["gt_free"], s.experts_per_question),
     }[method]
     return pb.RunSpec(
-        tasks=s.domains, steps=s.steps, questions_per_step=s.questions_per_step,
+        dataset=DATASET, tasks=s.domains, steps=s.steps, questions_per_step=s.questions_per_step,
         candidates_per_question=s.candidates_per_question, experts_per_question=m,
         learning_rate=s.learning_rate, loss_type=s.loss_type, max_tokens=s.max_tokens, updates_per_batch=1,
         temperature=1.0, seed=seed, expert_selection=selection, reward_clients=clients,
@@ -177,12 +189,22 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
 
 
 class _Experiment:
-    def __init__(self, s: ExperimentSettings, out: Path, console: Console, held_out: HeldOut) -> None:
-        self.s, self.out, self.console, self.held_out = s, out, console, held_out
-        self.digest = held_out_digest(held_out)
+    def __init__(self, s: ExperimentSettings, out: Path, console: Console) -> None:
+        self.s, self.out, self.console = s, out, console
         self.relays: dict[str, ByteCountingRelay] = {}
         self.names: dict[str, list[str]] = {"federated": [], "gt_free": [], "central": []}
         self.split = dirichlet_split(s.domains, s.clients, s.alpha, s.split_seed)
+        self.files = make_experiment_files(s.domains, self.split.holdings, out / "data", s.eval_questions,
+                                           AUXILIARY_SIZE)
+        self.digest = held_out_digest(self.files)
+        self.checker = load_checker("reasoning-gym")
+
+    def evaluate(self, stub) -> Accuracy:  # type: ignore[no-untyped-def]
+        accuracy, cannot_judge = labelled_accuracy(
+            stub, self.files.evaluation, self.checker, PromptFormat(INSTRUCTION), self.s.max_tokens)
+        if cannot_judge:
+            raise RuntimeError(f"held-out evaluation: {cannot_judge} answers the reasoning-gym checker could not judge")
+        return accuracy
 
     # ---- the federation ------------------------------------------------------
     def start(self, fed: Federation) -> pb_grpc.OrchestratorServiceStub:
@@ -195,15 +217,16 @@ class _Experiment:
                  "--judge-cache", str(self.out / "judge_answers.sqlite"), "--cache-dir", str(s.cache_dir)]
         wanted = set(s.methods)
         clients = []
+        checked = ["--checker", "reasoning-gym"]
+        labels = [[*checked, "--labels", str(file)] if file else [] for file in self.files.labels]
         if wanted & {"fedgrpo", "random", "all"}:
-            for k, held in enumerate(self.split.holdings):
-                clients.append((f"client-{k}", [*judge, "--domains", ",".join(held)], "federated"))
-        if "gt_free" in wanted:
-            for k, held in enumerate(self.split.holdings):
-                clients.append((f"gtfree-{k}", [*judge, "--domains", ",".join(held), "--ground-truth-free"],
-                                "gt_free"))
+            for k in range(len(self.split.holdings)):
+                clients.append((f"client-{k}", [*judge, *labels[k]], "federated"))
+        if "gt_free" in wanted:  # its labels only declare its domains: it judges with its model alone
+            for k in range(len(self.split.holdings)):
+                clients.append((f"gtfree-{k}", [*judge, *labels[k], "--ground-truth-free"], "gt_free"))
         if "centralised" in wanted:
-            clients.append(("central", ["--domains", ",".join(s.domains)], "central"))
+            clients.append(("central", [*checked, "--labels", str(self.files.central)], "central"))
         started = [fed.start(name, "reward-client", [*common, "--name", name, *args]) for name, args, _ in clients]
         for (name, _, group), service in zip(clients, started):
             self.names[group].append(name)
@@ -218,7 +241,9 @@ class _Experiment:
             [*common, "--model", s.model, "--cache-dir", str(s.cache_dir), "--runs-dir", str(self.out / "runs"),
              "--trainer", trainer.address, "--backend", s.backend, "--device", s.device, "--dtype", s.dtype,
              "--reward-clients", ",".join(r.address for r in self.relays.values()),
-             "--auxiliary-domains", ",".join(s.domains), "--embedding", s.embedding],
+             "--dataset", f"{DATASET}={self.files.questions}", "--dataset-instruction", f"{DATASET}={INSTRUCTION}",
+             "--auxiliary", str(self.files.auxiliary), "--auxiliary-size", str(self.files.auxiliary_size),
+             "--embedding", s.embedding],
         )
         fed.wait_healthy(orchestrator, s.start_timeout)
         self.console.log(f"orchestrator up at {orchestrator.address}")
@@ -239,7 +264,7 @@ class _Experiment:
             raise SystemExit(f"{method} seed {seed}: run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error}")
         train_seconds = time.monotonic() - started
         after = self.wire()
-        accuracy = held_out_accuracy(stub, self.held_out.questions, s.max_tokens)
+        accuracy = self.evaluate(stub)
         self._free_disk(run)
         used = list(spec.reward_clients)
         wire = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in used}
@@ -259,7 +284,7 @@ class _Experiment:
 
     def zero_shot(self, stub) -> MethodRun:
         started = time.monotonic()
-        accuracy = held_out_accuracy(stub, self.held_out.questions, self.s.max_tokens)
+        accuracy = self.evaluate(stub)
         self.console.log(f"zero-shot held-out accuracy {accuracy.overall:.3f}")
         return MethodRun("zero_shot", -1, "", accuracy.per_domain, accuracy.overall, [], {}, 0,
                          time.monotonic() - started, accuracy.correct, self.digest, 0)
@@ -271,23 +296,23 @@ def run_experiment(s: ExperimentSettings) -> Path:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from fedgrpo.models import resolve_model
 
-    try:
-        held_out = disjoint_held_out(s.domains, s.eval_questions)
-    except ValueError as err:
-        raise SystemExit(f"fedgrpo experiment: {err}") from None
     out = s.resume or s.out_dir / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    records, earlier_seconds = _recorded(out, held_out_digest(held_out)) if s.resume else ([], 0.0)
+    try:
+        exp = _Experiment(s, out, console)
+    except ValueError as err:
+        raise SystemExit(f"fedgrpo experiment: {err}") from None
+    held_out = exp.files.held_out
+    records, earlier_seconds = _recorded(out, exp.digest) if s.resume else ([], 0.0)
     done = {(r.method, r.seed) for r in records}
     if s.resume:
         console.log(f"resuming {out}: {len(records)} runs recorded ({earlier_seconds / 60:.1f} min)")
     console.log(f"experiment in {out}: methods {', '.join(s.methods)}; seeds {s.seeds}; {s.steps} steps; "
-                f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha}); {held_out.total} held-out "
-                f"questions, overlaps {held_out.overlaps}")
+                f"{s.clients} clients over {', '.join(s.domains)} (alpha {s.alpha}); {held_out['questions']} held-out "
+                f"questions, overlaps {held_out['overlaps']}; data files in {out / 'data'}")
     for model in {s.model, s.judge_model}:
         console.log(f"preparing model {model} ...")
         resolve_model(model, s.cache_dir)
-    exp = _Experiment(s, out, console, held_out)
     for k, held in enumerate(exp.split.holdings):
         console.log(f"client-{k} holds {', '.join(held) or 'no domain (judges with its model only)'}")
     with Federation(out / "logs" / time.strftime("%H%M%S")) as fed:
@@ -305,7 +330,7 @@ def run_experiment(s: ExperimentSettings) -> Path:
     path = write_report(
         out, s.model_dump(mode="json"), exp.split, exp.names, records, graph_dict, probe_wire,
         wall_seconds=earlier_seconds + time.monotonic() - started, resumed=bool(s.resume),
-        held_out=held_out.to_json(),
+        held_out=held_out,
     )
     console.print(path.read_text())
     console.print(f"report: {path} (report.json and plots beside it); total {time.monotonic() - started:.0f}s")

@@ -16,27 +16,46 @@ taken from the file's folder. Tables:
   ``judge_model``, ``domains``, ``evaluator_order``, ...), and
   ``pythonpath``: folders its own checker module is imported from.
 * ``[run]``: the RunSpec the job creates (any RunSpec field; ``dataset``
-  names one of ``[server].datasets``).
+  names one of ``[server].datasets``). Fields it leaves out take the
+  orchestrator's defaults (:class:`services.orchestrator.spec.RunConfig`:
+  the one place RunSpec defaults live).
 * ``[evaluation]`` (optional): a labelled ``dataset`` file with its
-  ``checker``, ``instruction`` and ``max_tokens``: accuracy before and after
-  training, through the orchestrator's Generate.
+  ``checker``, ``instruction``, ``system`` (a row's own ``system`` cell
+  wins) and ``max_tokens``, at most ``per_domain``
+  rows of each domain: accuracy before and after training, through the
+  orchestrator's Generate. ``held_out = true`` refuses an evaluation file
+  that shares a question with the server's datasets or auxiliary set.
+* ``[[make]]`` (optional): data files the federation builds from the
+  built-in reasoning-gym domains, each exactly what `fedgrpo datasets make`
+  writes with the same fields (``domains``, ``size``, ``out``, ``seed``,
+  ``unlabelled``, ``exclude``). :func:`make_files` builds the ones that are
+  missing or were made by another entry (a ``.NAME.made`` file beside each
+  records the command), in order, so an entry may exclude an earlier one's
+  file. The services then read only their own files: nothing shares a
+  generator at run time.
 
 A key that no table has, a client option `fedgrpo reward-client` does not
 know, a RunSpec field that does not exist, or a missing file is a
-:class:`FederationFileError` naming the file and the key. ``run_federation``
-starts the services on loopback (mutual TLS with a development CA in the
-job's folder), measures, trains, measures again, and returns a summary.
+:class:`FederationFileError` naming the file, the key and, where the file
+has it, its line. `federation_run.run_federation` runs a loaded file.
 """
 
 from __future__ import annotations
 
-import time
+import re
+import shlex
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["FederationFile", "FederationFileError", "load_federation", "run_federation"]
+__all__ = [
+    "DEFAULT_FEDERATION", "FederationFile", "FederationFileError", "MakeFile", "load_federation", "make_files",
+]
+
+# `fedgrpo run` without --config (and so `make run`): three organisations on built-in domains.
+DEFAULT_FEDERATION = Path(__file__).resolve().parents[2] / "examples" / "reasoning" / "federation.toml"
 
 
 class FederationFileError(ValueError):
@@ -84,7 +103,40 @@ class Evaluation(_Table):
     dataset: Path
     checker: str = "exact"
     instruction: str = ""
+    system: str = ""
     max_tokens: int = Field(48, ge=1)
+    per_domain: int | None = Field(None, ge=1)
+    held_out: bool = False
+
+
+class MakeFile(_Table):
+    """A file made from built-in domains: the fields of `fedgrpo datasets make`."""
+
+    domains: list[str] = Field(min_length=1)
+    size: int = Field(ge=1)
+    out: Path
+    seed: int = 0
+    unlabelled: bool = False
+    exclude: list[Path] = Field(default_factory=list)
+
+    @field_validator("domains")
+    @classmethod
+    def _built_in(cls, domains: list[str]) -> list[str]:
+        from fedgrpo.tasks import known_domains
+
+        return known_domains(domains)
+
+    def command(self, folder: Path) -> str:
+        """The `fedgrpo datasets make` command that writes this file (paths as given in the file)."""
+        def rel(p: Path) -> str:
+            return str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p)
+
+        words = ["fedgrpo", "datasets", "make", ",".join(self.domains), "--size", str(self.size),
+                 "--out", rel(self.out), "--seed", str(self.seed)]
+        words += ["--unlabelled"] if self.unlabelled else []
+        for file in self.exclude:
+            words += ["--exclude", rel(file)]
+        return shlex.join(words)
 
 
 class FederationFile(_Table):
@@ -93,6 +145,55 @@ class FederationFile(_Table):
     clients: list[Client] = Field(min_length=1)
     run: dict[str, Any] = Field(default_factory=dict)
     evaluation: Evaluation | None = None
+    make: list[MakeFile] = Field(default_factory=list)
+    folder: Path = Field(Path("."), exclude=True)
+    """Where relative paths were taken from (set by load_federation; not a key of the file)."""
+
+
+def line_of(text: str, loc: Sequence[str | int]) -> int | None:
+    """1-based line of the TOML key at ``loc`` (e.g. ("clients", 1, "chekcer")), or None when not found.
+
+    Follows tables (``[run]``), arrays of tables (``[[clients]]``, the n-th one) and keys (``key =``)
+    within the table they belong to; a key the file does not spell out (a default, or one inside an
+    inline table) is reported at the line of what holds it."""
+    lines = text.splitlines()
+    header = re.compile(r"^\s*\[")
+    begin, end, found = 0, len(lines), None
+    table: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            array = re.compile(rf"^\s*\[\[\s*{re.escape('.'.join(table))}\s*\]\]")
+            hits = [i for i, line in enumerate(lines) if array.match(line)]
+            if part >= len(hits):
+                return None
+            found = begin = hits[part]
+            end = next((i for i in range(begin + 1, len(lines)) if header.match(lines[i])), len(lines))
+            continue
+        table.append(part)
+        named = re.compile(rf"^\s*\[+\s*{re.escape('.'.join(table))}\s*\]+")
+        key = re.compile(rf"^\s*{re.escape(part)}\s*=")
+        hit = next((i for i in range(begin, end) if key.match(lines[i])), None)
+        if hit is None:
+            hit = next((i for i, line in enumerate(lines) if named.match(line)), None)
+            if hit is not None:
+                begin = hit + 1
+                end = next((i for i in range(begin, len(lines)) if header.match(lines[i])), len(lines))
+        if hit is None:
+            break
+        found = hit
+    return None if found is None else found + 1
+
+
+def _where(path: Path, text: str, loc: Sequence[str | int]) -> str:
+    line = line_of(text, loc)
+    return f"{path}{f', line {line}' if line else ''}"
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
 def _paths_from(folder: Path, value: Path) -> Path:
@@ -109,6 +210,7 @@ def load_federation(path: Path) -> FederationFile:
     path = Path(path)
     if not path.is_file():
         raise FederationFileError(f"{path}: no such file")
+    text = path.read_text(errors="replace")
 
     class _Source(BaseSettings):
         pass
@@ -117,38 +219,39 @@ def load_federation(path: Path) -> FederationFile:
         raw = TomlConfigSettingsSource(_Source, toml_file=path)()
     except Exception as err:  # tomllib's TOMLDecodeError names the line
         raise FederationFileError(f"{path}: not TOML: {err}") from None
+    if "folder" in raw:
+        raise FederationFileError(f"{_where(path, text, ['folder'])}: folder: not a key of a federation file")
     try:
         federation = FederationFile.model_validate(raw)
     except ValidationError as err:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
+            f"{_where(path, text, e['loc'])}: {_dotted(e['loc'])}: {e['msg']}" for e in err.errors()
         )
-        raise FederationFileError(f"{path}: {problems}") from None
-    folder = path.resolve().parent
+        raise FederationFileError(problems) from None
+    folder = federation.folder = path.resolve().parent
     known_options = set(RewardClientSettings.model_fields) - {"name", "host", "port", "plaintext", "orchestrator"}
     for i, client in enumerate(federation.clients):
         unknown = sorted(set(client.options()) - known_options)
         if unknown:
             raise FederationFileError(
-                f"{path}: clients[{i}] ({client.name}): unknown option(s) {unknown}; "
-                "see `fedgrpo reward-client --help`"
+                f"{_where(path, text, ['clients', i, unknown[0]])}: clients[{i}] ({client.name}): unknown "
+                f"option(s) {unknown}; see `fedgrpo reward-client --help`"
             )
         client.pythonpath = [_paths_from(folder, p) for p in client.pythonpath]
-        for key in ("labels",):
-            if key in client.options():
-                setattr(client, key, str(_paths_from(folder, Path(client.options()[key]))))
+        if "labels" in client.options():
+            setattr(client, "labels", str(_paths_from(folder, Path(client.options()["labels"]))))
         model = client.options().get("reward_model")
         if model and model != "tiny-reward-model":
             setattr(client, "reward_model", str(_paths_from(folder, Path(model))))
     unknown = sorted(set(federation.run) - set(RunConfig.model_fields))
     if unknown:
-        raise FederationFileError(f"{path}: run: unknown RunSpec field(s) {unknown}")
+        raise FederationFileError(f"{_where(path, text, ['run', unknown[0]])}: run: unknown RunSpec field(s) {unknown}")
     try:
         RunConfig.model_validate(federation.run)
     except ValidationError as err:
         e = err.errors()[0]
         raise FederationFileError(
-            f"{path}: run.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            f"{_where(path, text, ['run', *e['loc']])}: run.{_dotted(e['loc'])}: {e['msg']} (got {e.get('input')!r})"
         ) from None
     server = federation.server
     server.datasets = {name: _paths_from(folder, p) for name, p in server.datasets.items()}
@@ -156,145 +259,55 @@ def load_federation(path: Path) -> FederationFile:
         server.auxiliary = _paths_from(folder, server.auxiliary)
     if federation.evaluation is not None:
         federation.evaluation.dataset = _paths_from(folder, federation.evaluation.dataset)
-    for where, file in [
-        *((f"server.datasets.{n}", p) for n, p in server.datasets.items()),
-        *((("server.auxiliary", server.auxiliary),) if server.auxiliary else ()),
-        *((("evaluation.dataset", federation.evaluation.dataset),) if federation.evaluation else ()),
-        *((f"clients[{i}].labels", Path(c.options()["labels"])) for i, c in enumerate(federation.clients)
+    made: set[Path] = set()
+    for i, entry in enumerate(federation.make):
+        entry.out = _paths_from(folder, entry.out)
+        entry.exclude = [_paths_from(folder, p) for p in entry.exclude]
+        for file in entry.exclude:
+            if file not in made and not file.exists():
+                raise FederationFileError(
+                    f"{_where(path, text, ['make', i, 'exclude'])}: make[{i}].exclude: {file}: no such file, and "
+                    "no earlier [[make]] entry makes it"
+                )
+        made.add(entry.out)
+    for loc, file in [
+        *((["server", "datasets"], p) for p in server.datasets.values()),
+        *(((["server", "auxiliary"], server.auxiliary),) if server.auxiliary else ()),
+        *(((["evaluation", "dataset"], federation.evaluation.dataset),) if federation.evaluation else ()),
+        *((["clients", i, "labels"], Path(c.options()["labels"])) for i, c in enumerate(federation.clients)
           if "labels" in c.options()),
     ]:
-        if not Path(file).exists():
-            raise FederationFileError(f"{path}: {where}: {file}: no such file or folder")
+        if file not in made and not Path(file).exists():
+            raise FederationFileError(
+                f"{_where(path, text, loc)}: {_dotted(loc)}: {file}: no such file or folder (and no [[make]] entry "
+                "makes it)"
+            )
     dataset = federation.run.get("dataset")
     if dataset and dataset not in server.datasets:
-        raise FederationFileError(f"{path}: run.dataset {dataset!r} is not in server.datasets {sorted(server.datasets)}")
+        raise FederationFileError(
+            f"{_where(path, text, ['run', 'dataset'])}: run.dataset {dataset!r} is not in server.datasets "
+            f"{sorted(server.datasets)}"
+        )
     return federation
 
 
-def _flag(key: str, value: Any) -> list[str]:
-    flag = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return [flag] if value else [f"--no-{key.replace('_', '-')}"]
-    if isinstance(value, (list, tuple)):
-        return [flag, ",".join(str(v) for v in value)]
-    return [flag, str(value)]
+def make_files(federation: FederationFile, say: Callable[[str], None] = print) -> list[Path]:
+    """Build each ``[[make]]`` file that is missing or stale, in order; returns the ones built."""
+    from fedgrpo.data.make import make_file
 
-
-def run_federation(
-    federation: FederationFile, runs_dir: Path, job_dir: Path, cache_dir: Path, start_timeout: float = 300.0
-) -> dict:
-    """Start the federation the file describes, train its run, and measure it before and after.
-
-    Runs (artifacts) go to ``runs_dir``; the job's logs, certificates and trainer state to ``job_dir``."""
-    import os
-
-    import grpc
-    from rich.console import Console
-
-    from fedgrpo import serving
-    from fedgrpo.certs import init_federation
-    from fedgrpo.data.checkers import load_checker
-    from fedgrpo.data.files import read_rows
-    from fedgrpo.models import resolve_model
-    from fedgrpo.v1 import orchestrator_pb2 as pb
-    from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
-
-    from .launcher import Federation
-    from .main_job import follow_run
-
-    console = Console()
-    started = time.monotonic()
-    policy, server = federation.policy, federation.server
-    console.log(f"preparing model {policy.model} ...")
-    resolve_model(policy.model, cache_dir)
-    certs = job_dir / "certs"
-    init_federation(certs, clients=[c.name for c in federation.clients])
-    common = ["--model", policy.model, "--cache-dir", str(cache_dir)]
-    with Federation(job_dir / "logs", certs=certs) as fed:
-        trainer = fed.start("trainer", "trainer", [*common, "--state-dir", str(job_dir / "trainer"),
-                                                   "--device", policy.device, "--dtype", policy.dtype])
-        clients = []
-        for client in federation.clients:
-            args = ["--name", client.name, "--cache-dir", str(cache_dir)]
-            for key, value in client.options().items():
-                args += _flag(key, value)
-            path = os.pathsep.join([*map(str, client.pythonpath), os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)
-            clients.append(fed.start(client.name, "reward-client", args, env={"PYTHONPATH": path}))
-        for service in (trainer, *clients):
-            fed.wait_healthy(service, start_timeout)
-        orchestrator_args = [
-            *common, "--runs-dir", str(runs_dir), "--trainer", trainer.address, "--backend", policy.backend,
-            "--device", policy.device, "--dtype", policy.dtype, "--api-tokens-file", str(certs / "api-token"),
-            "--reward-clients", ",".join(c.address for c in clients), "--auxiliary-size", str(server.auxiliary_size),
-            *([] if server.confidence_graph else ["--no-confidence-graph"]),
-            *(["--auxiliary", str(server.auxiliary)] if server.auxiliary else []),
-        ]
-        for name, file in server.datasets.items():
-            orchestrator_args += ["--dataset", f"{name}={file}"]
-        for name, text in server.dataset_instruction.items():
-            orchestrator_args += ["--dataset-instruction", f"{name}={text}"]
-        for name, text in server.dataset_system.items():
-            orchestrator_args += ["--dataset-system", f"{name}={text}"]
-        orchestrator = fed.start("orchestrator", "orchestrator", orchestrator_args)
-        fed.wait_healthy(orchestrator, start_timeout)
-        console.log(f"{len(clients)} organisations ({', '.join(c.name for c in federation.clients)}), "
-                    f"orchestrator at {orchestrator.address}")
-        token = (certs / "api-token").read_text().strip()
-        stub = pb_grpc.OrchestratorServiceStub(serving.channel(orchestrator.address, fed.identity(), token=token))
-        evaluation = federation.evaluation
-        before = after = None
-        if evaluation is not None:
-            rows = read_rows(evaluation.dataset, labelled=True)
-            checker = load_checker(evaluation.checker)
-            before = generate_accuracy(stub, rows, checker, evaluation.instruction, evaluation.max_tokens)
-            console.log(f"accuracy before training on {evaluation.dataset.name}: {before:.3f}")
+    built: list[Path] = []
+    for entry in federation.make:
+        command = entry.command(federation.folder)
+        record = entry.out.with_name(f".{entry.out.name}.made")
+        current = entry.out.exists() and record.exists() and record.read_text().strip() == command
+        if current and not set(entry.exclude) & set(built):
+            continue
+        say(f"making {entry.out}: {command}")
         try:
-            run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**federation.run)))
-        except grpc.RpcError as err:
-            raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.details()}") from None
-        console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
-        run, steps = follow_run(stub, run, console)
-        if run.state != pb.RUN_STATE_SUCCEEDED:
-            raise SystemExit(f"run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error} "
-                             f"(logs: {job_dir / 'logs'})")
-        if evaluation is not None:
-            after = generate_accuracy(stub, rows, checker, evaluation.instruction, evaluation.max_tokens)
-            console.log(f"accuracy after training: {after:.3f}")
-        competence: dict[str, dict[str, float]] = {}
-        if server.confidence_graph:
-            for c in stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest()).competences:
-                competence.setdefault(c.client, {})[c.domain] = round(c.accuracy, 3)
-            console.log(f"probed judging accuracy: {competence}")
-    summary = {
-        "run_id": run.run_id, "steps": len(steps), "artifacts": run.artifacts_path,
-        "rewards_by_client": [s.get("rewards_by_client", {}) for s in steps],
-        "accuracy_before": before, "accuracy_after": after, "competence": competence,
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    console.print(f"run {run.run_id}: {len(steps)} steps; accuracy before {before} after {after}; "
-                  f"{summary['seconds']:.0f}s; logs in {job_dir / 'logs'}")
-    return summary
-
-
-def generate_accuracy(stub, rows, checker, instruction: str, max_tokens: int) -> float:  # type: ignore[no-untyped-def]
-    """Share of labelled rows whose greedy answer (the orchestrator's Generate) the checker finds right."""
-    import math
-
-    from fedgrpo.tasks import CORRECT_THRESHOLD, PromptFormat, question_id
-    from fedgrpo.v1 import orchestrator_pb2 as pb
-
-    prompt = PromptFormat(instruction=instruction)
-    right = judged = 0
-    for start in range(0, len(rows), 100):
-        chunk = rows[start:start + 100]
-        reply = stub.Generate(pb.GenerateRequest(
-            prompts=[prompt.user_text(r.question) for r in chunk], n=1, temperature=0.0, max_tokens=max_tokens,
-        ), timeout=600)
-        for row, result in zip(chunk, reply.results, strict=True):
-            domain = row.domain or ""
-            reward = checker(result.completions[0].text, row.answer or "", question=row.question, domain=domain,
-                             metadata=row.metadata, question_id=question_id(domain, row.question))
-            if not math.isnan(reward):
-                judged += 1
-                right += reward >= CORRECT_THRESHOLD
-    return right / judged if judged else math.nan
+            count = make_file(entry.domains, entry.size, entry.out, entry.seed, not entry.unlabelled, entry.exclude)
+        except ValueError as err:
+            raise FederationFileError(f"[[make]] {command}: {err}") from None
+        record.write_text(command + "\n")
+        say(f"  {count} rows")
+        built.append(entry.out)
+    return built

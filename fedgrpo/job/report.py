@@ -16,9 +16,18 @@ def quarter_means(values: list[float]) -> tuple[float, float]:
     return sum(values[:k]) / k, sum(values[-k:]) / k
 
 
+def _accuracy(a: Accuracy | None) -> dict | None:
+    if a is None:
+        return None
+    return {"overall": a.overall, "per_domain": a.per_domain, "policy_version": a.policy_version,
+            "questions": a.questions}
+
+
 def write_summary(
-    path: Path, run: dict, before: Accuracy, after: Accuracy, steps: list[dict], held_out: dict | None = None
+    path: Path, run: dict, before: Accuracy | None, after: Accuracy | None, steps: list[dict],
+    held_out: dict | None = None, extra: dict | None = None,
 ) -> dict:
+    """Write summary.json: the run, accuracy before/after (None: not measured), reward quarters, routing."""
     rewards = [s["reward_mean"] for s in steps if s.get("reward_mean") is not None]
     first, last = quarter_means(rewards) if rewards else (float("nan"), float("nan"))
     summary = {
@@ -27,14 +36,13 @@ def write_summary(
         "spec": run["spec"],
         "steps_completed": len(steps),
         "held_out": held_out or {},
-        "accuracy_before": {"overall": before.overall, "per_domain": before.per_domain,
-                            "policy_version": before.policy_version, "questions": before.questions},
-        "accuracy_after": {"overall": after.overall, "per_domain": after.per_domain,
-                           "policy_version": after.policy_version, "questions": after.questions},
+        "accuracy_before": _accuracy(before),
+        "accuracy_after": _accuracy(after),
         "reward_mean_first_quarter": first,
         "reward_mean_last_quarter": last,
         "routing_precision": sum(s.get("routing_precision", 0.0) for s in steps) / max(1, len(steps)),
         "seconds_per_step": sum(s.get("step_seconds", 0.0) for s in steps) / max(1, len(steps)),
+        **(extra or {}),
     }
     path.write_text(json.dumps(summary, indent=2))
     return summary
@@ -72,7 +80,7 @@ def accuracy_table(before: Accuracy, after: Accuracy, overlaps: dict[str, int] |
         f"with the auxiliary set {overlaps['held_out_auxiliary']}"
     )
     per = ", ".join(f"{d} {len(v)}" for d, v in before.correct.items())
-    table = Table(title=f"Held-out accuracy (greedy, {before.questions} questions: {per}{shared})")
+    table = Table(title=f"Accuracy (greedy, {before.questions} questions: {per}{shared})")
     table.add_column("domain")
     table.add_column(f"before (v{before.policy_version})", justify="right")
     table.add_column(f"after (v{after.policy_version})", justify="right")
