@@ -176,6 +176,13 @@ def run_federation(
     plot_rewards(run_dir / "reward_curve.png", steps, f"FedGRPO run {run.run_id} ({policy.model})")
     if before is not None and after is not None:
         console.print(accuracy_table(before, after, held_out["overlaps"] if held_out else None))
+        change = summary["accuracy_change"]
+        if change is not None:
+            shown = {"holds": "an improvement", "does not hold": "a loss", "inconclusive": "within noise"}
+            console.print(
+                f"change {change['difference']:+.3f}, 95% paired bootstrap interval [{change['interval'][0]:+.3f}, "
+                f"{change['interval'][1]:+.3f}] over {change['questions']} questions: "
+                f"{shown[change['improvement']]}")
     first, last = summary["reward_mean_first_quarter"], summary["reward_mean_last_quarter"]
     if not (math.isnan(first) or math.isnan(last)):
         console.print(f"mean reward: first quarter {first:.3f} -> last quarter {last:.3f}")

@@ -20,7 +20,22 @@ def _accuracy(a: Accuracy | None) -> dict | None:
     if a is None:
         return None
     return {"overall": a.overall, "per_domain": a.per_domain, "policy_version": a.policy_version,
-            "questions": a.questions}
+            "questions": a.questions, "correct": a.correct}
+
+
+def paired_change(before: Accuracy, after: Accuracy) -> dict | None:
+    """After minus before on the same questions, with its 95% paired bootstrap interval (questions
+    resampled within their domain) and whether it shows an improvement; None when the two did not
+    judge the same questions (a checker that could not judge some answers)."""
+    from .paired import compare
+
+    if {d: len(v) for d, v in before.correct.items()} != {d: len(v) for d, v in after.correct.items()}:
+        return None
+    strata = [d for d, v in before.correct.items() for _ in v]
+    flat = {name: [x for v in a.correct.values() for x in v] for name, a in (("before", before), ("after", after))}
+    c = compare({0: flat["after"]}, {0: flat["before"]}, strata, "beats")
+    return {"difference": c.difference, "interval": [c.low, c.high], "improvement": c.verdict,
+            "questions": c.questions}
 
 
 def write_summary(
@@ -38,6 +53,7 @@ def write_summary(
         "held_out": held_out or {},
         "accuracy_before": _accuracy(before),
         "accuracy_after": _accuracy(after),
+        "accuracy_change": paired_change(before, after) if before is not None and after is not None else None,
         "reward_mean_first_quarter": first,
         "reward_mean_last_quarter": last,
         "routing_precision": sum(s.get("routing_precision", 0.0) for s in steps) / max(1, len(steps)),
