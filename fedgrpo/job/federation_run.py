@@ -125,7 +125,9 @@ def run_federation(
         console.log(f"trainer at {trainer.address}; {len(clients)} organisations: "
                     f"{', '.join(f'{c.name} at {c.address}' for c in clients)}")
         orchestrator_args = [
-            *common, "--runs-dir", str(runs_dir), "--trainer", trainer.address, "--backend", policy.backend,
+            # The job's own state: a run an earlier, interrupted job left is not resumed by this one.
+            *common, "--runs-dir", str(runs_dir), "--state-db", str(job_dir / "orchestrator.sqlite3"),
+            "--trainer", trainer.address, "--backend", policy.backend,
             "--device", policy.device, "--dtype", policy.dtype, "--api-tokens-file", str(certs / "api-token"),
             "--reward-clients", ",".join(c.address for c in clients), "--auxiliary-size", str(server.auxiliary_size),
             *([] if server.confidence_graph else ["--no-confidence-graph"]),
@@ -162,15 +164,22 @@ def run_federation(
             console.log("accuracy after training ...")
             after, _ = labelled_accuracy(stub, rows, checker, prompt, evaluation.max_tokens)
         competence: dict[str, dict[str, float]] = {}
+        router: dict[str, dict[str, float]] = {}
         if server.confidence_graph:
-            for c in stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest()).competences:
+            view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest())
+            for c in view.competences:
                 competence.setdefault(c.client, {})[c.domain] = round(c.accuracy, 3)
             console.log(f"probed judging accuracy: {competence}")
+            if run.spec.reward_fusion == "router":
+                for w in view.router_weights:
+                    router.setdefault(w.client, {})[w.domain] = round(w.weight, 3)
+                console.log(f"reward router, mean weight per domain: {router}")
     run_dir = Path(run.artifacts_path)
     summary = write_summary(
         run_dir / "summary.json", json_format.MessageToDict(run, preserving_proto_field_name=True), before, after,
         steps, held_out,
         extra={"rewards_by_client": [s.get("rewards_by_client", {}) for s in steps], "competence": competence,
+               **({"router_weights": router} if router else {}),
                "seconds": round(time.monotonic() - started, 1), "logs": str(log_dir)},
     )
     plot_rewards(run_dir / "reward_curve.png", steps, f"FedGRPO run {run.run_id} ({policy.model})")
