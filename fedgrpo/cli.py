@@ -6,6 +6,7 @@
     fedgrpo orchestrator   the orchestrator service (public API, rollouts)
     fedgrpo trainer        the policy trainer service
     fedgrpo reward-client  one reward client (a domain organisation)
+    fedgrpo reward-model   a client's own reward model: `preferences` from its labels, `train` (TRL, Bradley-Terry)
     fedgrpo bench          generation and step-time benchmark
     fedgrpo chaos          a real run while services are killed and restarted; counts lost/duplicated steps
     fedgrpo tasks          list the task domains
@@ -29,6 +30,7 @@ COMMANDS = {
     "orchestrator": ("services.orchestrator.server", "the orchestrator service"),
     "trainer": ("services.policy_trainer.server", "the policy trainer service"),
     "reward-client": ("services.reward_client.server", "one reward client"),
+    "reward-model": ("fedgrpo.reward_models.cli", "a client's own reward model: preferences, train"),
     "bench": ("fedgrpo.bench", "generation and training-step benchmark"),
     "chaos": ("fedgrpo.chaos", "a real run while services are killed and restarted"),
     "tasks": ("fedgrpo.cli", "list the task domains"),

@@ -224,9 +224,22 @@ def test_graph_structure():
     assert graph.graph.number_of_nodes() == 9
     assert graph.graph.number_of_edges() == 18
     edge = graph.graph.edges[("client", "alice"), ("item", "y2")]
-    assert edge == {"accuracy": 0.5, "problem": ""}
+    assert edge == {"accuracy": 0.5, "problem": "", "error": 0.5}  # CHANCE misses 2 of 4: squared error 2/4
     assert graph.graph.nodes[("item", "y2")]["domain"] == "y"
     assert graph.confidence("alice") == 1.0
+
+
+def test_probe_errors_are_what_the_reward_router_is_fitted_on():
+    graph = build_graph()
+    graph.record_probe("carol", "x1", [0.5, float("nan"), 0.5, 0.5], TRUTH, 0.0, 1.0, 0.5)  # garbage: worst
+    graph.record_unknown("dave", "y1", "timeout")  # failed in transport: not known, not counted
+    ids, features, errors = graph.probe_errors(["alice", "bob", "carol", "dave", "erin"])
+    assert ids == graph.items() and features.shape == (6, 2)
+    rows = {i: errors[n].tolist() for n, i in enumerate(ids)}
+    assert rows["x2"][:3] == [0.0, 0.5, 0.75]  # alice perfect on x, bob at chance, carol POOR (3 of 4 wrong)
+    assert rows["y2"][:3] == [0.5, 0.0, 0.75]
+    assert rows["x1"][2] == 1.0
+    assert all(math.isnan(rows[i][3]) and math.isnan(rows[i][4]) for i in ids)  # never judged
 
 
 def test_competences_over_nearest_items():
@@ -271,7 +284,7 @@ def test_garbage_probe_records_zero_and_explains():
     graph = build_graph()
     message = graph.record_probe("alice", "x1", [1.0, NAN, 1.0, 0.0], TRUTH, 0.0, 1.0, 0.5)
     assert message is not None and "'alice'" in message and "'x1'" in message and "judged_rewards[1]" in message
-    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 0.0, "problem": message}
+    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 0.0, "problem": message, "error": 1.0}
 
     too_few = graph.record_probe("alice", "x2", [1.0, 0.0], TRUTH, 0.0, 1.0, 0.5)
     assert too_few is not None and "must hold 4 rewards" in too_few and "got 2" in too_few
@@ -284,7 +297,7 @@ def test_garbage_probe_records_zero_and_explains():
 
     # a later valid probe replaces the rejected one
     assert graph.record_probe("alice", "x1", PERFECT, TRUTH, 0.0, 1.0, 0.5) is None
-    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 1.0, "problem": ""}
+    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 1.0, "problem": "", "error": 0.0}
 
 
 def test_probe_on_unknown_item_is_a_caller_error():

@@ -59,7 +59,7 @@ def test_tries_count_up_and_a_judged_probe_clears_unknown():
     assert graph.unknown_items("alice", max_tries=3) == [] and graph.unknown_items("alice") == ["x1"]
     graph.record_probe("alice", "x1", PERFECT, TRUTH, 0.0, 1.0, 0.5)
     assert graph.unknown_items("alice") == []
-    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 1.0, "problem": ""}
+    assert graph.graph.edges[("client", "alice"), ("item", "x1")] == {"accuracy": 1.0, "problem": "", "error": 0.0}
     graph.record_unknown("alice", "x1", "UNAVAILABLE")  # never overwrites what a probe judged
     assert graph.competences(np.array([1.0, 0, 0]), L=1) == {"alice": 1.0}
 

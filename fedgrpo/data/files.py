@@ -44,7 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Columns", "DataFileError", "Row", "read_rows", "normalise", "deduplicate", "FORMATS"]
+__all__ = [
+    "Columns", "DataFileError", "Row", "read_rows", "read_table", "text_cell", "row_where", "normalise", "deduplicate",
+    "FORMATS",
+]
 
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _WHITESPACE = re.compile(r"\s+")
@@ -100,7 +103,7 @@ def deduplicate(rows: Iterable[Row]) -> tuple[list[Row], int]:
 def read_rows(path: Path | str, columns: Columns = Columns(), labelled: bool = False) -> list[Row]:
     """Every row of the file or folder at ``path`` (see module docstring)."""
     path = Path(path)
-    table = _load(path)
+    table = read_table(path)
     names = list(table.column_names)
     question = columns.question
     if question not in names and question == Columns.question and "prompt" in names:
@@ -112,26 +115,27 @@ def read_rows(path: Path | str, columns: Columns = Columns(), labelled: bool = F
         raise DataFileError(f"{path}: no answer column {columns.answer!r}; its columns are {names}")
     rows = []
     for index, record in enumerate(table, start=1):
-        where = _where(path, index)
-        text = _text(record.get(question))
+        where = row_where(path, index)
+        text = text_cell(record.get(question))
         if not text:
             raise DataFileError(f"{where}: column {question!r} is empty; every row needs a question")
-        answer = _text(record.get(columns.answer)) if columns.answer in names else None
+        answer = text_cell(record.get(columns.answer)) if columns.answer in names else None
         if labelled and not answer:
             raise DataFileError(f"{where}: column {columns.answer!r} is empty; every labelled row needs an answer")
         rows.append(Row(
             question=text,
             answer=answer or None,
-            domain=_text(record.get(columns.domain)) or None,
-            system=_text(record.get(columns.system)) or None,
+            domain=text_cell(record.get(columns.domain)) or None,
+            system=text_cell(record.get(columns.system)) or None,
             metadata=_metadata(record.get(columns.metadata), where, columns.metadata),
             where=where,
         ))
     return rows
 
 
-def _load(path: Path):
-    """The file or folder as a `datasets.Dataset`, read into memory."""
+def read_table(path: Path):
+    """The file or folder as a `datasets.Dataset`, read into memory (any columns; errors as ``read_rows``)."""
+    path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no such file or folder")
     import datasets
@@ -150,6 +154,8 @@ def _load(path: Path):
             loaded = loaded["train"] if "train" in loaded else loaded[splits[0]]
         return loaded
     kind = FORMATS.get(path.suffix.lower())
+    if kind == "json" and path.is_file() and not path.read_bytes().strip():
+        raise DataFileError(f"{path}: empty: no rows")
     if kind is None:
         raise DataFileError(
             f"{path}: unknown format {path.suffix!r}; expected one of {sorted(FORMATS)} or a `datasets` folder"
@@ -197,11 +203,12 @@ def _first_bad_line(path: Path, kind: str) -> str:
     return ""
 
 
-def _where(path: Path, index: int) -> str:
+def row_where(path: Path, index: int) -> str:
+    """How a message names data row ``index`` (1-based) of ``path``."""
     return f"{path}, row {index}" + (f" (line {index})" if path.suffix.lower() == ".jsonl" else "")
 
 
-def _text(value: Any) -> str:
+def text_cell(value: Any) -> str:
     """A cell as text: strings as they are, numbers in decimal, empty cells as ''."""
     if value is None:
         return ""

@@ -65,6 +65,7 @@ from .competence import (
     require_int,
     select_top_m,
 )
+from .reward_router import probe_error
 
 CLIENT = "client"
 ITEM = "item"
@@ -174,8 +175,25 @@ class ConfidenceGraph:
             accuracy = 0.0
         if self._graph.has_edge((CLIENT, client), (ITEM, item_id)):
             self._graph.remove_edge((CLIENT, client), (ITEM, item_id))  # drops an earlier unknown's marks too
-        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=float(accuracy), problem=problem or "")
+        # What the MoR router is fitted on (reward_router.py); garbage is the worst error, 1.
+        error = 1.0 if problem else probe_error([float(r) for r in judged_rewards], [bool(t) for t in truth])
+        attrs = {"accuracy": float(accuracy), "problem": problem or "", "error": error}
+        self._graph.add_edge((CLIENT, client), (ITEM, item_id), **attrs)
         return problem
+
+    def probe_errors(self, clients: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(item ids, their embeddings [n, d], errors [n, K]): each client's mean squared probe error per
+        item (``reward_router.probe_error``; 1, the worst, for garbage or "cannot judge"), NaN where it was
+        not probed or its probe failed in transport (unknown)."""
+        errors = np.full((len(self._item_ids), len(clients)), np.nan)
+        for k, name in enumerate(clients):
+            node = (CLIENT, name)
+            if node not in self._graph:
+                continue
+            for _, item, attrs in self._graph.edges(node, data=True):
+                if item[0] == ITEM and "error" in attrs and not attrs.get("unknown"):
+                    errors[self._item_rows[item[1]], k] = attrs["error"]
+        return list(self._item_ids), self._embeddings.copy(), errors
 
     def record_unknown(self, client: str, item_id: str, why: str) -> int:
         """Record that probing ``client`` on ``item_id`` failed in transport; returns the failed tries so far.

@@ -3,7 +3,8 @@
 Clients sit on the left, the auxiliary set's domains on the right; an edge's
 width and colour show the client's mean judging accuracy on that domain
 (edges below 0.05 are left out). ``draw(weights, path)`` takes the
-``client_domain_weights()`` of a ``ConfidenceGraph``.
+``client_domain_weights()`` of a ``ConfidenceGraph`` (or, with ``measure``,
+another client x domain table in [0, 1]: the MoR router's mean weights).
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
-def draw(weights: Mapping[str, Mapping[str, float]], path: Path, title: str = "confidence graph") -> None:
+def draw(
+    weights: Mapping[str, Mapping[str, float]], path: Path, title: str = "confidence graph",
+    measure: str = "judging accuracy",
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +50,7 @@ def draw(weights: Mapping[str, Mapping[str, float]], path: Path, title: str = "c
     labels = {n: n.removeprefix("domain ") for n in graph.nodes}
     nx.draw_networkx_labels(graph, positions, labels=labels, font_size=8, font_color="white", ax=ax)
     ax.margins(x=0.12, y=0.12)
-    ax.set_title(f"{title}: judging accuracy of each client per domain")
+    ax.set_title(f"{title}: {measure} of each client per domain")
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -24,6 +24,12 @@ does not count in competence, and it is probed again whenever probing runs,
 at most ``PROBE_TRIES`` failed tries per item in
 all; after that it stays unknown and the log says so.
 
+The same probes fit MoR's reward router (``reward_router.py``): ``router_fit``
+refits it whenever a probe changed what it is fitted on, ``fusion_weights``
+gives each question's experts their router weights (RunSpec
+``reward_fusion: router``) and ``router_domain_weights`` each client's mean
+weight per domain (GetConfidenceGraph).
+
 The graph holds what the probes found and nothing a run learnt: a run's
 online confidence (``online_confidence.py``) is passed to ``select`` and
 ``export``, never written into the graph, so every run starts from the
@@ -41,6 +47,7 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 
 import grpc
+import numpy as np
 
 from fedgrpo.serving import RETRYABLE_CODES
 from fedgrpo.tasks import LabelledQuestion, Question
@@ -53,6 +60,7 @@ from .experts import exactness
 from .probes import (
     DEFAULT_CANDIDATES, DESCRIPTION_CHANGED, LiveRun, description_signature, probe_candidates, probe_due, probe_run_id,
 )
+from .reward_router import RouterFit, fit_router
 from .reward_scale import CORRECT_THRESHOLD, REWARD_MAX, REWARD_MIN
 
 log = logging.getLogger(__name__)
@@ -97,6 +105,10 @@ class ExpertRouter:
         self.probed: set[str] = set()
         self.lock = threading.Lock()
         self.probe_lock = threading.Lock()  # one probing pass at a time (joins trigger them too)
+        self.fit_lock = threading.Lock()  # the MoR router's fit, refitted when the probes change
+        self._fit: RouterFit | None = None
+        self._fit_key: tuple = ()
+        self._fit_domains: dict[str, dict[str, float]] = {}
         self.store = store
         self._restore()
 
@@ -253,6 +265,50 @@ class ExpertRouter:
                 chosen.append([(n, competences.get(n, 0.0)) for n in names])
             return chosen
 
+    def router_fit(self) -> RouterFit | None:
+        """MoR's router fitted on the current probes (``reward_router.py``), refitted whenever a probe
+        changed them; None while no client has a usable probe."""
+        with self.lock:
+            clients = sorted(self.graph.clients())
+            ids, features, errors = self.graph.probe_errors(clients)
+            domains = [self.graph.graph.nodes[("item", i)]["domain"] for i in ids]
+        if not clients or not np.isfinite(errors).any():
+            return None
+        key = (tuple(clients), errors.tobytes())
+        with self.fit_lock:
+            if self._fit is None or self._fit_key != key:
+                started = time.monotonic()
+                fit = fit_router(clients, features, errors)
+                per_domain: dict[str, dict[str, list[float]]] = {}
+                for domain, weights in zip(domains, fit.weights(features)):
+                    for name, w in weights.items():
+                        per_domain.setdefault(name, {}).setdefault(domain, []).append(w)
+                self._fit, self._fit_key = fit, key
+                self._fit_domains = {n: {d: float(np.mean(v)) for d, v in sorted(by.items())}
+                                     for n, by in per_domain.items()}
+                log.info("reward router fitted on %d items x %d clients in %.2fs: mixture error %.4f (uniform %.4f); "
+                         "weight per domain %s", fit.items, len(clients), time.monotonic() - started, fit.loss,
+                         fit.uniform_loss, {n: {d: round(w, 3) for d, w in by.items()}
+                                            for n, by in self._fit_domains.items()})
+            return self._fit
+
+    def router_domain_weights(self) -> dict[str, dict[str, float]]:
+        """Per client, per domain: its mean router weight on the domain's auxiliary items (all available)."""
+        if self.router_fit() is None:
+            return {}
+        with self.fit_lock:
+            return {n: dict(by) for n, by in self._fit_domains.items()}
+
+    def fusion_weights(self, questions: Sequence[Question], experts: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Each question's experts' weights under the router (in ``experts``' order); a client the router
+        was not fitted on (never probed usably) gets 0, unless it is the question's only expert."""
+        self.probe_new_clients()
+        fit = self.router_fit()
+        if fit is None:
+            raise RuntimeError("reward_fusion router: no client has been probed usably yet (see the probe log)")
+        weights = fit.weights(self.embedder.embed([q.text for q in questions]), available=experts)
+        return [[w.get(n, 0.0) for n in names] for w, names in zip(weights, experts)]
+
     def probed_confidence(self) -> dict[str, float]:
         """Every probed client's confidence in the graph: where each run's online confidence starts."""
         with self.lock:
@@ -265,8 +321,9 @@ class ExpertRouter:
             graph = self.graph.with_confidence(confidence) if confidence else self.graph
             return json.dumps(graph.to_json()), graph.client_domain_weights()
 
-    def export(self, directory, confidence: Mapping[str, float] | None = None) -> None:
-        """Write the graph into a run's folder, its clients carrying the run's ``confidence`` when given."""
+    def export(self, directory, confidence: Mapping[str, float] | None = None, with_router: bool = False) -> None:
+        """Write the graph into a run's folder, its clients carrying the run's ``confidence`` when given;
+        ``with_router``: also the router's mean weight per client and domain (router_weights.json, .png)."""
         from pathlib import Path
 
         directory = Path(directory)
@@ -278,3 +335,7 @@ class ExpertRouter:
         from .graph_plot import draw
 
         draw(weights, directory / "confidence_graph.png")
+        router = self.router_domain_weights() if with_router else {}
+        if router:
+            (directory / "router_weights.json").write_text(json.dumps(router, indent=1, sort_keys=True))
+            draw(router, directory / "router_weights.png", title="reward router", measure="mean fusion weight")

@@ -239,7 +239,8 @@ class RunExecutor:
             )
         self._export_model(run_id, version)
         if self.router is not None:
-            self.router.export(self.store.run_dir(run_id), self.confidence.values)
+            self.router.export(self.store.run_dir(run_id), self.confidence.values,
+                               with_router=cfg.reward_fusion == "router")
 
     def _step(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
@@ -273,6 +274,7 @@ class RunExecutor:
             run_id, cfg, step, questions, groups, outcomes, weights
         )
         m.questions_below_quorum = self._apply_quorum(cfg, outcomes)
+        weights = self._fusion_weights(cfg, questions, outcomes, weights, m)
         for q, outcome in zip(questions, outcomes):
             for name, row in zip(outcome.experts, outcome.rows):
                 accepted = sum(not math.isnan(r) for r in row)
@@ -354,6 +356,26 @@ class RunExecutor:
     ) -> list[list[tuple[str, float]]]:
         """Each question's experts with their consensus weight (competence; 1.0 when not graph-routed)."""
         return self._ranked(cfg, step, questions, views, cfg.experts_per_question)
+
+    def _fusion_weights(
+        self, cfg: RunConfig, questions: Sequence[Question], outcomes: Sequence, weights: list[list[float]],
+        m: pb.StepMetrics,
+    ) -> list[list[float]]:
+        """The consensus weights of each question's experts (as they stand after recovery) by the run's
+        ``reward_fusion``: their selection weights (competence), equal, or the router's."""
+        if cfg.reward_fusion == "mean":
+            return [[1.0] * len(o.experts) for o in outcomes]
+        if cfg.reward_fusion != "router":
+            return weights
+        assert self.router is not None  # resolve_spec refuses router fusion without the graph
+        fused = self.router.fusion_weights(questions, [list(o.experts) for o in outcomes])
+        per_client: dict[str, list[float]] = {}
+        for o, ws in zip(outcomes, fused):
+            for name, w in zip(o.experts, ws):
+                per_client.setdefault(name, []).append(w)
+        for name, ws in per_client.items():
+            m.router_weight_by_client[name] = statistics.fmean(ws)
+        return fused
 
     def _ranked(
         self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView], m: int,

@@ -186,6 +186,10 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
                 pb.DomainCompetence(client=c, domain=d, accuracy=a)
                 for c, per in sorted(weights.items()) for d, a in sorted(per.items())
             ],
+            router_weights=[
+                pb.RouterWeight(client=c, domain=d, weight=w)
+                for c, per in sorted(router.router_domain_weights().items()) for d, w in sorted(per.items())
+            ],
         )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE
 from fedgrpo.v1 import orchestrator_pb2 as pb
@@ -21,6 +21,16 @@ LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RewardReading = Literal["consensus", "pooled"]
 ExpertSelection = Literal["confidence_graph", "domain", "random", "all"]
 ZeroSignalGroups = Literal["keep", "drop"]
+RewardFusion = Literal["competence", "mean", "router"]
+Preset = Literal["fedgrpo", "mor"]
+
+# What a preset sets in a spec that leaves the field unset (RunSpec.preset).
+PRESETS: dict[str, dict[str, object]] = {
+    "fedgrpo": {},
+    # MoR (arXiv 2602.00485): every client's reward, fused by the learned router; GRPO with a KL term to
+    # the frozen base (TRL's GRPO beta of 0.04).
+    "mor": {"expert_selection": "all", "reward_fusion": "router", "beta": 0.04},
+}
 
 
 class SpecError(ValueError):
@@ -74,6 +84,18 @@ class RunConfig(BaseModel):
     max_advantage: float = Field(DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6)
     """Largest |advantage| sent to the trainer; larger ones are clamped and counted in
     ``advantages_clamped`` (``fedgrpo.advantage_bound``)."""
+    reward_fusion: RewardFusion = "competence"
+    """How a candidate's expert rewards become one (consensus reading): by competence (the graph's
+    weights; equal when not graph-routed), ``mean``, or ``router`` (MoR, ``reward_router.py``)."""
+    preset: Preset = "fedgrpo"
+    """Defaults for the fields a spec leaves unset (``PRESETS``); fields it sets win."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_defaults(cls, values: object) -> object:
+        if isinstance(values, dict) and values.get("preset") in PRESETS:
+            return {**PRESETS[values["preset"]], **values}
+        return values
 
     @property
     def samples_per_question(self) -> int:
@@ -164,6 +186,12 @@ def resolve_spec(
         raise SpecError(
             "expert_quorum", f"got {config.expert_quorum}, at most experts_per_question ({config.experts_per_question})"
         )
+    if config.reward_fusion == "router" and not graph_available:
+        raise SpecError("reward_fusion", "router needs the confidence graph's probes: start the orchestrator with "
+                        "--confidence-graph and an auxiliary set")
+    if config.reward_fusion != "competence" and config.reward_reading != "consensus":
+        raise SpecError("reward_fusion", f"{config.reward_fusion!r} fuses the consensus reading's rewards; "
+                        f"reward_reading is {config.reward_reading!r}")
     if config.max_tokens >= max_model_len:
         raise SpecError("max_tokens", f"got {config.max_tokens}, must be below max_model_len {max_model_len}")
     return config.model_copy(update={"model": served_model})

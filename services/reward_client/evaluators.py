@@ -34,6 +34,7 @@ judge" it.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -337,6 +338,16 @@ class RewardModelEvaluator:
         model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.eval()
         self.max_length = max_length
+        # A folder trained by `fedgrpo reward-model train` says how it was fed: TRL passes no segment ids.
+        self.token_type_ids = True
+        metadata = Path(model_dir) / "fedgrpo-reward-model.json"
+        if metadata.is_file():
+            try:
+                described = json.loads(metadata.read_text())
+                self.token_type_ids = bool(described.get("token_type_ids", True))
+                self.max_length = min(max_length, int(described.get("max_length", max_length)))
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"{metadata}: not readable JSON ({err})") from None
         self._lock = threading.Lock()
 
     def can_judge(self, domain: str, question: str) -> bool:
@@ -347,8 +358,10 @@ class RewardModelEvaluator:
         with self._lock, torch.no_grad():
             encoded = self.tokenizer(
                 [question] * len(candidates), candidates, truncation=True, max_length=self.max_length,
-                padding=True, return_tensors="pt",
+                padding=True, return_tensors="pt", return_token_type_ids=None if self.token_type_ids else False,
             )
+            if not self.token_type_ids:
+                encoded.pop("token_type_ids", None)
             logits = self.model(**encoded).logits.float()
             if logits.shape[-1] == 1:
                 probability = torch.sigmoid(logits[:, 0])
