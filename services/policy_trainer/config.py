@@ -66,6 +66,12 @@ class TrainerSettings(ServiceSettings):
         ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    share_prompts: bool = Field(
+        True,
+        description="Compute each distinct prompt once for its group of completions (its key/value cache repeated "
+        "for them) instead of once per completion: the same log-probabilities and gradients, fewer tokens. Off "
+        "with --gradient-checkpointing (which turns the cache off) or for a model whose cache cannot be repeated.",
+    )
     max_advantage: float = Field(
         DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6,
         description="Largest |advantage| trained on: larger ones in a batch are clamped to it (counted in "

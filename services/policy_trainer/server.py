@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     vocab_size = AutoConfig.from_pretrained(base_dir).vocab_size
     trainer = PolicyTrainer(
         base_dir, settings.state_dir, settings.device, settings.dtype,
-        settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing,
+        settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing, settings.share_prompts,
     )
     serving.serve(
         settings,

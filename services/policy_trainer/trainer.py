@@ -14,7 +14,10 @@ weights, the optimizer state and the float16 loss scaler. The frozen
 reference (beta > 0) is kept in ``dtype``: it is never updated.
 
 Log-probabilities (policy, recomputed old, reference) are those of
-``softmax(logits / temperature)``, the run's sampling temperature.
+``softmax(logits / temperature)``, the run's sampling temperature. With
+``share_prompts`` (the default) each distinct prompt of a batch is computed
+once for its whole group (``shared_prompt.py``), else every sequence in full
+over the packed batch (``batching.py``): the same numbers either way.
 
 ``applied_steps`` is the lineage of the weights: the steps whose updates they
 contain, in order. It is checkpointed with them, so after a crash it says
@@ -39,6 +42,7 @@ from fedgrpo.models import prune_snapshots, save_snapshot
 from .batching import PackedBatch, Sample, pack
 from .loss import LossSettings, policy_loss, token_logprobs
 from .precision import Precision, optimizer_step
+from .shared_prompt import shared_prompt_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +105,7 @@ class PolicyTrainer:
         keep_snapshots: int = 2,
         checkpoint_every: int = 5,
         gradient_checkpointing: bool = False,
+        share_prompts: bool = True,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.state_dir = Path(state_dir)
@@ -109,6 +114,7 @@ class PolicyTrainer:
         self.keep_snapshots = keep_snapshots
         self.checkpoint_every = checkpoint_every
         self.gradient_checkpointing = gradient_checkpointing
+        self.share_prompts = share_prompts
         self.run_id: str | None = None
         self.config = OptimizerConfig()
         self.model: PreTrainedModel | None = None
@@ -211,6 +217,23 @@ class PolicyTrainer:
         # upcasts one row at a time to float32.
         return token_logprobs(out.logits[:, :-1, :], batch.completion_ids, self.config.temperature)
 
+    @property
+    def pad_id(self) -> int:
+        assert self.model is not None
+        pad_id = self.model.config.pad_token_id
+        if pad_id is None:
+            pad_id = self.model.config.eos_token_id if isinstance(self.model.config.eos_token_id, int) else 0
+        return pad_id
+
+    def sequence_logprobs(self, model: PreTrainedModel, batch: PackedBatch, samples: list[Sample]) -> torch.Tensor:
+        """[B, C] completion log-probabilities, each prompt computed once per group when ``share_prompts``
+        (``shared_prompt.py``; the same numbers, fewer tokens), else over the packed batch."""
+        if self.share_prompts and not self.gradient_checkpointing:
+            return shared_prompt_logprobs(
+                model, samples, self.pad_id, self.config.temperature, self.device, self.precision.autocast
+            )
+        return self.completion_logprobs(model, batch)
+
     def train(self, step: int, policy_version: int, samples: list[Sample], max_completion_tokens: int) -> StepResult:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
         if step in self.results:
@@ -223,19 +246,16 @@ class PolicyTrainer:
                 f"policy_version: batch sampled by version {policy_version}, policy is at {self.version}"
             )
         started = time.monotonic()
-        pad_id = self.model.config.pad_token_id
-        if pad_id is None:
-            pad_id = self.model.config.eos_token_id if isinstance(self.model.config.eos_token_id, int) else 0
-        batch = pack(samples, pad_id).to(self.device)
+        batch = pack(samples, self.pad_id).to(self.device)
         max_len = max(max_completion_tokens, batch.completion_width)
         with torch.no_grad():
             old = batch.old_logprobs
             if old is None:
-                old = self.completion_logprobs(self.model, batch)
-            ref = self.completion_logprobs(self.reference, batch) if self.reference is not None else None
+                old = self.sequence_logprobs(self.model, batch, samples)
+            ref = self.sequence_logprobs(self.reference, batch, samples) if self.reference is not None else None
         losses, kls, clips, norms = [], [], [], []
         for update in range(self.config.updates_per_batch):
-            logprobs = self.completion_logprobs(self.model, batch)
+            logprobs = self.sequence_logprobs(self.model, batch, samples)
             loss, stats = policy_loss(
                 logprobs, old, batch.advantages, batch.completion_mask, self.config.loss, max_len, ref
             )
