@@ -109,12 +109,21 @@ def test_bradley_terry_training_puts_the_chosen_answer_above_the_rejected(traine
     out, report = trained
     assert report.train_pairs + report.held_out_pairs == 60 and report.held_out_pairs > 0
     assert report.held_out_accuracy_after == 1.0  # questions it never saw
-    assert report.held_out_accuracy_after > report.held_out_accuracy_before
     assert math.isfinite(report.final_loss) and report.final_loss < math.log(2)  # below chance (0.693)
     model, tokenizer = load_backbone(out)
     assert preference_accuracy(model, tokenizer, hand_made_preferences(), 256) == 1.0
     metadata = json.loads((out / "fedgrpo-reward-model.json").read_text())
     assert metadata["token_type_ids"] is False and metadata["report"]["train_pairs"] == report.train_pairs
+
+
+def test_the_learned_direction_follows_the_preferences(backbone, tmp_path):
+    """The same rows with chosen and rejected swapped: now the refusal must score higher."""
+    swapped = [Preference(p.question, p.rejected, p.chosen) for p in hand_made_preferences()]
+    settings = TrainingSettings(epochs=4, learning_rate=3e-3, batch_size=8, held_out_fraction=0.25)
+    report = train_reward_model(swapped, backbone, tmp_path / "rm", settings)
+    assert report.held_out_accuracy_after == 1.0
+    rewards = RewardModelEvaluator(tmp_path / "rm").score("add", "What is 100 plus 2?", ["102", "I cannot say."])
+    assert rewards[1] > rewards[0]
 
 
 def test_the_reward_client_serves_the_trained_folder_in_range(trained):
