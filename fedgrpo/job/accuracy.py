@@ -75,30 +75,19 @@ def evaluate(
     backend: str = "transformers", device: str = "cpu", dtype: str = "float32", batch: int = 32,
     default_domain: str = "",
 ) -> Evaluation:
-    from transformers import AutoTokenizer
+    from fedgrpo.local_answers import answer_rows
+    from services.orchestrator.rollout import SamplingSettings
 
-    from fedgrpo.models import chat_prompt_ids
-    from services.orchestrator.rollout import SamplingSettings, make_engine
-
-    engine = make_engine(backend, model_dir, device=device, dtype=dtype, seed=0)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     greedy = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
     outcomes: list[Outcome] = []
-    try:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
-            prompts = [
-                chat_prompt_ids(tokenizer, prompt_format.user_text(r.question), r.system or prompt_format.system)
-                for r in chunk
-            ]
-            for row, samples in zip(chunk, engine.generate(prompts, greedy), strict=True):
-                domain = row.domain or default_domain
-                text = samples[0].text
-                reward = checker(text, row.answer or "", question=row.question, domain=domain,
-                                 metadata=row.metadata, question_id=question_id(domain, row.question))
-                outcomes.append(Outcome(row.question, domain, text, reward))
-    finally:
-        engine.close()
+    for answered in answer_rows(rows, model_dir, prompt_format, greedy, backend=backend, device=device, dtype=dtype,
+                                batch=batch):
+        for row, samples in answered:
+            domain = row.domain or default_domain
+            text = samples[0].text
+            reward = checker(text, row.answer or "", question=row.question, domain=domain,
+                             metadata=row.metadata, question_id=question_id(domain, row.question))
+            outcomes.append(Outcome(row.question, domain, text, reward))
     return summarise(outcomes)
 
 

@@ -122,46 +122,31 @@ def make_preferences(
     dtype: str = "float32", seed: int = 0, batch: int = 16, progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Preference], dict[str, int]]:
     """Preference rows for labelled ``rows``, candidates sampled from ``model_dir``; and counts for the log."""
-    from transformers import AutoTokenizer
-
-    from fedgrpo.models import chat_prompt_ids
+    from fedgrpo.local_answers import answer_rows
     from fedgrpo.tasks import question_id
-    from services.orchestrator.rollout import SamplingSettings, make_engine
+    from services.orchestrator.rollout import SamplingSettings
 
-    engine = make_engine(backend, model_dir, device=device, dtype=dtype, seed=seed)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     sampling = SamplingSettings(n=samples, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
     preferences: list[Preference] = []
     counts = {"questions": 0, "candidates": 0, "right": 0, "cannot_judge": 0, "label_chosen": 0, "no_pair": 0}
-    try:
-        for start in range(0, len(rows), batch):
-            chunk = rows[start:start + batch]
-            prompts = [
-                chat_prompt_ids(tokenizer, prompt_format.user_text(r.question), r.system or prompt_format.system)
-                for r in chunk
-            ]
-            for row, completions in zip(chunk, engine.generate(prompts, sampling), strict=True):
-                domain = row.domain or ""
-                qid = question_id(domain, row.question)
-                scored = []
-                for c in completions:
-                    reward = checker(c.text, row.answer or "", question=row.question, domain=domain,
-                                     metadata=row.metadata, question_id=qid)
-                    scored.append((c.text.strip(), reward))
-                counts["questions"] += 1
-                counts["candidates"] += len(scored)
-                counts["right"] += sum(1 for _, r in scored if not math.isnan(r) and r >= CORRECT)
-                counts["cannot_judge"] += sum(1 for _, r in scored if math.isnan(r))
-                pairs = pair_candidates(row.answer or "", scored, max_pairs)
-                if not pairs:
-                    counts["no_pair"] += 1
-                for chosen, rejected in pairs:
-                    counts["label_chosen"] += chosen == row.answer
-                    preferences.append(Preference(row.question, chosen, rejected, row.domain, row.where))
-            if progress is not None:
-                progress(len(chunk))
-    finally:
-        engine.close()
+    for answered in answer_rows(rows, model_dir, prompt_format, sampling, backend=backend, device=device, dtype=dtype,
+                                seed=seed, batch=batch):
+        for row, completions in answered:
+            domain = row.domain or ""
+            qid = question_id(domain, row.question)
+            scored = [(c.text.strip(), checker(c.text, row.answer or "", question=row.question, domain=domain,
+                                               metadata=row.metadata, question_id=qid)) for c in completions]
+            counts["questions"] += 1
+            counts["candidates"] += len(scored)
+            counts["right"] += sum(1 for _, r in scored if not math.isnan(r) and r >= CORRECT)
+            counts["cannot_judge"] += sum(1 for _, r in scored if math.isnan(r))
+            pairs = pair_candidates(row.answer or "", scored, max_pairs)
+            counts["no_pair"] += not pairs
+            for chosen, rejected in pairs:
+                counts["label_chosen"] += chosen == row.answer
+                preferences.append(Preference(row.question, chosen, rejected, row.domain, row.where))
+        if progress is not None:
+            progress(len(answered))
     return preferences, counts
 
 
