@@ -321,7 +321,7 @@ class RewardModelEvaluator:
         self._torch = torch
         try:
             model, info = AutoModelForSequenceClassification.from_pretrained(
-                model_dir, output_loading_info=True, torch_dtype=torch.float32
+                model_dir, output_loading_info=True, dtype=torch.float32
             )
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         except (OSError, ValueError, KeyError) as err:
