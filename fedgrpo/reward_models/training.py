@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import shutil
 import tempfile
@@ -46,8 +45,6 @@ __all__ = [
     "MINILM", "METADATA_FILE", "RewardModelError", "TrainingSettings", "TrainingReport", "resolve_backbone",
     "held_out_split", "preference_accuracy", "train_reward_model",
 ]
-
-log = logging.getLogger(__name__)
 
 MINILM = "minilm"
 METADATA_FILE = "fedgrpo-reward-model.json"
@@ -165,6 +162,7 @@ def train_reward_model(
 ) -> TrainingReport:
     """Train, check, and publish the reward model folder at ``out`` (see module docstring)."""
     import datasets
+    import torch
     from transformers import TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
@@ -173,8 +171,6 @@ def train_reward_model(
     started = time.monotonic()
     out = Path(out)
     train, held = held_out_split(preferences, settings.held_out_fraction)
-    import torch
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)  # the new head's initial weights
         model, tokenizer = load_backbone(backbone_dir)

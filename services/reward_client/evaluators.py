@@ -340,7 +340,9 @@ class RewardModelEvaluator:
         self.max_length = max_length
         # A folder trained by `fedgrpo reward-model train` says how it was fed: TRL passes no segment ids.
         self.token_type_ids = True
-        metadata = Path(model_dir) / "fedgrpo-reward-model.json"
+        from fedgrpo.reward_models.training import METADATA_FILE
+
+        metadata = Path(model_dir) / METADATA_FILE
         if metadata.is_file():
             try:
                 described = json.loads(metadata.read_text())
@@ -360,8 +362,6 @@ class RewardModelEvaluator:
                 [question] * len(candidates), candidates, truncation=True, max_length=self.max_length,
                 padding=True, return_tensors="pt", return_token_type_ids=None if self.token_type_ids else False,
             )
-            if not self.token_type_ids:
-                encoded.pop("token_type_ids", None)
             logits = self.model(**encoded).logits.float()
             if logits.shape[-1] == 1:
                 probability = torch.sigmoid(logits[:, 0])
