@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedgrpo.job.experiment import ExperimentSettings, method_spec
-from fedgrpo.job.experiment_report import MethodRun, claims, render_markdown, summarise
+from fedgrpo.job.experiment_report import MethodRun, _mean_router, claims, render_markdown, summarise
 
 
 QUESTIONS = 100  # per domain
@@ -106,6 +106,32 @@ def test_markdown_has_the_table_and_the_claims():
     assert "95% CI [" in text and "1 seed(s) x 200 questions, paired" in text
 
 
+def test_the_report_says_how_good_each_reward_model_is_and_where_the_router_put_its_weight():
+    records = [run("zero_shot", -1, 0.4, 0.2, steps=0), run("mor", 0, 0.5, 0.3), run("mor", 1, 0.5, 0.3)]
+    records[1].router_weights = {"client-0": {"add1": 0.9, "sub1": 0.2}, "client-1": {"add1": 0.1, "sub1": 0.8}}
+    records[2].router_weights = {"client-0": {"add1": 0.7, "sub1": 0.2}, "client-1": {"add1": 0.3, "sub1": 0.8}}
+    model = {"name": "client-0", "folder": "x", "preference_rows": 180, "train_pairs": 150, "held_out_pairs": 30,
+             "held_out_accuracy_before": 0.5, "held_out_accuracy_after": 0.9, "preference_seconds": 50.0,
+             "training_seconds": 20.0}
+    summary = summarise(records)
+    settings = ExperimentSettings(domains=["add1", "sub1"], seeds=[0, 1]).model_dump(mode="json")
+    router = _mean_router([r.router_weights for r in records if r.router_weights])
+    assert router["client-0"]["add1"] == pytest.approx(0.8) and router["client-1"]["sub1"] == pytest.approx(0.8)
+    text = render_markdown({
+        "settings": settings, "methods": summary, "wall_seconds": 60.0, "claims": claims(summary, 2, 2, records),
+        "holdings": {"client-0": ["add1"], "client-1": [], "gtfree-0": ["add1"], "central": ["add1", "sub1"]},
+        "held_out": {}, "graph_accuracy": {"client-0": {"add1": 1.0, "sub1": 0.5}, "client-1": {"add1": 0.25}},
+        "probe_bytes_per_client": 0.0, "reward_models": {"client-0": model, "gtfree-0": model},
+        "router_weights": router,
+    })
+    assert "| client-0 | add1 | 180 | 0.500 -> 0.900 (30 pairs) | 50 + 20 | add1 1.00, sub1 0.50 |" in text
+    assert "| gtfree-0 | add1 | 180 | 0.500 -> 0.900 (30 pairs) | 50 + 20 |  |" in text
+    assert "| client-1 | - | - | (no labels: `smollm2-135m-instruct` judges) | - | add1 0.25 |" in text
+    assert "| client-0 | 0.800 | 0.200 |" in text and "| client-1 | 0.200 | 0.800 |" in text
+    assert "took 1.2 min in all" in text  # 50 + 20 s, the ground-truth-free copy's model counted once
+    assert "MoR beats zero-shot" in text and "| MoR (reward router) |" in text
+
+
 def test_scale_presets_apply_unless_an_option_is_given():
     default = ExperimentSettings()
     assert (default.clients, default.steps, default.eval_questions) == (5, 12, 100)
@@ -132,7 +158,7 @@ def test_bad_settings_are_refused_with_the_field(fields, message):
 def test_methods_differ_only_in_their_experts():
     s = ExperimentSettings(seeds=[3])
     names = {"federated": ["client-0", "client-1"], "gt_free": ["gtfree-0", "gtfree-1"], "central": ["central"]}
-    specs = {m: method_spec(s, m, 3, names) for m in ("fedgrpo", "random", "all", "centralised", "gt_free")}
+    specs = {m: method_spec(s, m, 3, names) for m in ("fedgrpo", "random", "all", "centralised", "gt_free", "mor")}
     assert {(sp.steps, sp.seed, sp.questions_per_step, tuple(sp.tasks)) for sp in specs.values()} == {
         (12, 3, 2, tuple(s.domains))
     }
@@ -141,6 +167,11 @@ def test_methods_differ_only_in_their_experts():
     assert specs["random"].expert_selection == "random"
     assert list(specs["centralised"].reward_clients) == ["central"] and specs["centralised"].experts_per_question == 1
     assert list(specs["gt_free"].reward_clients) == ["gtfree-0", "gtfree-1"]
+    # MoR: the preset (every client, router fusion, KL to the base) over the federated clients, consensus reading
+    mor = specs["mor"]
+    assert (mor.preset, mor.expert_selection, mor.reward_reading) == ("mor", "all", "consensus")
+    assert list(mor.reward_clients) == ["client-0", "client-1"] and not mor.HasField("beta")
+    assert {sp.preset for m, sp in specs.items() if m != "mor"} == {"fedgrpo"}
 
 
 def test_records_round_trip_for_resume(tmp_path):

@@ -13,10 +13,11 @@ import pytest
 
 from fedgrpo.data.files import DataFileError
 from fedgrpo.models import build_tiny_model
-from fedgrpo.reward_models.preferences import Preference, pair_candidates, read_preferences
+from fedgrpo.reward_models.preferences import Preference, pair_candidates, read_preferences, with_final_answer
 from fedgrpo.reward_models.training import (
     RewardModelError, TrainingSettings, held_out_split, load_backbone, preference_accuracy, train_reward_model,
 )
+from fedgrpo.tasks.prompts import extract_answer
 from services.reward_client.evaluators import RewardModelEvaluator
 
 from .conftest import write_jsonl
@@ -37,6 +38,20 @@ def test_without_a_right_candidate_the_label_is_chosen():
     assert pair_candidates("42", [("?", math.nan)], max_pairs=2) == []
     with pytest.raises(ValueError, match="max_pairs"):
         pair_candidates("42", [], max_pairs=0)
+
+
+def test_a_wrong_candidates_corrected_twin_is_chosen_over_it_before_the_bare_label():
+    wrong = [("The sum is 41.", 0.0), ("I think 7", 0.0), ("no idea", 0.0)]
+    twins = {"The sum is 41.": with_final_answer("The sum is 41.", "42"), "I think 7": with_final_answer("I think 7", "42")}
+    assert twins == {"The sum is 41.": "The sum is 42.", "I think 7": "I think 42"}
+    assert pair_candidates("42", wrong, 3, twins) == [
+        ("The sum is 42.", "The sum is 41."), ("I think 42", "I think 7"), ("42", "no idea")]
+    # A right sample beats any twin; a label the checker rejects leaves only checked twins.
+    assert pair_candidates("42", [("42", 1.0), *wrong], 1, twins) == [("42", "The sum is 41.")]
+    assert pair_candidates("42", [("42", 0.0), ("3 + 4 = 8", 0.0)], 2, {"3 + 4 = 8": "3 + 4 = 7"}) == [
+        ("3 + 4 = 7", "3 + 4 = 8")]
+    assert with_final_answer("-3 then 12.5 apples", "-4") == "-3 then -4 apples"
+    assert with_final_answer("no number", "42") is None and with_final_answer("5", "forty") is None
 
 
 def test_held_out_split_keeps_a_question_on_one_side_whatever_the_order():
@@ -169,12 +184,18 @@ def test_the_command_builds_preferences_from_labels_and_trains_a_minilm_reward_m
     ])
     prefs = tmp_path / "prefs.jsonl"
     done = run_command("preferences", "--data", str(labels), "--model", str(backbone), "--out", str(prefs),
-                       "--checker", "numeric", "--samples", "4", "--max-tokens", "6")
+                       "--checker", "numeric", "--samples", "4", "--max-tokens", "6", "--sample", "20")
     assert done.returncode == 0, done.stderr
     rows = read_preferences(prefs)
-    assert rows and "preference rows from 24 questions" in done.stdout
-    # The random tiny model is never right, so each label is chosen over its wrong samples.
-    assert all(p.chosen == str(2 * int(p.question.split()[2])) for p in rows)
+    assert rows and "preference rows from 20 questions" in done.stdout
+    asked = {int(p.question.split()[2]) for p in rows}
+    assert max(asked) >= 20  # a random 20 of the 24 rows, not the first 20
+    # The random tiny model is never right: each chosen answer is the label, or a wrong sample with the
+    # label's answer in place of its own (and the rejected one is that sample).
+    for p in rows:
+        label = str(2 * int(p.question.split()[2]))
+        assert p.chosen == label or (extract_answer(p.chosen) == label and extract_answer(p.rejected) != label
+                                     and p.chosen == with_final_answer(p.rejected, label))
     assert oct(prefs.stat().st_mode & 0o777) == "0o600"  # the rows quote private labels
     out = tmp_path / "rm"
     done = run_command("train", "--preferences", str(prefs), "--base", "minilm", "--out", str(out),

@@ -89,3 +89,51 @@ def test_the_fit_is_deterministic_and_checks_its_input():
         fit_router(["a", "b"], features, np.full(errors.shape, np.nan))
     with pytest.raises(ValueError, match="features must be finite"):
         fit_router(["a", "b"], np.full((20, 4), np.nan), errors)
+
+
+def test_a_runs_router_is_a_softmax_over_the_runs_own_clients(tmp_path):
+    """Three real reward clients on loopback, probed by the orchestrator's router: ``central`` holds the
+    labels of both domains, ``a`` only add1's and ``b`` only sub1's. Over every client, central takes
+    nearly all the weight everywhere; a run that may fuse only a and b gets a router fitted over them
+    (not central's fit with central masked out, whose gate never had to tell a from b): a leads on add1
+    and b on sub1."""
+    from fedgrpo import serving
+    from fedgrpo.job.launcher import free_port
+    from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
+    from services.orchestrator.auxiliary import auxiliary_items
+    from services.orchestrator.clients import RewardClients
+    from services.orchestrator.embedding import MiniLMEmbedder
+    from services.orchestrator.routing import ExpertRouter
+    from services.reward_client.config import RewardClientSettings
+    from services.reward_client.evaluators import AnswerBasedEvaluator
+    from services.reward_client.server import RewardClientServicer
+
+    servers, addresses = [], []
+    for name, domains in (("central", ["add1", "sub1"]), ("a", ["add1"]), ("b", ["sub1"])):
+        settings = RewardClientSettings(name=name, domains=domains, bank_size=200, plaintext=True, port=free_port())
+        servicer = RewardClientServicer(
+            settings, [AnswerBasedEvaluator.from_bank(domains, settings.bank_seed, settings.bank_size)])
+        server, _ = serving.build_server(
+            serving.Endpoint([(rpb_grpc.add_RewardClientServiceServicer_to_server, servicer, name)], settings.port),
+            settings)
+        server.start()
+        servers.append(server)
+        addresses.append(f"127.0.0.1:{settings.port}")
+    clients = RewardClients(addresses)
+    try:
+        clients.wait_for_all(30)
+        items = auxiliary_items(["add1", "sub1"], 16, 0, 200)
+        router = ExpertRouter(clients, MiniLMEmbedder("cpu"), items, neighbours=4)
+        router.probe_new_clients()
+        everyone = router.router_domain_weights()
+        pair = router.router_domain_weights(["a", "b"])
+    finally:
+        clients.close()
+        for server in servers:
+            server.stop(0)
+    assert set(everyone) == {"central", "a", "b"} and set(pair) == {"a", "b"}
+    assert min(everyone["central"].values()) > 0.5
+    assert pair["a"]["add1"] > 0.5 > pair["a"]["sub1"]
+    assert pair["b"]["sub1"] > 0.5 > pair["b"]["add1"]
+    for domain in ("add1", "sub1"):
+        assert math.fsum(pair[n][domain] for n in pair) == pytest.approx(1.0)

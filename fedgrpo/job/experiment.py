@@ -15,6 +15,14 @@ wire. Methods:
     all            every client, rewards averaged, no selection
     centralised    the ground truth of every domain (the upper bound)
     gt_free        FedGRPO with model-based judging only (paper Table 2)
+    mor            MoR: every federated client, rewards fused by the router fitted on
+                   the probes, GRPO with a KL term to the frozen base (preset mor)
+
+A client's model-based judge (``--client-judge``) is by default its own
+reward model, built first from its own labels (``experiment_reward_models``:
+the `fedgrpo reward-model` commands an organisation runs), so the judges
+differ by client; a client holding no labels judges with the judge model
+answering the question itself, as every client did before.
 
 Every party reads its own files, written first by ``experiment_files`` (what
 `fedgrpo datasets make` writes): the orchestrator its questions (no answers)
@@ -53,6 +61,7 @@ from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from .evaluate import Accuracy, labelled_accuracy
 from .experiment_files import ExperimentFiles, make_experiment_files
 from .experiment_report import MethodRun, write_report
+from .experiment_reward_models import ClientRewardModel, RewardModelOptions, build_reward_models
 from .launcher import Federation
 from .main_job import follow_run
 from .split import dirichlet_split
@@ -60,8 +69,8 @@ from .wire import ByteCountingRelay
 
 log = logging.getLogger(__name__)
 
-Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free"]
-METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free")
+Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor"]
+METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor")
 
 # --scale presets; an option given explicitly always wins over its preset. Domains have question
 # spaces far larger than the bank (1000 per domain) plus the held-out set, so held-out questions
@@ -92,8 +101,19 @@ class ExperimentSettings(BaseSettings):
     methods: list[Method] = Field(list(METHODS), description="Methods to run (JSON list or comma-separated).")
     model: str = Field("smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-policy or a HF folder.")
     judge_model: str = Field(
-        "smollm2-135m-instruct", description="Each client's own small model, judging questions it has no labels for."
+        "smollm2-135m-instruct", description="Each client's own small model: it samples the candidates of the "
+        "client's preference rows, and judges by answering itself where a client has no reward model.",
     )
+    client_judge: Literal["reward_model", "judge_model"] = Field(
+        "reward_model", description="How a client judges questions it holds no label for: reward_model (MoR: its "
+        "own reward model, built first from its own labels; a client without labels falls back to judge_model) "
+        "or judge_model (the judge model answers the question; every client the same model).",
+    )
+    reward_model_base: str = Field("minilm", description="Backbone of the clients' reward models.")
+    reward_model_questions: int = Field(
+        100, ge=1, description="Labelled questions per client whose sampled candidates become its preference rows."
+    )
+    reward_model_samples: int = Field(4, ge=2, description="Candidates sampled per such question.")
     domains: list[str] = Field(default_factory=list, description="Task domains (default: the scale's).")
     clients: int = Field(5, ge=2, le=20, description="K: reward clients sharing the domains (default: the scale's).")
     alpha: float = Field(0.1, gt=0, description="Dirichlet concentration of the domain split (paper: 0.1).")
@@ -176,15 +196,16 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
         "all": ("all", names["federated"], s.experts_per_question),
         "centralised": ("all", names["central"], 1),
         "gt_free": ("confidence_graph", names["gt_free"], s.experts_per_question),
+        "mor": ("all", names["federated"], s.experts_per_question),  # the preset fuses them with the router
     }[method]
     return pb.RunSpec(
         dataset=DATASET, tasks=s.domains, steps=s.steps, questions_per_step=s.questions_per_step,
         candidates_per_question=s.candidates_per_question, experts_per_question=m,
         learning_rate=s.learning_rate, loss_type=s.loss_type, max_tokens=s.max_tokens, updates_per_batch=1,
         temperature=1.0, seed=seed, expert_selection=selection, reward_clients=clients,
-        reward_reading=s.reward_reading if method != "all" else "consensus",
+        reward_reading=s.reward_reading if selection != "all" else "consensus",
         confidence_update_rate=s.confidence_update_rate if selection == "confidence_graph" else 0.0,
-        reward_timeout_seconds=120.0,
+        reward_timeout_seconds=120.0, preset="mor" if method == "mor" else "fedgrpo",
     )
 
 
@@ -198,6 +219,20 @@ class _Experiment:
                                            AUXILIARY_SIZE)
         self.digest = held_out_digest(self.files)
         self.checker = load_checker("reasoning-gym")
+        self.reward_models: dict[str, ClientRewardModel] = {}
+
+    def build_reward_models(self) -> None:
+        """Each labelled client's own reward model, when clients judge with one (``--client-judge``)."""
+        s = self.s
+        if s.client_judge != "reward_model" or not set(s.methods) & {"fedgrpo", "random", "all", "gt_free", "mor"}:
+            return
+        options = RewardModelOptions(
+            model=s.judge_model, base=s.reward_model_base, questions=s.reward_model_questions,
+            samples=s.reward_model_samples, max_tokens=s.max_tokens, instruction=INSTRUCTION, backend=s.backend,
+            device=s.device, dtype=s.dtype, cache_dir=s.cache_dir,
+        )
+        labels = {f"client-{k}": file for k, file in enumerate(self.files.labels)}
+        self.reward_models = build_reward_models(labels, self.out / "clients", options, self.console)
 
     def evaluate(self, stub) -> Accuracy:  # type: ignore[no-untyped-def]
         accuracy, cannot_judge = labelled_accuracy(
@@ -213,18 +248,23 @@ class _Experiment:
         trainer = fed.start("trainer", "trainer", [*common, "--model", s.model, "--cache-dir", str(s.cache_dir),
                                                     "--state-dir", str(self.out / "trainer"), "--device", s.device,
                                                     "--dtype", s.dtype])
-        judge = ["--judge-model", s.judge_model, "--judge-max-tokens", str(s.judge_max_tokens),
-                 "--judge-cache", str(self.out / "judge_answers.sqlite"), "--cache-dir", str(s.cache_dir)]
+        judge_model = ["--judge-model", s.judge_model, "--judge-max-tokens", str(s.judge_max_tokens),
+                       "--judge-cache", str(self.out / "judge_answers.sqlite"), "--cache-dir", str(s.cache_dir)]
+
+        def judge(k: int) -> list[str]:  # its own reward model if it built one, else the judge model
+            model = self.reward_models.get(f"client-{k}")
+            return ["--reward-model", model.folder] if model else judge_model
+
         wanted = set(s.methods)
         clients = []
         checked = ["--checker", "reasoning-gym"]
         labels = [[*checked, "--labels", str(file)] if file else [] for file in self.files.labels]
-        if wanted & {"fedgrpo", "random", "all"}:
+        if wanted & {"fedgrpo", "random", "all", "mor"}:
             for k in range(len(self.split.holdings)):
-                clients.append((f"client-{k}", [*judge, *labels[k]], "federated"))
+                clients.append((f"client-{k}", [*judge(k), *labels[k]], "federated"))
         if "gt_free" in wanted:  # its labels only declare its domains: it judges with its model alone
             for k in range(len(self.split.holdings)):
-                clients.append((f"gtfree-{k}", [*judge, *labels[k], "--ground-truth-free"], "gt_free"))
+                clients.append((f"gtfree-{k}", [*judge(k), *labels[k], "--ground-truth-free"], "gt_free"))
         if "centralised" in wanted:
             clients.append(("central", [*checked, "--labels", str(self.files.central)], "central"))
         started = [fed.start(name, "reward-client", [*common, "--name", name, *args]) for name, args, _ in clients]
@@ -265,6 +305,11 @@ class _Experiment:
         train_seconds = time.monotonic() - started
         after = self.wire()
         accuracy = self.evaluate(stub)
+        router = {}
+        if spec.preset == "mor":  # the router over the run's clients, as it fused them
+            view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id))
+            for w in view.router_weights:
+                router.setdefault(w.client, {})[w.domain] = w.weight
         self._free_disk(run)
         used = list(spec.reward_clients)
         wire = {n: (after[n][0] - before[n][0], after[n][1] - before[n][1]) for n in used}
@@ -273,7 +318,8 @@ class _Experiment:
             f"({', '.join(f'{d} {a:.2f}' for d, a in accuracy.per_domain.items())}), {train_seconds:.0f}s"
         )
         return MethodRun(method, seed, run.run_id, accuracy.per_domain, accuracy.overall, steps,
-                         wire, len(steps), train_seconds, accuracy.correct, self.digest, rollouts_per_question(spec))
+                         wire, len(steps), train_seconds, accuracy.correct, self.digest, rollouts_per_question(spec),
+                         router)
 
     def _free_disk(self, run: pb.Run) -> None:
         """A run's trainer state (snapshots, optimizer checkpoint: ~2.6 GB for SmolLM2) is not needed once it
@@ -315,6 +361,7 @@ def run_experiment(s: ExperimentSettings) -> Path:
         resolve_model(model, s.cache_dir)
     for k, held in enumerate(exp.split.holdings):
         console.log(f"client-{k} holds {', '.join(held) or 'no domain (judges with its model only)'}")
+    exp.build_reward_models()
     with Federation(out / "logs" / time.strftime("%H%M%S")) as fed:
         stub = exp.start(fed)
         probe_wire = exp.wire()
@@ -330,7 +377,7 @@ def run_experiment(s: ExperimentSettings) -> Path:
     path = write_report(
         out, s.model_dump(mode="json"), exp.split, exp.names, records, graph_dict, probe_wire,
         wall_seconds=earlier_seconds + time.monotonic() - started, resumed=bool(s.resume),
-        held_out=held_out,
+        held_out=held_out, reward_models={n: m.to_json() for n, m in exp.reward_models.items()},
     )
     console.print(path.read_text())
     console.print(f"report: {path} (report.json and plots beside it); total {time.monotonic() - started:.0f}s")

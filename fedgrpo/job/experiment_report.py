@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .experiment_reward_models import render_markdown as reward_models_markdown
 from .paired import MARGIN, RESAMPLES, RNG_SEED, compare
 
 LABELS = {
@@ -30,6 +31,7 @@ LABELS = {
     "all": "all clients averaged",
     "centralised": "centralised GRPO",
     "gt_free": "FedGRPO ground-truth-free",
+    "mor": "MoR (reward router)",
 }
 
 
@@ -49,6 +51,7 @@ class MethodRun:
     correct: dict[str, list[int]] = field(default_factory=dict)  # domain -> 1/0 per held-out question, in order
     held_out_digest: str = ""  # which held-out questions: runs pair only on the same ones
     rollouts_per_question: int = 0  # candidates the policy sampled per training question
+    router_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # mor: client -> domain -> weight
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -115,6 +118,8 @@ PAIRED_CLAIMS = [
     ("FedGRPO beats random expert selection", "fedgrpo", "random", "beats"),
     ("FedGRPO within 3 points of centralised GRPO", "fedgrpo", "centralised", "within"),
     ("ground-truth-free FedGRPO beats zero-shot", "gt_free", "zero_shot", "beats"),
+    ("MoR beats zero-shot", "mor", "zero_shot", "beats"),
+    ("FedGRPO beats MoR", "fedgrpo", "mor", "beats"),
 ]
 
 
@@ -256,6 +261,10 @@ def render_markdown(report: Mapping) -> str:
         acc = report["graph_accuracy"].get(name, {})
         lines.append(f"| {name} | {', '.join(held) or '-'} | "
                      + ", ".join(f"{d} {a:.2f}" for d, a in sorted(acc.items())) + " |")
+    if report.get("reward_models") or report.get("router_weights"):
+        lines += [""] + reward_models_markdown(report.get("reward_models", {}), report["holdings"],
+                                               report["graph_accuracy"], report.get("router_weights", {}),
+                                               s["judge_model"])
     lines += [
         "",
         "![accuracy](accuracy_by_method.png)",
@@ -266,6 +275,16 @@ def render_markdown(report: Mapping) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _mean_router(fits: Sequence[Mapping[str, Mapping[str, float]]]) -> dict[str, dict[str, float]]:
+    """Client -> domain -> the mean of its router weight over the mor runs (the same probes: equal fits)."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    for fit in fits:
+        for client, per in fit.items():
+            for domain, weight in per.items():
+                collected.setdefault(client, {}).setdefault(domain, []).append(weight)
+    return {c: {d: statistics.fmean(ws) for d, ws in sorted(per.items())} for c, per in sorted(collected.items())}
 
 
 def _plot_accuracy(summary: Mapping[str, dict], domains: Sequence[str], path: Path) -> None:
@@ -325,6 +344,7 @@ def write_report(
     wall_seconds: float,
     resumed: bool = False,
     held_out: Mapping | None = None,
+    reward_models: Mapping[str, Mapping] | None = None,
 ) -> Path:
     from services.orchestrator.graph_plot import draw
 
@@ -336,6 +356,9 @@ def write_report(
     holdings.update({name: list(held) for name, held in zip(names.get("gt_free", []), split.holdings)})
     holdings.update({name: list(settings["domains"]) for name in names.get("central", [])})
     probe = [sent + received for sent, received in probe_wire.values()]
+    judges = dict(reward_models or {})  # a ground-truth-free copy judges with its client's reward model
+    judges.update({n.replace("client-", "gtfree-"): m for n, m in (reward_models or {}).items()})
+    router = _mean_router([r.router_weights for r in records if r.method == "mor" and r.router_weights])
     report = {
         "settings": dict(settings),
         "wall_seconds": wall_seconds,
@@ -347,6 +370,8 @@ def write_report(
         "split_shares": split.shares,
         "graph_accuracy": accuracy,
         "probe_bytes_per_client": statistics.fmean(probe) if probe else math.nan,
+        "reward_models": {n: m for n, m in judges.items() if n in holdings},
+        "router_weights": router,
         "runs": [r.to_json() for r in records],
     }
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
@@ -357,6 +382,8 @@ def write_report(
     if names.get("gt_free"):
         draw({n: accuracy.get(n, {}) for n in names["gt_free"]}, out / "confidence_graph_gt_free.png",
              title="ground-truth-free clients")
+    if router:
+        draw(router, out / "router_weights.png", title="MoR reward router (mor arm)", measure="mean fusion weight")
     path = out / "report.md"
     path.write_text(render_markdown(report))
     return path

@@ -170,8 +170,9 @@ def run_federation(
             for c in view.competences:
                 competence.setdefault(c.client, {})[c.domain] = round(c.accuracy, 3)
             console.log(f"probed judging accuracy: {competence}")
-            if run.spec.reward_fusion == "router":
-                for w in view.router_weights:
+            if run.spec.reward_fusion == "router":  # the router over the run's clients, as it fused them
+                run_view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id))
+                for w in run_view.router_weights:
                     router.setdefault(w.client, {})[w.domain] = round(w.weight, 3)
                 console.log(f"reward router, mean weight per domain: {router}")
     run_dir = Path(run.artifacts_path)

@@ -50,6 +50,8 @@ def _preferences(argv: list[str]) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     parser.add_argument("--max-tokens", type=int, default=48, help="longest candidate in tokens (default 48)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N labelled rows (default: all)")
+    parser.add_argument("--sample", type=int, default=0,
+                        help="a random N of the labelled rows, drawn with --seed, in file order (default: all)")
     parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
@@ -71,7 +73,14 @@ def _preferences(argv: list[str]) -> None:
         rows = read_rows(args.data, Columns(), labelled=True)
     except DataFileError as err:
         fail("--data", err)
+    if args.limit > 0 and args.sample > 0:
+        fail("--sample", "give --limit (the first N rows) or --sample (a random N), not both")
     rows = rows[: args.limit] if args.limit > 0 else rows
+    if 0 < args.sample < len(rows):  # a file's rows often come a domain at a time: the first N hold one
+        import random
+
+        kept = set(random.Random(args.seed).sample(range(len(rows)), args.sample))
+        rows = [row for i, row in enumerate(rows) if i in kept]
     from rich.progress import Progress
 
     from fedgrpo.models import resolve_model
@@ -95,8 +104,9 @@ def _preferences(argv: list[str]) -> None:
     write_preferences(prefs, args.out)
     judged = counts["candidates"] - counts["cannot_judge"]
     print(f"{args.out}: {len(prefs)} preference rows from {counts['questions']} questions; {counts['candidates']} "
-          f"candidates, {counts['right']} right of {judged} judged ({counts['cannot_judge']} cannot judge); the label "
-          f"was the chosen answer in {counts['label_chosen']} rows; {counts['no_pair']} questions gave no pair")
+          f"candidates, {counts['right']} right of {judged} judged ({counts['cannot_judge']} cannot judge); the chosen "
+          f"answer was a wrong candidate with the label's answer in {counts['corrected_chosen']} rows and the label "
+          f"itself in {counts['label_chosen']}; {counts['no_pair']} questions gave no pair")
 
 
 def _train(argv: list[str]) -> None:

@@ -10,14 +10,20 @@ chosen and rejected answers are the same text (after
 :func:`fedgrpo.data.files.normalise`) raises :class:`DataFileError` naming the
 file, the row and the field.
 
-``pair_candidates(label, scored, max_pairs)`` is the pure rule that turns one
-labelled question's sampled candidates into preference pairs: candidates the
-checker scored right (reward >= 0.5) are chosen over the ones it scored wrong
-(< 0.5); NaN ("cannot judge") candidates are left out; repeats (same
-normalised text) count once. When no sampled candidate is right, the label
-itself is the chosen answer: a client that holds labels always knows one
-right answer. At most ``max_pairs`` pairs, each wrong candidate used once,
-right ones taken in turn.
+``pair_candidates(label, scored, max_pairs, corrected)`` is the pure rule that
+turns one labelled question's sampled candidates into preference pairs:
+candidates the checker scored right (reward >= 0.5) are chosen over the ones
+it scored wrong (< 0.5); NaN ("cannot judge") candidates are left out;
+repeats (same normalised text) count once. When no sampled candidate is
+right, a wrong candidate's *corrected* twin (``corrected[wrong]``: the same
+text with its final answer replaced by the label, which the checker called
+right) is chosen over it, so the pair differs only in the answer and a
+reward model learns correctness rather than the label's bare format; a wrong
+candidate without a twin is paired with the label itself (a client that
+holds labels always knows one right answer). At most ``max_pairs`` pairs,
+each wrong candidate used once, right ones taken in turn.
+``with_final_answer(text, answer)`` builds such a twin: ``text`` with its last
+number replaced by ``answer`` (None when either is not a number).
 
 ``make_preferences(rows, model_dir, checker, ...)`` samples ``samples``
 candidates per labelled row with a local rollout engine (the orchestrator's:
@@ -31,7 +37,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +45,8 @@ from fedgrpo.atomic_file import replace_file
 from fedgrpo.data.files import DataFileError, Row, normalise, read_table, row_where, text_cell
 
 __all__ = [
-    "Preference", "PreferenceColumns", "read_preferences", "pair_candidates", "make_preferences", "write_preferences",
+    "Preference", "PreferenceColumns", "read_preferences", "pair_candidates", "with_final_answer", "make_preferences",
+    "write_preferences",
 ]
 
 CORRECT = 0.5  # a checker reward at least this is a right answer (fedgrpo.tasks.CORRECT_THRESHOLD)
@@ -93,7 +100,23 @@ def read_preferences(path: Path | str, columns: PreferenceColumns = PreferenceCo
     return rows
 
 
-def pair_candidates(label: str, scored: Sequence[tuple[str, float]], max_pairs: int) -> list[tuple[str, str]]:
+def with_final_answer(text: str, answer: str) -> str | None:
+    """``text`` with its last number replaced by ``answer`` (a number); None if either has no number."""
+    from fedgrpo.tasks.prompts import _NUMBER_RE
+
+    if not _NUMBER_RE.fullmatch(answer.strip()):
+        return None
+    last = None
+    for last in _NUMBER_RE.finditer(text):
+        pass
+    if last is None:
+        return None
+    return text[: last.start()] + answer.strip() + text[last.end():]
+
+
+def pair_candidates(
+    label: str, scored: Sequence[tuple[str, float]], max_pairs: int, corrected: Mapping[str, str] | None = None,
+) -> list[tuple[str, str]]:
     """(chosen, rejected) pairs from one question's scored candidates (see module docstring)."""
     if max_pairs < 1:
         raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
@@ -107,9 +130,11 @@ def pair_candidates(label: str, scored: Sequence[tuple[str, float]], max_pairs: 
         seen.add(key)
         (right if reward >= CORRECT else wrong).append(text)
     if not right:
-        if normalise(label) in {normalise(w) for w in wrong}:
-            return []  # the checker called the label itself wrong: nothing to learn from this row
-        right = [label]
+        label_rejected = normalise(label) in {normalise(w) for w in wrong}
+        twins = corrected or {}
+        pairs = [(twins[w], w) if w in twins else (label, w) for w in wrong[:max_pairs]]
+        # the checker called the label itself wrong: only checked twins are worth learning from
+        return [(c, r) for c, r in pairs if c != label] if label_rejected else pairs
     pairs = []
     for i, rejected in enumerate(wrong[:max_pairs]):
         pairs.append((right[i % len(right)], rejected))
@@ -128,22 +153,31 @@ def make_preferences(
 
     sampling = SamplingSettings(n=samples, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
     preferences: list[Preference] = []
-    counts = {"questions": 0, "candidates": 0, "right": 0, "cannot_judge": 0, "label_chosen": 0, "no_pair": 0}
+    counts = {"questions": 0, "candidates": 0, "right": 0, "cannot_judge": 0, "label_chosen": 0, "corrected_chosen": 0,
+              "no_pair": 0}
     for answered in answer_rows(rows, model_dir, prompt_format, sampling, backend=backend, device=device, dtype=dtype,
                                 seed=seed, batch=batch):
         for row, completions in answered:
             domain = row.domain or ""
             qid = question_id(domain, row.question)
-            scored = [(c.text.strip(), checker(c.text, row.answer or "", question=row.question, domain=domain,
-                                               metadata=row.metadata, question_id=qid)) for c in completions]
+            check = lambda text: checker(text, row.answer or "", question=row.question,  # noqa: E731
+                                         domain=domain, metadata=row.metadata, question_id=qid)
+            scored = [(c.text.strip(), check(c.text)) for c in completions]
+            corrected = {}
+            if not any(not math.isnan(r) and r >= CORRECT for _, r in scored):
+                for text, _ in scored:
+                    twin = with_final_answer(text, row.answer or "")
+                    if twin is not None and twin != text and check(twin) >= CORRECT:
+                        corrected[text] = twin
             counts["questions"] += 1
             counts["candidates"] += len(scored)
             counts["right"] += sum(1 for _, r in scored if not math.isnan(r) and r >= CORRECT)
             counts["cannot_judge"] += sum(1 for _, r in scored if math.isnan(r))
-            pairs = pair_candidates(row.answer or "", scored, max_pairs)
+            pairs = pair_candidates(row.answer or "", scored, max_pairs, corrected)
             counts["no_pair"] += not pairs
             for chosen, rejected in pairs:
                 counts["label_chosen"] += chosen == row.answer
+                counts["corrected_chosen"] += chosen != row.answer and chosen in corrected.values()
                 preferences.append(Preference(row.question, chosen, rejected, row.domain, row.where))
         if progress is not None:
             progress(len(answered))

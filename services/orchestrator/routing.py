@@ -25,10 +25,14 @@ at most ``PROBE_TRIES`` failed tries per item in
 all; after that it stays unknown and the log says so.
 
 The same probes fit MoR's reward router (``reward_router.py``): ``router_fit``
-refits it whenever a probe changed what it is fitted on, ``fusion_weights``
-gives each question's experts their router weights (RunSpec
-``reward_fusion: router``) and ``router_domain_weights`` each client's mean
-weight per domain (GetConfidenceGraph).
+fits one over a set of clients (a run's ``reward_clients``, or every probed
+client) and refits it whenever a probe changed what it is fitted on: the
+gate is a softmax over exactly the clients a run may fuse, so a client
+outside the run (say, one holding every label) cannot soak up the weight
+the run's clients share. ``fusion_weights`` gives each question's experts
+their router weights (RunSpec ``reward_fusion: router``) and
+``router_domain_weights`` each client's mean weight per domain
+(GetConfidenceGraph, a run's folder).
 
 The graph holds what the probes found and nothing a run learnt: a run's
 online confidence (``online_confidence.py``) is passed to ``select`` and
@@ -105,10 +109,9 @@ class ExpertRouter:
         self.probed: set[str] = set()
         self.lock = threading.Lock()
         self.probe_lock = threading.Lock()  # one probing pass at a time (joins trigger them too)
-        self.fit_lock = threading.Lock()  # the MoR router's fit, refitted when the probes change
-        self._fit: RouterFit | None = None
-        self._fit_key: tuple = ()
-        self._fit_domains: dict[str, dict[str, float]] = {}
+        self.fit_lock = threading.Lock()  # the MoR routers' fits, refitted when the probes change
+        # client set -> (probe errors it was fitted on, the fit, its mean weight per client and domain)
+        self._fits: dict[tuple[str, ...], tuple[bytes, RouterFit, dict[str, dict[str, float]]]] = {}
         self.store = store
         self._restore()
 
@@ -265,45 +268,54 @@ class ExpertRouter:
                 chosen.append([(n, competences.get(n, 0.0)) for n in names])
             return chosen
 
-    def router_fit(self) -> RouterFit | None:
-        """MoR's router fitted on the current probes (``reward_router.py``), refitted whenever a probe
-        changed them; None while no client has a usable probe."""
+    def router_fit(self, clients: Sequence[str] = ()) -> RouterFit | None:
+        """MoR's router over ``clients`` (default: every probed client; ones never probed are left out),
+        fitted on the current probes and refitted whenever a probe changed them; None while none of them
+        has a usable probe."""
         with self.lock:
-            clients = sorted(self.graph.clients())
-            ids, features, errors = self.graph.probe_errors(clients)
+            known = self.graph.clients()
+            names = sorted(set(clients) & set(known)) if clients else sorted(known)
+            ids, features, errors = self.graph.probe_errors(names)
             domains = [self.graph.graph.nodes[("item", i)]["domain"] for i in ids]
-        if not clients or not np.isfinite(errors).any():
+        if not names or not np.isfinite(errors).any():
             return None
-        key = (tuple(clients), errors.tobytes())
+        key, probes = tuple(names), errors.tobytes()
         with self.fit_lock:
-            if self._fit is None or self._fit_key != key:
-                started = time.monotonic()
-                fit = fit_router(clients, features, errors)
-                per_domain: dict[str, dict[str, list[float]]] = {}
-                for domain, weights in zip(domains, fit.weights(features)):
-                    for name, w in weights.items():
-                        per_domain.setdefault(name, {}).setdefault(domain, []).append(w)
-                self._fit, self._fit_key = fit, key
-                self._fit_domains = {n: {d: float(np.mean(v)) for d, v in sorted(by.items())}
-                                     for n, by in per_domain.items()}
-                log.info("reward router fitted on %d items x %d clients in %.2fs: mixture error %.4f (uniform %.4f); "
-                         "weight per domain %s", fit.items, len(clients), time.monotonic() - started, fit.loss,
-                         fit.uniform_loss, {n: {d: round(w, 3) for d, w in by.items()}
-                                            for n, by in self._fit_domains.items()})
-            return self._fit
+            cached = self._fits.get(key)
+            if cached is not None and cached[0] == probes:
+                return cached[1]
+        started = time.monotonic()
+        fit = fit_router(names, features, errors)
+        per_domain: dict[str, dict[str, list[float]]] = {}
+        for domain, weights in zip(domains, fit.weights(features)):
+            for name, w in weights.items():
+                per_domain.setdefault(name, {}).setdefault(domain, []).append(w)
+        by_domain = {n: {d: float(np.mean(v)) for d, v in sorted(by.items())} for n, by in per_domain.items()}
+        with self.fit_lock:
+            self._fits[key] = (probes, fit, by_domain)
+        log.info("reward router over %s fitted on %d items in %.2fs: mixture error %.4f (uniform %.4f); "
+                 "weight per domain %s", ", ".join(names), fit.items, time.monotonic() - started, fit.loss,
+                 fit.uniform_loss, {n: {d: round(w, 3) for d, w in by.items()} for n, by in by_domain.items()})
+        return fit
 
-    def router_domain_weights(self) -> dict[str, dict[str, float]]:
-        """Per client, per domain: its mean router weight on the domain's auxiliary items (all available)."""
-        if self.router_fit() is None:
+    def router_domain_weights(self, clients: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+        """Per client, per domain: its mean weight, under the router over ``clients`` (see ``router_fit``),
+        on the domain's auxiliary items."""
+        fit = self.router_fit(clients)
+        if fit is None:
             return {}
         with self.fit_lock:
-            return {n: dict(by) for n, by in self._fit_domains.items()}
+            by_domain = self._fits[tuple(fit.clients)][2]
+            return {n: dict(by) for n, by in by_domain.items()}
 
-    def fusion_weights(self, questions: Sequence[Question], experts: Sequence[Sequence[str]]) -> list[list[float]]:
-        """Each question's experts' weights under the router (in ``experts``' order); a client the router
-        was not fitted on (never probed usably) gets 0, unless it is the question's only expert."""
+    def fusion_weights(
+        self, questions: Sequence[Question], experts: Sequence[Sequence[str]], clients: Sequence[str] = (),
+    ) -> list[list[float]]:
+        """Each question's experts' weights under the router over ``clients`` (a run's ``reward_clients``;
+        default every probed client), in ``experts``' order; a client the router was not fitted on (never
+        probed usably) gets 0, unless it is the question's only expert."""
         self.probe_new_clients()
-        fit = self.router_fit()
+        fit = self.router_fit(clients)
         if fit is None:
             raise RuntimeError("reward_fusion router: no client has been probed usably yet (see the probe log)")
         weights = fit.weights(self.embedder.embed([q.text for q in questions]), available=experts)
@@ -321,9 +333,13 @@ class ExpertRouter:
             graph = self.graph.with_confidence(confidence) if confidence else self.graph
             return json.dumps(graph.to_json()), graph.client_domain_weights()
 
-    def export(self, directory, confidence: Mapping[str, float] | None = None, with_router: bool = False) -> None:
+    def export(
+        self, directory, confidence: Mapping[str, float] | None = None, with_router: bool = False,
+        clients: Sequence[str] = (),
+    ) -> None:
         """Write the graph into a run's folder, its clients carrying the run's ``confidence`` when given;
-        ``with_router``: also the router's mean weight per client and domain (router_weights.json, .png)."""
+        ``with_router``: also the mean weight per client and domain of the router over ``clients`` (the
+        run's; router_weights.json, .png)."""
         from pathlib import Path
 
         directory = Path(directory)
@@ -335,7 +351,7 @@ class ExpertRouter:
         from .graph_plot import draw
 
         draw(weights, directory / "confidence_graph.png")
-        router = self.router_domain_weights() if with_router else {}
+        router = self.router_domain_weights(clients) if with_router else {}
         if router:
             (directory / "router_weights.json").write_text(json.dumps(router, indent=1, sort_keys=True))
             draw(router, directory / "router_weights.png", title="reward router", measure="mean fusion weight")

@@ -240,7 +240,7 @@ class RunExecutor:
         self._export_model(run_id, version)
         if self.router is not None:
             self.router.export(self.store.run_dir(run_id), self.confidence.values,
-                               with_router=cfg.reward_fusion == "router")
+                               with_router=cfg.reward_fusion == "router", clients=cfg.reward_clients)
 
     def _step(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
@@ -368,7 +368,7 @@ class RunExecutor:
         if cfg.reward_fusion != "router":
             return weights
         assert self.router is not None  # resolve_spec refuses router fusion without the graph
-        fused = self.router.fusion_weights(questions, [list(o.experts) for o in outcomes])
+        fused = self.router.fusion_weights(questions, [list(o.experts) for o in outcomes], cfg.reward_clients)
         per_client: dict[str, list[float]] = {}
         for o, ws in zip(outcomes, fused):
             for name, w in zip(o.experts, ws):

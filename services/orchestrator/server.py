@@ -174,9 +174,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         if router is None:
             serving.failed_precondition(context, "this orchestrator runs without a confidence graph (--confidence-graph)")
         router.probe_new_clients()
-        confidence = None
-        if request.run_id:  # the graph as that run sees it: its own online confidence, last completed step
-            self._run(request.run_id, context)
+        confidence, clients = None, ()
+        if request.run_id:  # the graph as that run sees it: its own online confidence, last completed step,
+            clients = tuple(self._run(request.run_id, context).spec.reward_clients)  # the router over its clients
             last = self.store.last_step(request.run_id)
             confidence = dict(last.confidence_by_client) if last else {}
         graph_json, weights = router.snapshot(confidence)
@@ -188,7 +188,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             ],
             router_weights=[
                 pb.RouterWeight(client=c, domain=d, weight=w)
-                for c, per in sorted(router.router_domain_weights().items()) for d, w in sorted(per.items())
+                for c, per in sorted(router.router_domain_weights(clients).items()) for d, w in sorted(per.items())
             ],
         )
 

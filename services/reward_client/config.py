@@ -7,8 +7,8 @@ small local model that judges any other question (model-based evaluator).
 ``evaluator_order`` says which it asks first. A client may hold no domain at all
 (a Dirichlet split of domains over clients leaves some empty-handed): it then
 judges with its model only, so it needs ``judge_model``. In
-``ground_truth_free`` mode it judges every question with that model only and
-its labelled data is not used.
+``ground_truth_free`` mode it judges every question with its models only
+(``reward_model``, ``judge_model``) and its labelled data is not used.
 
 ``domains`` is a comma-separated list on the command line and in the
 environment (``--domains add1,sub1``, ``FEDGRPO_REWARD_CLIENT_DOMAINS=add1,sub1``;
@@ -113,8 +113,8 @@ class RewardClientSettings(ServiceSettings):
     )
     ground_truth_free: bool = Field(
         False,
-        description="Judge every question with the model-based evaluator only; the labelled data of "
-        "`domains` is not used. Requires judge_model.",
+        description="Judge every question with the model-based evaluators only (reward_model, judge_model); "
+        "the labelled data is not used. Requires one of them.",
     )
     judge_max_tokens: int = Field(
         24, ge=1, le=1024, description="Longest reply of the judge model to a question, in tokens."
@@ -212,9 +212,10 @@ class RewardClientSettings(ServiceSettings):
                 "judge_model is set but evaluator_order leaves out judge: add judge to evaluator_order "
                 "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop judge_model"
             )
-        if self.ground_truth_free and not self.judge_model:
+        if self.ground_truth_free and not self.judge_model and not self.reward_model:
             raise ValueError(
-                "ground_truth_free needs a judge model: set judge_model (--judge-model / "
+                "ground_truth_free needs a model to judge with: set reward_model (--reward-model DIR / "
+                "FEDGRPO_REWARD_CLIENT_REWARD_MODEL) or judge_model (--judge-model / "
                 "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL), or drop ground_truth_free"
             )
         return self
