@@ -14,6 +14,9 @@
     fedgrpo prepare-model  convert/cache a base model (smollm2-135m-instruct, tiny-policy, tiny-llama)
     fedgrpo health ADDR    exit 0 if the service at host:port reports SERVING (container health checks)
     fedgrpo certs          a development CA and identities for mutual TLS (`certs init`, `certs issue NAME`)
+    fedgrpo runs           drive an orchestrator: `runs create|list|get|watch|cancel` (the client library)
+    fedgrpo clients        an orchestrator's reward clients (`clients list`)
+    fedgrpo graph          an orchestrator's confidence graph (`graph show|export`)
 
 `fedgrpo <command> --help` documents every option; each option can also be
 set by environment variable (shown in the service's config docs).
@@ -38,6 +41,9 @@ COMMANDS = {
     "prepare-model": ("fedgrpo.cli", "convert and cache a base model"),
     "health": ("fedgrpo.cli", "check a service's gRPC health"),
     "certs": ("fedgrpo.cli", "a development CA and identities for mutual TLS"),
+    "runs": ("fedgrpo.client_cli", "create, list, get, watch and cancel runs"),
+    "clients": ("fedgrpo.client_cli", "an orchestrator's reward clients"),
+    "graph": ("fedgrpo.client_cli", "an orchestrator's confidence graph"),
 }
 
 
@@ -240,6 +246,10 @@ def main(argv: list[str] | None = None) -> None:
         return _certs(rest)
     if command == "datasets":
         return _datasets(rest)
+    if command in ("runs", "clients", "graph"):
+        from fedgrpo.client_cli import main as client_main
+
+        return client_main(rest, command)
     import importlib
 
     importlib.import_module(COMMANDS[command][0]).main(rest)

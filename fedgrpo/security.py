@@ -134,9 +134,12 @@ def server_identity(address: str, identity: Identity, timeout: float) -> str:
 
 
 def bearer_token(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The token of an ``authorization: Bearer <token>`` entry; the scheme is case-insensitive (RFC 7235)."""
     for key, value in metadata or ():
-        if key == AUTHORIZATION and isinstance(value, str) and value.startswith("Bearer "):
-            return value[len("Bearer "):]
+        if key == AUTHORIZATION and isinstance(value, str):
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
     return None
 
 

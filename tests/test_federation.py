@@ -209,6 +209,24 @@ def test_cancel_stops_a_run_after_its_current_step(fed):
     assert run.steps_completed < 500
 
 
+def test_a_retried_create_run_returns_the_first_run_and_creates_no_second(fed):
+    stub, _ = fed
+    spec = pb.RunSpec(**{**SPEC, "steps": 500})
+    before = len(stub.ListRuns(pb.ListRunsRequest()).runs)
+    first = stub.CreateRun(pb.CreateRunRequest(spec=spec, request_id="7f1c2a9e-retry"))
+    again = stub.CreateRun(pb.CreateRunRequest(spec=spec, request_id="7f1c2a9e-retry"))  # the reply was lost
+    assert again.run_id == first.run_id
+    for request_id, status in (("7f1c2a9e-retry", grpc.StatusCode.ALREADY_EXISTS),  # same id, another spec
+                               ("no spaces allowed", grpc.StatusCode.INVALID_ARGUMENT), ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT)):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, "steps": 499}), request_id=request_id))
+        assert err.value.code() == status and "request_id" in err.value.details()
+    assert len(stub.ListRuns(pb.ListRunsRequest()).runs) == before + 1
+    stub.CancelRun(pb.CancelRunRequest(run_id=first.run_id))
+    _, run = wait(stub, first.run_id)
+    assert run.state == pb.RUN_STATE_CANCELLED
+
+
 def test_faulty_and_slow_reward_clients_are_excluded_not_zeroed(tmp_path, model_cache):
     """One client answers NaN, one answers outside its range, one is slower than the deadline:
     their rewards are dropped, the honest expert's rewards train the policy, no step stalls."""

@@ -9,14 +9,19 @@ lineage (the steps its current weights contain, in order) is exactly 1..N.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections import Counter
 
 import pytest
+from rich.console import Console
 
+from fedgrpo.client import Client
+from fedgrpo.job.main_job import follow_run
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 
@@ -101,6 +106,12 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
         tmp_path, model_cache, clients=[("add1", [])], orchestrator_args=["--no-confidence-graph"],
     ) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=spec()))
+        # A watcher follows the run across the restart: its stream breaks and is resumed after its last step.
+        watched: dict = {}
+        watching = Client(services["orchestrator"].address)
+        watcher = threading.Thread(target=lambda: watched.update(
+            zip(("run", "steps"), follow_run(watching, run, Console(file=io.StringIO()), "watch"))))
+        watcher.start()
         wait_for_step(stub, run.run_id, 3)
         fed.restart(services["orchestrator"], kill=True)
         fed.wait_healthy(services["orchestrator"], 240)
@@ -122,6 +133,9 @@ def test_orchestrator_killed_mid_run_resumes_the_run(tmp_path, model_cache):
         assert run.policy.version == len(applied)
         assert any(step > killed_after for step in applied), "no step was trained after the restart"
         ledger_matches_steps(run, steps)
+        watcher.join(timeout=120)
+        assert watched["run"].state == pb.RUN_STATE_SUCCEEDED  # every step seen once, none lost or doubled
+        assert [s["step"] for s in watched["steps"]] == list(range(1, STEPS + 1))
         # The restarted engine serves the trainer's latest policy.
         served = stub.Generate(pb.GenerateRequest(prompts=["1+1="], max_tokens=2))
         assert served.policy.version == run.policy.version

@@ -41,7 +41,7 @@ def test_database_settings_and_schema_version(tmp_path):
     assert store.db_path == tmp_path / "runs" / "orchestrator.sqlite3"
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
     store.close()
     with pytest.raises(sqlite3.ProgrammingError):
         store.db.execute("SELECT 1")
@@ -54,6 +54,22 @@ def test_database_path_can_be_elsewhere(tmp_path):
     assert (tmp_path / "state" / "db.sqlite3").exists()
     assert not (tmp_path / "runs" / "orchestrator.sqlite3").exists()
     assert RunStore(tmp_path / "runs", tmp_path / "state" / "db.sqlite3").get(run.run_id) == run
+
+
+def test_a_request_id_creates_one_run_and_survives_a_restart_and_an_old_database_gains_the_table(tmp_path):
+    RunStore(tmp_path).close()
+    db = sqlite3.connect(tmp_path / "orchestrator.sqlite3")  # as schema version 1 left it: no create_requests
+    db.execute("DROP TABLE create_requests")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = RunStore(tmp_path)
+    first = store.create(spec(), "req-1", b"spec bytes")
+    assert store.create(spec(), "req-1", b"spec bytes").run_id == first.run_id  # a racing retry
+    assert store.created_by("req-1") == (first.run_id, b"spec bytes") and store.created_by("req-2") is None
+    assert store.create(spec()).run_id != first.run_id  # no request_id: always a new run
+    store = crash(store, tmp_path)
+    assert store.created_by("req-1") == (first.run_id, b"spec bytes") and len(store.list()) == 2
 
 
 def test_a_newer_schema_is_refused(tmp_path):
@@ -160,10 +176,26 @@ def test_cancel_request_survives_a_crash(tmp_path):
     store = RunStore(tmp_path)
     run = store.create(spec())
     store.update(run.run_id, state=pb.RUN_STATE_RUNNING)
-    assert store.request_cancel(run.run_id).state == pb.RUN_STATE_RUNNING
-    assert store.cancel_requested(run.run_id)
+    pending = store.request_cancel(run.run_id)
+    assert pending.state == pb.RUN_STATE_RUNNING and pending.cancel_requested  # the caller sees it is pending
+    assert store.cancel_requested(run.run_id) and store.get(run.run_id).cancel_requested
     store = crash(store, tmp_path)
-    assert store.cancel_requested(run.run_id)
+    assert store.cancel_requested(run.run_id) and store.get(run.run_id).cancel_requested
+
+
+def test_a_watch_resumes_after_the_last_step_it_received(tmp_path):
+    store = RunStore(tmp_path)
+    run = store.create(spec())
+    store.update(run.run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
+    for step in (1, 2, 3):
+        store.add_step(run.run_id, pb.StepMetrics(step=step), version(step))
+    store.update(run.run_id, state=pb.RUN_STATE_SUCCEEDED, end_time=now())
+    kinds = lambda events: [e.step.step if e.HasField("step") else pb.RunState.Name(e.run.state) for e in events]  # noqa: E731
+    assert kinds(store.follow(run.run_id, lambda: True, after_step=2)) == [3, "RUN_STATE_SUCCEEDED"]
+    assert kinds(store.follow(run.run_id, lambda: True, after_step=3)) == ["RUN_STATE_SUCCEEDED"]
+    everything = kinds(store.follow(run.run_id, lambda: True))
+    assert everything[0] == "RUN_STATE_QUEUED" and everything[-1] == "RUN_STATE_SUCCEEDED"
+    assert kinds(store.follow(run.run_id, lambda: True, after_step=9)) == everything  # not reached: from the first
 
 
 def test_begin_step_then_add_step(tmp_path):

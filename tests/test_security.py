@@ -15,7 +15,7 @@ import pytest
 from fedgrpo import serving
 from fedgrpo.certs import init_federation
 from fedgrpo.job.launcher import Federation
-from fedgrpo.security import Identity
+from fedgrpo.security import Identity, bearer_token
 from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 from fedgrpo.v1 import orchestrator_pb2 as pb
@@ -220,3 +220,12 @@ def test_reward_client_bounds_message_size_and_request_rate(tmp_path):
         # oversized Score above was refused before it counted.
         assert codes == [grpc.StatusCode.OK] * 5 + [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3
         fed.wait_healthy(client, 10)  # health checks are not rate limited
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_the_token_is_not():
+    assert bearer_token([("authorization", "Bearer abc")]) == "abc"
+    assert bearer_token([("authorization", "bearer abc")]) == bearer_token([("authorization", "BEARER  abc ")]) == "abc"
+    assert bearer_token([("authorization", "Bearer ABC")]) == "ABC"
+    for value in ("Basic abc", "Bearer", "Bearer  ", "abc"):
+        assert bearer_token([("authorization", value)]) is None
+    assert bearer_token([("x-other", "Bearer abc")]) is None and bearer_token(None) is None

@@ -52,7 +52,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
-from fedgrpo import serving
+from fedgrpo.client import Client
 from fedgrpo.data.checkers import load_checker
 from fedgrpo.tasks import INSTRUCTION, PromptFormat, question_id
 from fedgrpo.v1 import orchestrator_pb2 as pb
@@ -287,7 +287,8 @@ class _Experiment:
         )
         fed.wait_healthy(orchestrator, s.start_timeout)
         self.console.log(f"orchestrator up at {orchestrator.address}")
-        return pb_grpc.OrchestratorServiceStub(serving.channel(orchestrator.address))
+        self.client = Client(orchestrator.address)
+        return self.client.stub
 
     def wire(self) -> dict[str, tuple[int, int]]:
         return {name: relay.snapshot() for name, relay in self.relays.items()}
@@ -297,9 +298,9 @@ class _Experiment:
         s = self.s
         spec = method_spec(s, method, seed, self.names)
         before, started = self.wire(), time.monotonic()
-        run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
+        run = self.client.create_run(spec)
         self.console.log(f"{method} seed {seed}: run {run.run_id}")
-        run, steps = follow_run(stub, run, self.console, label=f"{method} s{seed}")
+        run, steps = follow_run(self.client, run, self.console, label=f"{method} s{seed}")
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"{method} seed {seed}: run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error}")
         train_seconds = time.monotonic() - started

@@ -78,17 +78,16 @@ def run_federation(
     """Start the federation the file describes, train its run, and measure it before and after.
 
     Runs (artifacts) go to ``runs_dir``; the job's logs, certificates and trainer state to ``job_dir``."""
-    import grpc
     from google.protobuf import json_format
     from rich.console import Console
 
-    from fedgrpo import serving
     from fedgrpo.certs import init_federation
     from fedgrpo.data.checkers import load_checker
     from fedgrpo.models import resolve_model
     from fedgrpo.tasks import PromptFormat
     from fedgrpo.v1 import orchestrator_pb2 as pb
-    from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
+
+    from fedgrpo.client import Client, FedgrpoError
 
     from .evaluate import labelled_accuracy
     from .launcher import Federation
@@ -143,7 +142,8 @@ def run_federation(
         fed.wait_healthy(orchestrator, start_timeout)
         console.log(f"orchestrator ({policy.backend}) at {orchestrator.address}; API token in {certs / 'api-token'}")
         token = (certs / "api-token").read_text().strip()
-        stub = pb_grpc.OrchestratorServiceStub(serving.channel(orchestrator.address, fed.identity(), token=token))
+        client = Client(orchestrator.address, identity=fed.identity(), token=token)
+        stub = client.stub
         before = after = None
         if evaluation is not None:
             checker = load_checker(evaluation.checker)
@@ -153,11 +153,11 @@ def run_federation(
             console.log(f"accuracy before training: {before.overall:.3f}"
                         + (f" ({unjudged} answers the checker could not judge)" if unjudged else ""))
         try:
-            run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**federation.run)))
-        except grpc.RpcError as err:
-            raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.details()}") from None
+            run = client.create_run(pb.RunSpec(**federation.run))
+        except FedgrpoError as err:
+            raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.message}") from None
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
-        run, steps = follow_run(stub, run, console)
+        run, steps = follow_run(client, run, console)
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error} (logs: {log_dir})")
         if evaluation is not None:

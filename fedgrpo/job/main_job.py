@@ -27,9 +27,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from fedgrpo.client import Client
 from fedgrpo.settings import NamedValues
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
 from .federation_file import DEFAULT_FEDERATION, FederationFile
 
@@ -107,10 +107,11 @@ def _spec_value(key: str, text: str) -> object:
         return text
 
 
-def follow_run(
-    stub: pb_grpc.OrchestratorServiceStub, run: pb.Run, console: Console, label: str = "training"
-) -> tuple[pb.Run, list[dict]]:
-    """Watch a run to its end with a live progress bar; returns the final run and every step's metrics."""
+def follow_run(client: Client, run: pb.Run, console: Console, label: str = "training") -> tuple[pb.Run, list[dict]]:
+    """Watch a run to its end with a live progress bar; returns the final run and every step's metrics.
+
+    The watch is the client library's (:meth:`fedgrpo.client.Client.wait`): a stream that breaks (the
+    orchestrator restarting, a transient fault) is resumed after the last step received."""
     steps: list[dict] = []
     columns = [
         TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"),
@@ -118,20 +119,16 @@ def follow_run(
     ]
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("run", total=run.spec.steps, figures="starting")
-        for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
-            if event.HasField("step"):
-                m = json_format.MessageToDict(
-                    event.step, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                steps.append(m)
-                acc = sum(s["accuracy"] * s["rewards_received"] for s in steps) / max(
-                    1, sum(s["rewards_received"] for s in steps))
-                progress.update(
-                    task, completed=event.step.step,
-                    figures=f"reward {event.step.reward_mean:.2f} | correct so far {acc:.2f} | {event.step.step_seconds:.0f}s/step",
-                )
-            else:
-                run = event.run
+
+        def on_step(m: pb.StepMetrics) -> None:
+            steps.append(json_format.MessageToDict(
+                m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
+            acc = sum(s["accuracy"] * s["rewards_received"] for s in steps) / max(
+                1, sum(s["rewards_received"] for s in steps))
+            progress.update(task, completed=m.step, figures=(
+                f"reward {m.reward_mean:.2f} | correct so far {acc:.2f} | {m.step_seconds:.0f}s/step"))
+
+        run, _ = client.wait(run.run_id, on_step=on_step)
     return run, steps
 
 

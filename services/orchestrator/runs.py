@@ -42,7 +42,7 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 log = logging.getLogger(__name__)
 
 TERMINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: create_requests (CreateRun's request_id)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS clients (
     name TEXT PRIMARY KEY,
     info TEXT NOT NULL,                     -- JSON object
     updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS create_requests (
+    request_id TEXT PRIMARY KEY,            -- CreateRunRequest.request_id
+    run_id TEXT NOT NULL,
+    spec BLOB NOT NULL                      -- the request's RunSpec as sent (deterministic bytes)
 );
 """
 
@@ -154,7 +159,8 @@ class RunStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            self._import_legacy(db)
+            if version == 0:
+                self._import_legacy(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _import_legacy(self, db: sqlite3.Connection) -> None:
@@ -240,7 +246,9 @@ class RunStore:
             log.warning("run %s: could not rewrite its files: %s", run.run_id, err)
 
     # ---- runs --------------------------------------------------------------------
-    def create(self, spec: pb.RunSpec) -> pb.Run:
+    def create(self, spec: pb.RunSpec, request_id: str = "", request_spec: bytes = b"") -> pb.Run:
+        """A new queued run; with a ``request_id`` already used, the run that call created instead (a retry
+        racing the first call; the caller compares ``request_spec`` through :meth:`created_by` first)."""
         run_id = new_run_id()
         run = pb.Run(
             run_id=run_id, spec=spec, state=pb.RUN_STATE_QUEUED, create_time=now(),
@@ -248,10 +256,24 @@ class RunStore:
         )
         with self.changed:
             with self._tx() as db:
+                if request_id:
+                    earlier = db.execute("SELECT run_id FROM create_requests WHERE request_id = ?",
+                                         (request_id,)).fetchone()
+                    if earlier is not None:  # a retry that raced the first call
+                        return copy(self.records[earlier[0]].run)
+                    db.execute("INSERT INTO create_requests (request_id, run_id, spec) VALUES (?, ?, ?)",
+                               (request_id, run_id, request_spec))
                 db.execute("INSERT INTO runs (run_id, run) VALUES (?, ?)", (run_id, run.SerializeToString()))
             self.records[run_id] = RunRecord(run)
             self._publish_state(run_id)
             return copy(run)
+
+    def created_by(self, request_id: str) -> tuple[str, bytes] | None:
+        """(run id, the request's spec bytes) of the CreateRun call that used ``request_id``; None if none did."""
+        with self.changed:
+            row = self.db.execute("SELECT run_id, spec FROM create_requests WHERE request_id = ?",
+                                  (request_id,)).fetchone()
+        return (row[0], bytes(row[1])) if row else None
 
     def get(self, run_id: str) -> pb.Run | None:
         with self.changed:
@@ -296,19 +318,26 @@ class RunStore:
             record = self._record(run_id)
             if record.run.state == pb.RUN_STATE_QUEUED:
                 return self.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
-            if record.run.state == pb.RUN_STATE_RUNNING:
+            if record.run.state == pb.RUN_STATE_RUNNING and not record.cancel_requested:
                 with self._tx() as db:
                     db.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
                 record.cancel_requested = True
+                return self.update(run_id, cancel_requested=True)
             return copy(record.run)
 
     def cancel_requested(self, run_id: str) -> bool:
         with self.changed:
             return self._record(run_id).cancel_requested
 
-    def follow(self, run_id: str, alive: callable) -> Iterator[pb.RunEvent]:  # type: ignore[valid-type]
-        """Every event of the run from the first, then new ones until it ends."""
+    def follow(self, run_id: str, alive: callable, after_step: int = 0) -> Iterator[pb.RunEvent]:  # type: ignore[valid-type]
+        """Every event of the run from the first, then new ones until it ends; with ``after_step``, from the
+        event after that step's metrics (from the first if the run has not reached it yet)."""
         sent = 0
+        if after_step > 0:
+            with self.changed:
+                events = self.records[run_id].events
+                sent = next((i + 1 for i, e in enumerate(events)
+                             if e.HasField("step") and e.step.step == after_step), 0)
         while True:
             with self.changed:
                 record = self.records[run_id]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from .spec import SpecError, resolve_spec, to_message
 log = logging.getLogger(__name__)
 
 MAX_GENERATE_PROMPTS = 256
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # CreateRunRequest.request_id
 MAX_PROMPT_CHARS = 16_384
 
 
@@ -52,6 +55,7 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self.settings, self.store, self.executor = settings, store, executor
         self.clients, self.policy, self.served_model = clients, policy, served_model
         self.library = library if library is not None else DatasetLibrary(settings.runs_dir / "datasets")
+        self.create_lock = threading.Lock()  # a run is created and queued once, even by racing retries
 
     def _run(self, run_id: str, context: grpc.ServicerContext) -> pb.Run:
         if not run_id:
@@ -62,6 +66,20 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         return run
 
     def CreateRun(self, request: pb.CreateRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        sent = request.spec.SerializeToString(deterministic=True)
+        if request.request_id:
+            if not REQUEST_ID.fullmatch(request.request_id):
+                serving.invalid(context, "request_id", "expected 1 to 128 characters of A-Z a-z 0-9 . _ : - "
+                                "(a UUID, say), unique per run the caller means to create")
+            earlier = self.store.created_by(request.request_id)
+            if earlier is not None:
+                run_id, spec = earlier
+                if spec != sent:
+                    context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                  f"request_id: {request.request_id!r} already created run {run_id} from another "
+                                  "spec; use a new request_id for a new run")
+                log.info("run %s: CreateRun retried with request_id %s", run_id, request.request_id)
+                return self.store.get(run_id)
         try:
             config = resolve_spec(
                 request.spec, DOMAINS.keys(), self.served_model, {v.name: v.healthy for v in self.clients.views()},
@@ -77,8 +95,11 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             missing = [t for t in config.tasks if t not in covered]
             if missing:
                 serving.invalid(context, "spec.tasks", f"no live reward client holds the data of {missing}")
-        run = self.store.create(to_message(config))
-        self.executor.submit(run.run_id, config)
+        with self.create_lock:
+            run = self.store.create(to_message(config), request.request_id, sent)
+            if run.run_id in self.executor.configs:
+                return run  # a retry that raced the first call, which queued it
+            self.executor.submit(run.run_id, config)
         log.info("run %s created: %s", run.run_id, config.model_dump_json())
         return run
 
@@ -94,7 +115,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
 
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext):
         self._run(request.run_id, context)
-        yield from self.store.follow(request.run_id, context.is_active)
+        if request.after_step < 0:
+            serving.invalid(context, "after_step", f"got {request.after_step}, expected 0 (from the first event) or a step")
+        yield from self.store.follow(request.run_id, context.is_active, request.after_step)
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:
         n = request.n if request.HasField("n") else 1

@@ -1,0 +1,260 @@
+"""fedgrpo's client library: drive an orchestrator from another system.
+
+Contract
+--------
+``Client(address, ca=..., token=..., identity=...)`` connects to an
+orchestrator's public API: plaintext, TLS that checks the server against
+``ca`` (a PEM file or bytes), or mutual TLS with an ``identity`` (a
+:class:`fedgrpo.security.Identity`); ``token`` is sent as ``authorization:
+Bearer <token>``. ``Client.from_settings(ClientSettings())`` takes the same
+from arguments, ``FEDGRPO_*`` environment variables or a TOML file
+(``FEDGRPO_CONFIG``, default ``~/.config/fedgrpo/client.toml``).
+
+Calls: ``create_run`` (retry-safe: a ``request_id`` is drawn when none is
+given, and a call that timed out or found the server unavailable is retried
+with the same id, so it never creates a second run), ``get_run``,
+``list_runs``, ``cancel_run``, ``watch`` (a run's events; a broken stream is
+resumed after the last step received), ``wait`` (to the run's end, with a
+callback per step), ``generate``, ``list_clients``, ``confidence_graph``.
+Results are the API's protobuf messages (typed; ``json_format`` turns them
+into dicts). A refused call raises :class:`FedgrpoError` (a subclass per
+status: :class:`InvalidArgument`, :class:`NotFound`, ...) carrying the gRPC
+status ``code``, the request ``field`` at fault when the server named one,
+and the server's message.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from fedgrpo import serving
+from fedgrpo.security import Identity, with_token
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
+
+__all__ = [
+    "Client", "ClientSettings", "FedgrpoError", "InvalidArgument", "NotFound", "AlreadyExists", "Unauthenticated",
+    "PermissionDenied", "FailedPrecondition", "ResourceExhausted", "Unavailable", "RUN_ENDED",
+]
+
+RUN_ENDED = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
+# A call may be sent again after these without changing what it does (CreateRun: with its request_id).
+RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class FedgrpoError(Exception):
+    """A call the orchestrator refused or could not answer: its status, the field at fault, the message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code, self.message, self.field = code, message, field
+
+
+class InvalidArgument(FedgrpoError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FedgrpoError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(FedgrpoError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Unauthenticated(FedgrpoError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(FedgrpoError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class FailedPrecondition(FedgrpoError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(FedgrpoError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(FedgrpoError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+_BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, Unauthenticated, PermissionDenied,
+                                      FailedPrecondition, ResourceExhausted, Unavailable)}
+_FIELD_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
+
+
+def error_of(err: grpc.RpcError) -> FedgrpoError:
+    """The typed error of a failed call. The API words a field's fault ``<field>: <problem>``."""
+    code, details = err.code(), err.details() or ""
+    field = None
+    if code in _FIELD_CODES and ": " in details:
+        head, _, rest = details.partition(": ")
+        if head and " " not in head:
+            field, details = head, rest
+    return _BY_CODE.get(code, FedgrpoError)(code, details, field)
+
+
+class ClientSettings(BaseSettings):
+    """Where the orchestrator is and how to prove who you are: arguments, FEDGRPO_* env vars or a TOML file."""
+
+    model_config = SettingsConfigDict(env_prefix="FEDGRPO_", extra="ignore")
+
+    address: str = Field("127.0.0.1:50051", description="The orchestrator's public API, host:port.")
+    ca: Path | None = Field(None, description="CA certificate (PEM) that signed the orchestrator's: TLS. None: "
+                            "plaintext (a loopback development orchestrator).")
+    token: str = Field("", description="API token, sent as `authorization: Bearer <token>`.")
+    token_file: Path | None = Field(None, description="A file holding the API token (`fedgrpo certs init` writes "
+                                    "`api-token`); used when token is empty.")
+    cert: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS, with key and ca.")
+    key: Path | None = Field(None, description="Its private key (PEM).")
+    timeout: float = Field(30.0, gt=0, description="Seconds each unary call may take.")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:  # noqa: ANN001
+        path = Path(os.environ.get("FEDGRPO_CONFIG", Path.home() / ".config" / "fedgrpo" / "client.toml"))
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path)
+
+
+class Client:
+    """A connection to one orchestrator (see the module docstring). Use as a context manager, or close()."""
+
+    def __init__(
+        self, address: str, *, ca: Path | bytes | None = None, token: str | None = None,
+        identity: Identity | None = None, timeout: float = 30.0,
+    ) -> None:
+        self.address, self.timeout = address, timeout
+        if identity is not None:
+            channel = serving.channel(address, identity, token=token)
+        elif ca is not None:
+            root = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
+            options = serving.message_options() + serving.RECONNECT_OPTIONS
+            channel = with_token(grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options), token)
+        else:
+            channel = serving.channel(address, token=token)
+        self.channel = channel
+        self.stub = pb_grpc.OrchestratorServiceStub(channel)
+
+    @classmethod
+    def from_settings(cls, s: ClientSettings) -> Client:
+        token = s.token or (s.token_file.read_text().strip() if s.token_file else "")
+        identity = None
+        if s.cert or s.key:
+            if not (s.cert and s.key and s.ca):
+                raise ValueError("mutual TLS needs cert, key and ca (FEDGRPO_CERT, FEDGRPO_KEY, FEDGRPO_CA)")
+            identity = Identity.load(s.cert, s.key, s.ca)
+        return cls(s.address, ca=s.ca, token=token or None, identity=identity, timeout=s.timeout)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- calls -------------------------------------------------------------------
+    def _call(self, method: Callable, request: Any, retries: int = 0) -> Any:
+        for attempt in range(retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() not in RETRY_CODES or attempt == retries:
+                    raise error_of(err) from None
+                time.sleep(serving.retry_backoff(attempt))
+        raise AssertionError("unreachable")
+
+    def create_run(self, spec: pb.RunSpec | Mapping[str, Any], request_id: str | None = None,
+                   retries: int = 5) -> pb.Run:
+        """Create a run from a RunSpec (or its JSON form as a dict). Retried on a timeout or an unavailable
+        server with the same ``request_id`` (drawn when not given): at most one run is created."""
+        if not isinstance(spec, pb.RunSpec):
+            spec = json_format.ParseDict(dict(spec), pb.RunSpec())
+        request = pb.CreateRunRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
+        return self._call(self.stub.CreateRun, request, retries)
+
+    def get_run(self, run_id: str) -> pb.Run:
+        return self._call(self.stub.GetRun, pb.GetRunRequest(run_id=run_id), retries=3)
+
+    def list_runs(self) -> list[pb.Run]:
+        return list(self._call(self.stub.ListRuns, pb.ListRunsRequest(), retries=3).runs)
+
+    def cancel_run(self, run_id: str) -> pb.Run:
+        """Cancel: a queued run at once, a running one after its current step (``cancel_requested``)."""
+        return self._call(self.stub.CancelRun, pb.CancelRunRequest(run_id=run_id), retries=3)
+
+    def watch(self, run_id: str, after_step: int = 0, patience: float = 600.0) -> Iterator[pb.RunEvent]:
+        """The run's events (after ``after_step``) until it ends. A stream that breaks is resumed after the
+        last step received, for up to ``patience`` seconds without an event; then :class:`Unavailable`."""
+        heard, attempt = time.monotonic(), 0
+        while True:
+            ended = False
+            try:
+                for event in self.stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_step=after_step)):
+                    heard, attempt = time.monotonic(), 0
+                    if event.HasField("step"):
+                        after_step = event.step.step
+                    elif event.run.state in RUN_ENDED:
+                        ended = True
+                    yield event
+                if ended:
+                    return
+                problem = "the stream ended before the run"  # the server is shutting down
+            except grpc.RpcError as err:
+                if err.code() not in RETRY_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}:
+                    raise error_of(err) from None
+                problem = f"{err.code().name}: {err.details()}"
+            if time.monotonic() - heard > patience:
+                raise Unavailable(grpc.StatusCode.UNAVAILABLE,
+                                  f"run {run_id}: no event for {patience:.0f}s and the watch is lost ({problem})")
+            time.sleep(serving.retry_backoff(attempt))
+            attempt += 1
+
+    def wait(self, run_id: str, on_step: Callable[[pb.StepMetrics], None] | None = None,
+             after_step: int = 0) -> tuple[pb.Run, list[pb.StepMetrics]]:
+        """Follow the run to its end: (the final run, every step's metrics after ``after_step``)."""
+        steps: list[pb.StepMetrics] = []
+        run = None
+        for event in self.watch(run_id, after_step):
+            if event.HasField("step"):
+                steps.append(event.step)
+                if on_step is not None:
+                    on_step(event.step)
+            else:
+                run = event.run
+        return (run if run is not None else self.get_run(run_id)), steps
+
+    def generate(self, prompts: Sequence[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
+                 max_tokens: int = 48, system: str = "", raw_prompts: bool = False,
+                 timeout: float | None = None) -> pb.GenerateResponse:
+        """Completions of the policy the orchestrator serves now (the response names its version)."""
+        request = pb.GenerateRequest(prompts=list(prompts), n=n, temperature=temperature, top_p=top_p,
+                                     max_tokens=max_tokens, system=system, raw_prompts=raw_prompts)
+        try:
+            return self.stub.Generate(request, timeout=timeout or max(self.timeout, 600.0))
+        except grpc.RpcError as err:
+            raise error_of(err) from None
+
+    def list_clients(self) -> list[pb.RewardClientInfo]:
+        return list(self._call(self.stub.ListRewardClients, pb.ListRewardClientsRequest(), retries=3).clients)
+
+    def confidence_graph(self, run_id: str = "") -> pb.ConfidenceGraphView:
+        """The probed graph; with ``run_id``, as that run sees it (its confidence, its router)."""
+        return self._call(self.stub.GetConfidenceGraph, pb.GetConfidenceGraphRequest(run_id=run_id), retries=3)

@@ -1,0 +1,110 @@
+"""The client library and its commands against a real orchestrator over TLS with an API token.
+
+An outside system's path: it holds the CA certificate and a token, nothing
+else (no client certificate); it creates a run (a retry after a lost reply
+returns the same run), follows it, gets typed errors naming the field, lists
+runs and clients, reads the graph; and the `fedgrpo runs|clients|graph`
+commands do the same from a shell with FEDGRPO_* variables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fedgrpo.certs import init_federation
+from fedgrpo.client import AlreadyExists, Client, ClientSettings, InvalidArgument, NotFound, Unauthenticated
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from tests.conftest import federation
+
+pytestmark = pytest.mark.integration
+
+SPEC = {"tasks": ["add1"], "steps": 2, "questions_per_step": 2, "candidates_per_question": 4,
+        "experts_per_question": 1, "max_tokens": 8, "expert_selection": "domain"}
+
+
+@pytest.fixture(scope="module")
+def orchestrator(tmp_path_factory, model_cache):
+    tmp = tmp_path_factory.mktemp("sdk")
+    certs = tmp / "certs"
+    init_federation(certs, clients=["client-0"], hosts=["127.0.0.1", "localhost"])
+    with federation(tmp, model_cache, clients=[("add1", [])], certs=certs,
+                    orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1"]) as (_, _, services):
+        yield services["orchestrator"].address, certs
+
+
+def test_create_watch_and_read_a_run_with_the_ca_and_a_token_only(orchestrator):
+    address, certs = orchestrator
+    settings = ClientSettings(address=address, ca=certs / "ca.crt", token_file=certs / "api-token")
+    with Client.from_settings(settings) as client:
+        run = client.create_run(SPEC, request_id="sdk-first")
+        assert client.create_run(SPEC, request_id="sdk-first").run_id == run.run_id  # a retry: the same run
+        seen = []
+        final, steps = client.wait(run.run_id, on_step=lambda m: seen.append(m.step))
+        assert final.state == pb.RUN_STATE_SUCCEEDED, final.error
+        assert [m.step for m in steps] == seen == [1, 2]
+        # A watch resumed after step 1 gets step 2 and the end, nothing before.
+        resumed = list(client.watch(run.run_id, after_step=1))
+        assert [e.step.step for e in resumed if e.HasField("step")] == [2]
+        assert resumed[-1].run.state == pb.RUN_STATE_SUCCEEDED
+        assert run.run_id in {r.run_id for r in client.list_runs()}
+        assert client.get_run(run.run_id).steps_completed == 2
+        assert [c.name for c in client.list_clients()] == ["client-0"]
+        assert {c.client for c in client.confidence_graph().competences} == {"client-0"}
+        assert client.generate(["1+1="], max_tokens=2).policy.version == final.policy.version
+
+        with pytest.raises(AlreadyExists) as err:  # the same request_id for another spec
+            client.create_run({**SPEC, "steps": 3}, request_id="sdk-first")
+        assert err.value.field == "request_id"
+        with pytest.raises(InvalidArgument) as err:
+            client.create_run({**SPEC, "candidates_per_question": 1})
+        assert err.value.field == "spec.candidates_per_question" and "greater than or equal to 2" in err.value.message
+        with pytest.raises(NotFound):
+            client.get_run("19990101-000000-000000")
+    with Client(address, ca=certs / "ca.crt", token="wrong-token") as stranger, pytest.raises(Unauthenticated):
+        stranger.list_runs()
+
+
+def fedgrpo(*args: str, env: dict) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDGRPO_")}
+    return subprocess.run([sys.executable, "-m", "fedgrpo.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**clean, **env})
+
+
+def test_the_commands_drive_the_orchestrator_from_a_shell(orchestrator, tmp_path):
+    address, certs = orchestrator
+    env = {"FEDGRPO_ADDRESS": address, "FEDGRPO_CA": str(certs / "ca.crt"),
+           "FEDGRPO_TOKEN_FILE": str(certs / "api-token"), "FEDGRPO_CONFIG": str(tmp_path / "none.toml")}
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    created = fedgrpo("runs", "create", "--spec", str(spec), "--watch", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    events = [json.loads(line) for line in created.stdout.splitlines()]
+    assert [e["step"]["step"] for e in events if "step" in e] == [1, 2]
+    assert events[-1]["run"]["state"] == "RUN_STATE_SUCCEEDED"
+    run_id = events[-1]["run_id"]
+
+    listed = fedgrpo("runs", "list", "--json", env=env)
+    assert listed.returncode == 0 and run_id in {r["run_id"] for r in json.loads(listed.stdout)}
+    table = fedgrpo("runs", "get", run_id, env={**env, "COLUMNS": "200"})
+    assert table.returncode == 0 and run_id in table.stdout and "succeeded" in table.stdout
+    clients = fedgrpo("clients", "list", "--json", env=env)
+    assert [c["name"] for c in json.loads(clients.stdout)] == ["client-0"]
+    exported = fedgrpo("graph", "export", "--out", str(tmp_path / "graph.json"), env=env)
+    assert exported.returncode == 0, exported.stderr
+    nodes = json.loads((tmp_path / "graph.json").read_text())["graph"]["nodes"]
+    assert {n["name"] for n in nodes if n["kind"] == "client"} == {"client-0"}
+    # A refused call: the status, the field and the server's message; exit 1.
+    bad = fedgrpo("runs", "create", "--spec", json.dumps({**SPEC, "steps": 0}), env=env)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT (field spec.steps)" in bad.stderr
+    missing = fedgrpo("runs", "cancel", "19990101-000000-000000", env=env)
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    # A config file works as well as the variables.
+    config = tmp_path / "client.toml"
+    config.write_text(f'address = "{address}"\nca = "{certs / "ca.crt"}"\ntoken_file = "{certs / "api-token"}"\n')
+    via_file = fedgrpo("runs", "list", "--json", env={"FEDGRPO_CONFIG": str(config)})
+    assert via_file.returncode == 0, via_file.stderr
