@@ -242,11 +242,14 @@ class Client:
         return (run if run is not None else self.get_run(run_id)), steps
 
     def generate(self, prompts: Sequence[str], *, n: int = 1, temperature: float = 0.0, top_p: float = 1.0,
-                 max_tokens: int = 48, system: str = "", raw_prompts: bool = False,
-                 timeout: float | None = None) -> pb.GenerateResponse:
-        """Completions of the policy the orchestrator serves now (the response names its version)."""
+                 max_tokens: int = 48, system: str = "", raw_prompts: bool = False, run_id: str = "",
+                 policy_version: int | None = None, timeout: float | None = None) -> pb.GenerateResponse:
+        """Completions of a policy: the one served now, ``run_id``'s latest, or ``policy_version`` 0 (the base
+        model); the response's ``policy`` names the version that answered."""
         request = pb.GenerateRequest(prompts=list(prompts), n=n, temperature=temperature, top_p=top_p,
-                                     max_tokens=max_tokens, system=system, raw_prompts=raw_prompts)
+                                     max_tokens=max_tokens, system=system, raw_prompts=raw_prompts, run_id=run_id)
+        if policy_version is not None:
+            request.policy_version = policy_version
         try:
             return self.stub.Generate(request, timeout=timeout or max(self.timeout, 600.0))
         except grpc.RpcError as err:

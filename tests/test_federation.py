@@ -82,6 +82,22 @@ def test_a_short_run_trains_and_leaves_its_artifacts(fed):
     listed = stub.ListRuns(pb.ListRunsRequest()).runs
     assert run.run_id in [r.run_id for r in listed]
 
+    # A caller names the policy: the base model, then the run's again (loaded back), each stamped.
+    base = stub.Generate(pb.GenerateRequest(prompts=["Hi"], max_tokens=4, policy_version=0))
+    assert (base.policy.run_id, base.policy.version) == ("", 0)
+    again = stub.Generate(pb.GenerateRequest(prompts=["Hi"], max_tokens=4, run_id=run.run_id))
+    assert (again.policy.run_id, again.policy.version) == (run.run_id, run.policy.version)
+    assert again.results[0].completions[0].text == reply.results[1].completions[0].text  # greedy, same weights
+    for request, code, words in (
+        (dict(run_id=run.run_id, policy_version=run.policy.version + 5), grpc.StatusCode.FAILED_PRECONDITION,
+         "keeps only its latest policy"),
+        (dict(policy_version=3), grpc.StatusCode.INVALID_ARGUMENT, "policy_version: got 3 without run_id"),
+        (dict(run_id="19990101-000000-000000"), grpc.StatusCode.NOT_FOUND, "no such run"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(pb.GenerateRequest(prompts=["Hi"], max_tokens=4, **request))
+        assert err.value.code() == code and words in err.value.details()
+
 
 def test_confidence_graph_learns_who_judges_what_and_routes_by_it(fed):
     stub, _ = fed
@@ -202,7 +218,14 @@ def test_cancel_stops_a_run_after_its_current_step(fed):
     run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, "steps": 500})))
     for event in stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=600):
         if event.HasField("step"):
-            stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))
+            # While it trains, the engine is the run's: another policy is refused, the run's own is served.
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(pb.GenerateRequest(prompts=["Hi"], max_tokens=2, policy_version=0))
+            assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "is training" in err.value.details()
+            own = stub.Generate(pb.GenerateRequest(prompts=["Hi"], max_tokens=2, run_id=run.run_id))
+            assert own.policy.run_id == run.run_id
+            pending = stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))
+            assert pending.state == pb.RUN_STATE_CANCELLED or pending.cancel_requested
             break
     _, run = wait(stub, run.run_id)
     assert run.state == pb.RUN_STATE_CANCELLED

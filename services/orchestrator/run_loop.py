@@ -128,6 +128,7 @@ class RunExecutor:
         # started from the probed graph for each run and never written back into the graph.
         self.confidence = RunConfidence()
         self.resuming: set[str] = set()
+        self.active: str | None = None  # the run executing now: the engine is its, Generate may not swap it
         self.queue: queue.Queue[str | None] = queue.Queue()
         self.thread = threading.Thread(target=self._work, name="runs", daemon=True)
         self.thread.start()
@@ -159,6 +160,8 @@ class RunExecutor:
             resume = run_id in self.resuming
             if run is None or (run.state != pb.RUN_STATE_QUEUED and not resume):
                 continue  # cancelled while queued
+            with self.policy.lock:  # a Generate for another policy checks this under the same lock
+                self.active = run_id
             if not resume:
                 self.store.update(run_id, state=pb.RUN_STATE_RUNNING, start_time=now())
             if self.router is not None:  # probes made while it runs carry its id and candidate count
@@ -178,6 +181,7 @@ class RunExecutor:
                 log.exception("run %s failed", run_id)
                 self.store.update(run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}")
             finally:
+                self.active = None
                 if self.router is not None:
                     self.router.live = None
 

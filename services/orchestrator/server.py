@@ -41,6 +41,11 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # CreateRunRequest.request_i
 MAX_PROMPT_CHARS = 16_384
 
 
+def same_policy(a: common_pb2.PolicyVersion, b: common_pb2.PolicyVersion) -> bool:
+    """The same weights: the same run's same version, or the base model (version 0 of any run)."""
+    return (a.version == 0 and b.version == 0) or (a.run_id, a.version) == (b.run_id, b.version)
+
+
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     def __init__(
         self,
@@ -145,7 +150,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         for i, p in enumerate(ids):
             if len(p) + max_tokens > self.settings.max_model_len:
                 serving.invalid(context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {self.settings.max_model_len}")
+        wanted = self._wanted_policy(request, context)
         with self.policy.lock:
+            if wanted is not None and not same_policy(wanted, self.policy.loaded):
+                if self.executor.active is not None:
+                    serving.failed_precondition(
+                        context, f"run {self.executor.active} is training: the engine serves its policy until it "
+                        "ends; ask without run_id and policy_version, or once it has ended")
+                seconds = self.policy.load(wanted)
+                log.info("Generate: engine loaded %s version %d (%.1fs)", wanted.run_id or "the base model",
+                         wanted.version, seconds)
             groups = self.policy.engine.generate(ids, SamplingSettings(n, temperature, top_p, max_tokens))
             version = common_pb2.PolicyVersion()
             version.CopyFrom(self.policy.loaded)
@@ -158,6 +172,41 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             ],
             policy=version,
         )
+
+    def _wanted_policy(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion | None:
+        """The policy a Generate names (run_id, policy_version), with the folder to load it from; None: any."""
+        if not request.run_id and not request.HasField("policy_version"):
+            return None
+        base = common_pb2.PolicyVersion(version=0, weights_path=str(self.policy.base_dir))
+        if request.HasField("policy_version") and request.policy_version < 0:
+            serving.invalid(context, "policy_version", f"got {request.policy_version}, expected 0 or more")
+        if not request.run_id:
+            if request.policy_version != 0:
+                serving.invalid(context, "policy_version", f"got {request.policy_version} without run_id: only 0 (the "
+                                "base model); give run_id for a run's policy")
+            return base
+        run = self._run(request.run_id, context)
+        latest = run.policy
+        if request.HasField("policy_version") and request.policy_version == 0:
+            return base
+        if request.HasField("policy_version") and request.policy_version != latest.version:
+            serving.failed_precondition(
+                context, f"policy_version: run {run.run_id} keeps only its latest policy for serving, version "
+                f"{latest.version}; ask for that, or 0 (the base model)")
+        if run.run_id == self.executor.active or latest.version == 0:
+            return None if run.run_id == self.executor.active else base
+        folder = Path(latest.weights_path)
+        if not (folder / "config.json").is_file():
+            exported = Path(run.artifacts_path) / "model"
+            if not (exported / "config.json").is_file():
+                serving.failed_precondition(
+                    context, f"run_id: the weights of run {run.run_id} version {latest.version} are no longer kept "
+                    f"(neither {latest.weights_path} nor {exported} holds them)")
+            folder = exported
+        wanted = common_pb2.PolicyVersion()
+        wanted.CopyFrom(latest)
+        wanted.weights_path = str(folder)
+        return wanted
 
     def ListRewardClients(self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext) -> pb.ListRewardClientsResponse:
         return pb.ListRewardClientsResponse(
