@@ -193,8 +193,16 @@ class Client:
     def get_run(self, run_id: str) -> pb.Run:
         return self._call(self.stub.GetRun, pb.GetRunRequest(run_id=run_id), retries=3)
 
-    def list_runs(self) -> list[pb.Run]:
-        return list(self._call(self.stub.ListRuns, pb.ListRunsRequest(), retries=3).runs)
+    def list_runs(self, states: Sequence[int] = (), page_size: int = 0) -> list[pb.Run]:
+        """Every run (only those in ``states``, RunState values, when given), oldest first, page by page."""
+        runs: list[pb.Run] = []
+        token = ""
+        while True:
+            reply = self._call(self.stub.ListRuns, pb.ListRunsRequest(
+                page_size=page_size, page_token=token, states=list(states)), retries=3)
+            runs.extend(reply.runs)
+            if not (token := reply.next_page_token):
+                return runs
 
     def cancel_run(self, run_id: str) -> pb.Run:
         """Cancel: a queued run at once, a running one after its current step (``cancel_requested``)."""
@@ -255,8 +263,16 @@ class Client:
         except grpc.RpcError as err:
             raise error_of(err) from None
 
-    def list_clients(self) -> list[pb.RewardClientInfo]:
-        return list(self._call(self.stub.ListRewardClients, pb.ListRewardClientsRequest(), retries=3).clients)
+    def list_clients(self, page_size: int = 0) -> list[pb.RewardClientInfo]:
+        """Every reward client, by name, page by page."""
+        clients: list[pb.RewardClientInfo] = []
+        token = ""
+        while True:
+            reply = self._call(self.stub.ListRewardClients, pb.ListRewardClientsRequest(
+                page_size=page_size, page_token=token), retries=3)
+            clients.extend(reply.clients)
+            if not (token := reply.next_page_token):
+                return clients
 
     def confidence_graph(self, run_id: str = "") -> pb.ConfidenceGraphView:
         """The probed graph; with ``run_id``, as that run sees it (its confidence, its router)."""

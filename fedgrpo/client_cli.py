@@ -116,7 +116,10 @@ def _runs(argv: list[str]) -> int:
                         "works), or inline JSON such as '{\"tasks\": [\"add1\"], \"steps\": 5}'")
     create.add_argument("--request-id", help="the same id on a retry returns the same run (default: a new UUID)")
     create.add_argument("--watch", action="store_true", help="then follow it to its end")
-    sub.add_parser("list", help="every run")
+    listing = sub.add_parser("list", help="every run, oldest first")
+    listing.add_argument("--state", action="append", default=[],
+                         choices=["queued", "running", "succeeded", "failed", "cancelled"],
+                         help="only runs in this state (repeat for several)")
     for name, text in (("get", "one run"), ("cancel", "stop a queued run now, a running one after its step"),
                        ("watch", "follow a run to its end")):
         one = sub.add_parser(name, help=text)
@@ -139,7 +142,7 @@ def _runs(argv: list[str]) -> int:
                 console.print(f"run {run.run_id} {_state(run)}" + (f": {run.error}" if run.error else ""))
                 return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
         elif args.action == "list":
-            runs = client.list_runs()
+            runs = client.list_runs([pb.RunState.Value(f"RUN_STATE_{x.upper()}") for x in args.state])
             if args.json:
                 print(json.dumps([_as_dict(r) for r in runs], indent=1))
             else:

@@ -249,6 +249,26 @@ def test_a_retried_create_run_returns_the_first_run_and_creates_no_second(fed):
     _, run = wait(stub, first.run_id)
     assert run.state == pb.RUN_STATE_CANCELLED
 
+    # Pages of one run each walk every run once, oldest first; a state filter; a bad token names the field.
+    walked, token = [], ""
+    while True:
+        reply = stub.ListRuns(pb.ListRunsRequest(page_size=1, page_token=token))
+        assert len(reply.runs) == 1
+        walked.append(reply.runs[0].run_id)
+        if not (token := reply.next_page_token):
+            break
+    assert walked == [r.run_id for r in stub.ListRuns(pb.ListRunsRequest()).runs] == sorted(walked)
+    cancelled = stub.ListRuns(pb.ListRunsRequest(states=[pb.RUN_STATE_CANCELLED])).runs
+    assert first.run_id in {r.run_id for r in cancelled} and {r.state for r in cancelled} == {pb.RUN_STATE_CANCELLED}
+    for request, field in ((pb.ListRunsRequest(page_token="forged"), "page_token"),
+                           (pb.ListRunsRequest(page_size=-5), "page_size"),
+                           (pb.ListRunsRequest(states=[0]), "states[0]")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ListRuns(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith(field)
+    names = stub.ListRewardClients(pb.ListRewardClientsRequest(page_size=1))
+    assert [c.name for c in names.clients] == ["client-0"] and names.next_page_token
+
 
 def test_faulty_and_slow_reward_clients_are_excluded_not_zeroed(tmp_path, model_cache):
     """One client answers NaN, one answers outside its range, one is slower than the deadline:

@@ -31,6 +31,7 @@ from .datasets import DatasetLibrary, QuestionDataset
 from .questions import QuestionBank
 from .rollout import EngineLimitError, SamplingSettings, make_engine
 from .run_loop import Policy, RunExecutor
+from .paging import PageError, page
 from .runs import RunStore
 from .spec import SpecError, resolve_spec, to_message
 
@@ -112,7 +113,16 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         return self._run(request.run_id, context)
 
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
-        return pb.ListRunsResponse(runs=self.store.list())
+        states = set(request.states)
+        for i, state in enumerate(request.states):
+            if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
+                serving.invalid(context, f"states[{i}]", f"got {state}, expected a RunState other than UNSPECIFIED")
+        runs = [r for r in self.store.list() if not states or r.state in states]
+        try:
+            chosen, token = page(runs, lambda r: r.run_id, request.page_size, request.page_token)
+        except PageError as err:
+            serving.invalid(context, err.field, err.problem)
+        return pb.ListRunsResponse(runs=chosen, next_page_token=token)
 
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
         self._run(request.run_id, context)
@@ -209,13 +219,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         return wanted
 
     def ListRewardClients(self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext) -> pb.ListRewardClientsResponse:
+        try:
+            chosen, token = page(list(self.clients.clients), lambda c: c.name, request.page_size, request.page_token)
+        except PageError as err:
+            serving.invalid(context, err.field, err.problem)
         return pb.ListRewardClientsResponse(
+            next_page_token=token,
             clients=[
                 pb.RewardClientInfo(
                     name=c.name, address=c.address, domains=c.domains, evaluator_kinds=c.evaluator_kinds,
                     reward_min=c.reward_min, reward_max=c.reward_max, healthy=c.healthy,
                 )
-                for c in self.clients.clients
+                for c in chosen
             ]
         )
 
