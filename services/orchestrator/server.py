@@ -9,7 +9,6 @@ nothing in any run's state changes.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
@@ -26,10 +25,10 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
 from .clients import RewardClients
 from .config import OrchestratorSettings
-from . import dataset_api
+from . import dataset_api, generate_api
 from .datasets import DatasetLibrary, QuestionDataset
 from .questions import QuestionBank
-from .rollout import EngineLimitError, SamplingSettings, make_engine
+from .rollout import EngineLimitError, make_engine
 from .run_loop import Policy, RunExecutor
 from .paging import PageError, page
 from .runs import RunStore
@@ -37,14 +36,7 @@ from .spec import SpecError, resolve_spec, to_message
 
 log = logging.getLogger(__name__)
 
-MAX_GENERATE_PROMPTS = 256
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # CreateRunRequest.request_id
-MAX_PROMPT_CHARS = 16_384
-
-
-def same_policy(a: common_pb2.PolicyVersion, b: common_pb2.PolicyVersion) -> bool:
-    """The same weights: the same run's same version, or the base model (version 0 of any run)."""
-    return (a.version == 0 and b.version == 0) or (a.run_id, a.version) == (b.run_id, b.version)
 
 
 class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
@@ -135,88 +127,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         yield from self.store.follow(request.run_id, context.is_active, request.after_step)
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:
-        n = request.n if request.HasField("n") else 1
-        temperature = request.temperature if request.HasField("temperature") else 0.0
-        top_p = request.top_p if request.HasField("top_p") else 1.0
-        max_tokens = request.max_tokens if request.HasField("max_tokens") else 48
-        if not 1 <= len(request.prompts) <= MAX_GENERATE_PROMPTS:
-            serving.invalid(context, "prompts", f"got {len(request.prompts)}, expected 1 to {MAX_GENERATE_PROMPTS}")
-        for i, p in enumerate(request.prompts):
-            if not p or len(p) > MAX_PROMPT_CHARS:
-                serving.invalid(context, f"prompts[{i}]", f"expected 1 to {MAX_PROMPT_CHARS} characters")
-        if not 1 <= n <= 64:
-            serving.invalid(context, "n", f"got {n}, expected 1 to 64")
-        if not (math.isfinite(temperature) and 0 <= temperature <= 5):
-            serving.invalid(context, "temperature", f"got {temperature}, expected 0 (greedy) to 5")
-        if not 0 < top_p <= 1:
-            serving.invalid(context, "top_p", f"got {top_p}, expected in (0, 1]")
-        if not 1 <= max_tokens < self.settings.max_model_len:
-            serving.invalid(context, "max_tokens", f"got {max_tokens}, expected 1 to {self.settings.max_model_len - 1}")
-        if len(request.system) > MAX_PROMPT_CHARS:
-            serving.invalid(context, "system", f"expected at most {MAX_PROMPT_CHARS} characters")
-        if request.system and request.raw_prompts:
-            serving.invalid(context, "system", "not used with raw_prompts: put it in the raw prompt text")
-        ids = [self.policy.prompt_ids(p, request.system or None, raw=request.raw_prompts) for p in request.prompts]
-        for i, p in enumerate(ids):
-            if len(p) + max_tokens > self.settings.max_model_len:
-                serving.invalid(context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {self.settings.max_model_len}")
-        wanted = self._wanted_policy(request, context)
-        with self.policy.lock:
-            if wanted is not None and not same_policy(wanted, self.policy.loaded):
-                if self.executor.active is not None:
-                    serving.failed_precondition(
-                        context, f"run {self.executor.active} is training: the engine serves its policy until it "
-                        "ends; ask without run_id and policy_version, or once it has ended")
-                seconds = self.policy.load(wanted)
-                log.info("Generate: engine loaded %s version %d (%.1fs)", wanted.run_id or "the base model",
-                         wanted.version, seconds)
-            groups = self.policy.engine.generate(ids, SamplingSettings(n, temperature, top_p, max_tokens))
-            version = common_pb2.PolicyVersion()
-            version.CopyFrom(self.policy.loaded)
-        return pb.GenerateResponse(
-            results=[
-                pb.GeneratedCompletions(
-                    completions=[pb.Completion(text=c.text, num_tokens=len(c.token_ids)) for c in g]
-                )
-                for g in groups
-            ],
-            policy=version,
-        )
-
-    def _wanted_policy(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion | None:
-        """The policy a Generate names (run_id, policy_version), with the folder to load it from; None: any."""
-        if not request.run_id and not request.HasField("policy_version"):
-            return None
-        base = common_pb2.PolicyVersion(version=0, weights_path=str(self.policy.base_dir))
-        if request.HasField("policy_version") and request.policy_version < 0:
-            serving.invalid(context, "policy_version", f"got {request.policy_version}, expected 0 or more")
-        if not request.run_id:
-            if request.policy_version != 0:
-                serving.invalid(context, "policy_version", f"got {request.policy_version} without run_id: only 0 (the "
-                                "base model); give run_id for a run's policy")
-            return base
-        run = self._run(request.run_id, context)
-        latest = run.policy
-        if request.HasField("policy_version") and request.policy_version == 0:
-            return base
-        if request.HasField("policy_version") and request.policy_version != latest.version:
-            serving.failed_precondition(
-                context, f"policy_version: run {run.run_id} keeps only its latest policy for serving, version "
-                f"{latest.version}; ask for that, or 0 (the base model)")
-        if run.run_id == self.executor.active or latest.version == 0:
-            return None if run.run_id == self.executor.active else base
-        folder = Path(latest.weights_path)
-        if not (folder / "config.json").is_file():
-            exported = Path(run.artifacts_path) / "model"
-            if not (exported / "config.json").is_file():
-                serving.failed_precondition(
-                    context, f"run_id: the weights of run {run.run_id} version {latest.version} are no longer kept "
-                    f"(neither {latest.weights_path} nor {exported} holds them)")
-            folder = exported
-        wanted = common_pb2.PolicyVersion()
-        wanted.CopyFrom(latest)
-        wanted.weights_path = str(folder)
-        return wanted
+        return generate_api.generate(request, context, self.policy, self.executor, self.store,
+                                     self.settings.max_model_len)
 
     def ListRewardClients(self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext) -> pb.ListRewardClientsResponse:
         try:
