@@ -47,6 +47,10 @@ def test_one_evaluation_pairs_with_every_seed():
         paired_differences({0: [1, 0]}, {0: [1, 0, 1]})
     with pytest.raises(ValueError, match="no common seed"):
         paired_differences({0: [1], 1: [0]}, {2: [1], 3: [0]})
+    # A trained method run at one seed is not a one-evaluation method: it pairs with its own seed only.
+    assert paired_differences(trained, {0: [0, 0, 0, 0]}).tolist() == [[1, 1, 0, 1]]
+    with pytest.raises(ValueError, match="no common seed"):
+        paired_differences({1: [1]}, {0: [1]})
 
 
 def test_interval_by_hand_and_reproducible():

@@ -34,20 +34,23 @@ RNG_SEED = 0
 MARGIN = 0.03  # "within 3 points"
 
 
+ONE_EVALUATION = -1  # the seed a method evaluated once, untrained (zero-shot), is recorded under
+
+
 def paired_differences(a: Mapping[int, Sequence[int]], b: Mapping[int, Sequence[int]]) -> np.ndarray:
-    """d[s, q] = a[s][q] - b[s][q] over the seeds both have; a one-evaluation side pairs with every seed.
+    """d[s, q] = a[s][q] - b[s][q] over the seeds both have; a one-evaluation side (seed ``ONE_EVALUATION``:
+    zero-shot, trained by no seed) pairs with every seed. A trained method run at one seed pairs with that
+    seed only: pairing it with other seeds would count its one run as if it had been run at each.
 
     ``a`` and ``b`` map seed -> correctness per question, the questions in the same order."""
     if not a or not b:
         raise ValueError("paired_differences: each method needs at least one evaluation")
-    if len(a) == 1 and len(b) > 1:
-        (only,) = a.values()
-        a = {s: only for s in b}
-    elif len(b) == 1 and len(a) > 1:
-        (only,) = b.values()
-        b = {s: only for s in a}
-    elif len(a) == 1 and len(b) == 1:
-        a, b = {0: next(iter(a.values()))}, {0: next(iter(b.values()))}
+    if set(a) == {ONE_EVALUATION} and set(b) == {ONE_EVALUATION}:
+        a, b = {0: a[ONE_EVALUATION]}, {0: b[ONE_EVALUATION]}
+    elif set(a) == {ONE_EVALUATION}:
+        a = {s: a[ONE_EVALUATION] for s in b}
+    elif set(b) == {ONE_EVALUATION}:
+        b = {s: b[ONE_EVALUATION] for s in a}
     seeds = sorted(a.keys() & b.keys())
     if not seeds:
         raise ValueError(f"paired_differences: no common seed ({sorted(a)} vs {sorted(b)})")
