@@ -181,6 +181,16 @@ class Client:
                 time.sleep(serving.retry_backoff(attempt))
         raise AssertionError("unreachable")
 
+    def _every_page(self, method: Callable, items: str, request: Callable[[str], Any]) -> list:
+        """Every item of a paged list call: ``request(token)`` per page, until next_page_token is empty."""
+        found: list = []
+        token = ""
+        while True:
+            reply = self._call(method, request(token), retries=3)
+            found.extend(getattr(reply, items))
+            if not (token := reply.next_page_token):
+                return found
+
     def create_run(self, spec: pb.RunSpec | Mapping[str, Any], request_id: str | None = None,
                    retries: int = 5) -> pb.Run:
         """Create a run from a RunSpec (or its JSON form as a dict). Retried on a timeout or an unavailable
@@ -195,14 +205,9 @@ class Client:
 
     def list_runs(self, states: Sequence[int] = (), page_size: int = 0) -> list[pb.Run]:
         """Every run (only those in ``states``, RunState values, when given), oldest first, page by page."""
-        runs: list[pb.Run] = []
-        token = ""
-        while True:
-            reply = self._call(self.stub.ListRuns, pb.ListRunsRequest(
-                page_size=page_size, page_token=token, states=list(states)), retries=3)
-            runs.extend(reply.runs)
-            if not (token := reply.next_page_token):
-                return runs
+        return self._every_page(self.stub.ListRuns, "runs",
+                                lambda token: pb.ListRunsRequest(page_size=page_size, page_token=token,
+                                                                 states=list(states)))
 
     def cancel_run(self, run_id: str) -> pb.Run:
         """Cancel: a queued run at once, a running one after its current step (``cancel_requested``)."""
@@ -265,14 +270,8 @@ class Client:
 
     def list_clients(self, page_size: int = 0) -> list[pb.RewardClientInfo]:
         """Every reward client, by name, page by page."""
-        clients: list[pb.RewardClientInfo] = []
-        token = ""
-        while True:
-            reply = self._call(self.stub.ListRewardClients, pb.ListRewardClientsRequest(
-                page_size=page_size, page_token=token), retries=3)
-            clients.extend(reply.clients)
-            if not (token := reply.next_page_token):
-                return clients
+        return self._every_page(self.stub.ListRewardClients, "clients",
+                                lambda token: pb.ListRewardClientsRequest(page_size=page_size, page_token=token))
 
     def confidence_graph(self, run_id: str = "") -> pb.ConfidenceGraphView:
         """The probed graph; with ``run_id``, as that run sees it (its confidence, its router)."""
