@@ -60,7 +60,7 @@ def _prompts(settings: BenchSettings, tokenizer) -> list[list[int]]:
 
 
 def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tuple[float, float]:
-    from services.orchestrator.rollout import SamplingSettings
+    from fedgrpo.services.orchestrator.rollout import SamplingSettings
 
     sampling = SamplingSettings(n=settings.n, temperature=1.0, top_p=0.95, max_tokens=settings.max_tokens)
     engine.generate(prompts, sampling)  # warm-up
@@ -110,9 +110,9 @@ def _train_step_seconds(settings: BenchSettings, model_dir: Path, prompts: list[
 
     import torch
 
-    from services.policy_trainer.batching import Sample
-    from services.policy_trainer.loss import LossSettings
-    from services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
+    from fedgrpo.services.policy_trainer.batching import Sample
+    from fedgrpo.services.policy_trainer.loss import LossSettings
+    from fedgrpo.services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
 
     with tempfile.TemporaryDirectory(prefix="fedgrpo-bench-") as state:
         trainer = PolicyTrainer(model_dir, Path(state), settings.device, dtype, checkpoint_every=10**9)
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from fedgrpo.models import resolve_model
     from fedgrpo.settings import load, setup_logging
-    from services.orchestrator.rollout import make_engine
+    from fedgrpo.services.orchestrator.rollout import make_engine
 
     settings = load(BenchSettings, argv)
     setup_logging("WARNING")

@@ -27,7 +27,7 @@ def answer_rows(
     from transformers import AutoTokenizer
 
     from fedgrpo.models import chat_prompt_ids
-    from services.orchestrator.rollout import make_engine
+    from fedgrpo.services.orchestrator.rollout import make_engine
 
     engine = make_engine(backend, model_dir, device=device, dtype=dtype, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -1,4 +1,4 @@
-"""Hand-computed checks of services.orchestrator.advantages.
+"""Hand-computed checks of fedgrpo.services.orchestrator.advantages.
 
 Std convention under test: the sample std (n - 1 denominator), as TRL's
 GRPOTrainer. For rewards 1, 2, 3 that is sqrt((1 + 0 + 1) / 2) = 1, whereas
@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from services.orchestrator.advantages import (
+from fedgrpo.services.orchestrator.advantages import (
     question_advantages,
     consensus_rewards,
     group_advantages,
@@ -195,7 +195,7 @@ def test_group_has_signal():
 
 
 def test_question_advantages_consensus_averages_experts_then_normalises_over_the_group():
-    from services.orchestrator.advantages import question_advantages
+    from fedgrpo.services.orchestrator.advantages import question_advantages
 
     nan = float("nan")
     rows = [[1.0, 0.0, 1.0, nan], [1.0, 0.0, 0.0, nan]]
@@ -206,7 +206,7 @@ def test_question_advantages_consensus_averages_experts_then_normalises_over_the
 
 
 def test_question_advantages_pooled_normalises_over_the_whole_block():
-    from services.orchestrator.advantages import question_advantages
+    from fedgrpo.services.orchestrator.advantages import question_advantages
 
     # expert 0 scored block [1, 1], expert 1 block [0, 0]: no signal inside either
     # block alone, but the pooled mean 0.5 gives +-0.5
@@ -220,7 +220,7 @@ def test_question_advantages_pooled_normalises_over_the_whole_block():
 
 
 def test_question_advantages_without_experts_excludes_everything():
-    from services.orchestrator.advantages import question_advantages
+    from fedgrpo.services.orchestrator.advantages import question_advantages
 
     rewards, adv = question_advantages([], "consensus", scale_rewards=True, candidates=3)
     assert all(math.isnan(x) for x in rewards + adv)

@@ -1,11 +1,11 @@
-"""services.orchestrator.batch: scored groups -> the trainer's sequences."""
+"""fedgrpo.services.orchestrator.batch: scored groups -> the trainer's sequences."""
 
 import math
 
 import pytest
 
-from services.orchestrator.batch import train_sequences
-from services.orchestrator.rollout import Sampled
+from fedgrpo.services.orchestrator.batch import train_sequences
+from fedgrpo.services.orchestrator.rollout import Sampled
 
 NAN = math.nan
 

@@ -2,7 +2,7 @@
 
 import torch
 
-from services.policy_trainer.batching import Sample, pack
+from fedgrpo.services.policy_trainer.batching import Sample, pack
 
 
 def test_prompts_left_padded_completions_right_padded():

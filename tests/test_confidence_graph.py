@@ -1,4 +1,4 @@
-"""Hand-computed checks of services.orchestrator.confidence_graph.
+"""Hand-computed checks of fedgrpo.services.orchestrator.confidence_graph.
 
 The small federation used below: 2-d embeddings, domain "x" items point along
 the first axis, domain "y" items along the second. Every item is probed with
@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from services.orchestrator.competence import (
+from fedgrpo.services.orchestrator.competence import (
     competence,
     cosine_similarities,
     judging_accuracy,
@@ -28,7 +28,7 @@ from services.orchestrator.competence import (
     online_update,
     select_top_m,
 )
-from services.orchestrator.confidence_graph import ConfidenceGraph
+from fedgrpo.services.orchestrator.confidence_graph import ConfidenceGraph
 
 NAN = float("nan")
 INF = float("inf")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedgrpo.tasks import build_questions
-from services.orchestrator.competence import nearest_items
-from services.orchestrator.embedding import MiniLMEmbedder, PolicyEmbedder, make_embedder
+from fedgrpo.services.orchestrator.competence import nearest_items
+from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder, PolicyEmbedder, make_embedder
 
 DOMAINS = ("add1", "letter_counting")
 

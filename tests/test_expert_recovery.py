@@ -12,15 +12,15 @@ import pytest
 
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import reward_client_pb2 as rpb
-from services.orchestrator import recovery
-from services.orchestrator.clients import RewardClient, RewardClients, ScoreOutcome
-from services.orchestrator.experts import select_experts
-from services.orchestrator.joined import ScoreError
-from services.orchestrator.online_confidence import RunConfidence
-from services.orchestrator.recovery import Action, decide, plan_round
-from services.orchestrator.rollout.engine import Sampled
-from services.orchestrator.run_loop import RunExecutor
-from services.orchestrator.spec import RunConfig
+from fedgrpo.services.orchestrator import recovery
+from fedgrpo.services.orchestrator.clients import RewardClient, RewardClients, ScoreOutcome
+from fedgrpo.services.orchestrator.experts import select_experts
+from fedgrpo.services.orchestrator.joined import ScoreError
+from fedgrpo.services.orchestrator.online_confidence import RunConfidence
+from fedgrpo.services.orchestrator.recovery import Action, decide, plan_round
+from fedgrpo.services.orchestrator.rollout.engine import Sampled
+from fedgrpo.services.orchestrator.run_loop import RunExecutor
+from fedgrpo.services.orchestrator.spec import RunConfig
 
 UNAVAILABLE, NOT_FOUND = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND
 NAN = math.nan
@@ -188,7 +188,7 @@ class RefusesTraining:
     could work out) honestly, and answers NOT_FOUND (cannot judge) to every other call."""
 
     def __init__(self, items):
-        from services.reward_client.evaluators import AnswerBasedEvaluator
+        from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 
         self.calls, self.items = 0, {i.question_id for i in items}
         self.judge = AnswerBasedEvaluator.from_bank(["add1"], 7, 3)
@@ -205,8 +205,8 @@ def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run(
     which already judged the question: its rewards counted twice. (The router read the empty set of
     remaining clients as "anyone".) Here org-c, outside the run, must not be asked either."""
     from fedgrpo.tasks import build_questions
-    from services.orchestrator.embedding import MiniLMEmbedder
-    from services.orchestrator.routing import ExpertRouter
+    from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
+    from fedgrpo.services.orchestrator.routing import ExpertRouter
 
     executor, clients = shell({"org-a": [1.0, 0.0, 0.0, 1.0], "org-c": [1.0, 0.0, 0.0, 1.0]})
     items = build_questions("add1", 7, 3)

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from fedgrpo.v1 import reward_client_pb2 as pb
-from services.orchestrator.joined import JoinedTransport, NotYourTask, ScoreError, TaskClosed, UnknownSession
+from fedgrpo.services.orchestrator.joined import JoinedTransport, NotYourTask, ScoreError, TaskClosed, UnknownSession
 
 from .test_serving_bounds import wait_until
 

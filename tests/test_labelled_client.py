@@ -19,7 +19,7 @@ from fedgrpo.data.make import make_rows, write_rows
 from fedgrpo.job.launcher import Federation
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import reward_client_pb2 as pb
-from services.reward_client.evaluators import AnswerBasedEvaluator
+from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 
 from .conftest import START_TIMEOUT, reward_stub
 

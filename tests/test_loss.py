@@ -1,4 +1,4 @@
-"""Hand-computed checks of services.policy_trainer.loss.
+"""Hand-computed checks of fedgrpo.services.policy_trainer.loss.
 
 The shared example: 2 completions x 3 tokens, eps_low = 0.2, eps_high = 0.3
 (clip band [0.8, 1.3]), old log-probs 0 so that ratio = exp(logp) and each
@@ -20,7 +20,7 @@ import math
 import pytest
 import torch
 
-from services.policy_trainer.loss import (
+from fedgrpo.services.policy_trainer.loss import (
     LOSS_TYPES,
     LossSettings,
     LossStats,

@@ -20,7 +20,7 @@ from fedgrpo.reward_models.preferences import make_preferences
 from fedgrpo.reward_models.training import TrainingSettings, train_reward_model
 from fedgrpo.tasks import PromptFormat
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from services.orchestrator.spec import SpecError, resolve_spec
+from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec
 
 INSTRUCTION = "Answer with just the number."
 

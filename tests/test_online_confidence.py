@@ -1,11 +1,11 @@
-"""Hand-computed checks of services.orchestrator.online_confidence (leave-one-out agreement, run-scoped update)."""
+"""Hand-computed checks of fedgrpo.services.orchestrator.online_confidence (leave-one-out agreement, run-scoped update)."""
 
 import math
 
 import pytest
 
-from services.orchestrator.competence import select_top_m
-from services.orchestrator.online_confidence import (
+from fedgrpo.services.orchestrator.competence import select_top_m
+from fedgrpo.services.orchestrator.online_confidence import (
     agreement,
     leave_one_out_agreements,
     step_agreements,
@@ -89,7 +89,7 @@ def test_a_poisoning_client_loses_its_questions_within_a_few_steps():
 
 
 def test_run_confidence_starts_from_the_probes_or_its_saved_values_and_reports_what_moved():
-    from services.orchestrator.online_confidence import RunConfidence
+    from fedgrpo.services.orchestrator.online_confidence import RunConfidence
 
     probed = {"a": 1.0, "b": 1.0, "c": 1.0}
     fresh, resumed = RunConfidence(probed), RunConfidence(probed, {"a": 0.25})

@@ -4,9 +4,9 @@ import pytest
 
 from fedgrpo.tasks import DOMAINS
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from services.orchestrator.experts import ClientView, select_experts
-from services.orchestrator.questions import QuestionBank
-from services.orchestrator.spec import SpecError, resolve_spec, to_message
+from fedgrpo.services.orchestrator.experts import ClientView, select_experts
+from fedgrpo.services.orchestrator.questions import QuestionBank
+from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec, to_message
 
 
 def resolve(**fields):
@@ -134,7 +134,7 @@ def test_named_reward_clients_must_exist_and_be_enough():
 
 def test_a_join_description_may_name_an_organisations_own_domains_within_bounds():
     from fedgrpo.v1 import common_pb2, reward_client_pb2
-    from services.orchestrator.federation import description_problem
+    from fedgrpo.services.orchestrator.federation import description_problem
 
     def described(domains):
         return reward_client_pb2.DescribeResponse(

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.orchestrator.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageError, page
+from fedgrpo.services.orchestrator.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, PageError, page
 
 
 def ident(x: str) -> str:

@@ -16,13 +16,13 @@ from fedgrpo import serving
 from fedgrpo.job.launcher import free_port
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
-from services.orchestrator.auxiliary import auxiliary_items
-from services.orchestrator.clients import RewardClients
-from services.orchestrator.embedding import MiniLMEmbedder
-from services.orchestrator.routing import ExpertRouter
-from services.reward_client.config import RewardClientSettings
-from services.reward_client.evaluators import AnswerBasedEvaluator
-from services.reward_client.server import RewardClientServicer
+from fedgrpo.services.orchestrator.auxiliary import auxiliary_items
+from fedgrpo.services.orchestrator.clients import RewardClients
+from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
+from fedgrpo.services.orchestrator.routing import ExpertRouter
+from fedgrpo.services.reward_client.config import RewardClientSettings
+from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
+from fedgrpo.services.reward_client.server import RewardClientServicer
 
 from .conftest import federation
 
@@ -30,7 +30,7 @@ RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
 def test_probe_due_on_a_changed_description_and_on_age_only():
-    from services.orchestrator.probes import description_signature, probe_due
+    from fedgrpo.services.orchestrator.probes import description_signature, probe_due
 
     before = description_signature(["add1"], [1], 0.0, 1.0)
     assert probe_due(before, None, None, 5.0, 60.0) == "never probed"
@@ -47,7 +47,7 @@ def test_probe_due_on_a_changed_description_and_on_age_only():
 def test_probe_candidates_are_judged_by_a_real_client_as_their_truth_says():
     import random
 
-    from services.orchestrator.probes import probe_candidates
+    from fedgrpo.services.orchestrator.probes import probe_candidates
 
     items = auxiliary_items(["add1", "sub2", "leg_counting"], 30, 0, 200)
     judge = AnswerBasedEvaluator.from_bank(["add1", "sub2", "leg_counting"], 0, 200)
@@ -80,7 +80,7 @@ def right_answers(request, judge) -> tuple[bool, ...]:
 
 
 def test_probe_passes_carry_run_shaped_ids_and_random_candidates_and_a_changed_description_is_probed_again():
-    from services.orchestrator.probes import LiveRun  # new with these probes (the module imports without it)
+    from fedgrpo.services.orchestrator.probes import LiveRun  # new with these probes (the module imports without it)
 
     settings, evaluators = honest(["add1"])
     servicer = Recording(settings, evaluators)

@@ -13,15 +13,15 @@ import pytest
 
 from fedgrpo.tasks import build_questions
 from fedgrpo.v1 import reward_client_pb2 as rpb
-from services.orchestrator.clients import RewardClient, RewardClients
-from services.orchestrator.competence import competence, select_top_m
-from services.orchestrator.confidence_graph import ConfidenceGraph
-from services.orchestrator.embedding import MiniLMEmbedder
-from services.orchestrator.experts import ANSWER_BASED, MODEL_BASED, ClientView, exactness, select_experts
-from services.orchestrator.joined import ScoreError
-from services.orchestrator.routing import PROBE_TRIES, ExpertRouter
-from services.orchestrator.runs import RunStore
-from services.reward_client.evaluators import AnswerBasedEvaluator
+from fedgrpo.services.orchestrator.clients import RewardClient, RewardClients
+from fedgrpo.services.orchestrator.competence import competence, select_top_m
+from fedgrpo.services.orchestrator.confidence_graph import ConfidenceGraph
+from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
+from fedgrpo.services.orchestrator.experts import ANSWER_BASED, MODEL_BASED, ClientView, exactness, select_experts
+from fedgrpo.services.orchestrator.joined import ScoreError
+from fedgrpo.services.orchestrator.routing import PROBE_TRIES, ExpertRouter
+from fedgrpo.services.orchestrator.runs import RunStore
+from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 
 TRUTH = [True, False, False, True]
 PERFECT = [1.0, 0.0, 0.0, 1.0]

@@ -2,9 +2,9 @@
 
 from fedgrpo.tasks import build_questions
 from fedgrpo.v1 import reward_client_pb2 as pb
-from services.reward_client.config import RewardClientSettings
-from services.reward_client.evaluators import AnswerBasedEvaluator
-from services.reward_client.server import RewardClientServicer
+from fedgrpo.services.reward_client.config import RewardClientSettings
+from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
+from fedgrpo.services.reward_client.server import RewardClientServicer
 
 
 def servicer_with(fault: str, after: int = 0) -> RewardClientServicer:

@@ -18,7 +18,7 @@ from fedgrpo.reward_models.training import (
     RewardModelError, TrainingSettings, held_out_split, load_backbone, preference_accuracy, train_reward_model,
 )
 from fedgrpo.tasks.prompts import extract_answer
-from services.reward_client.evaluators import RewardModelEvaluator
+from fedgrpo.services.reward_client.evaluators import RewardModelEvaluator
 
 from .conftest import write_jsonl
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from services.orchestrator.advantages import consensus_rewards
-from services.orchestrator.reward_router import fit_router, gate_weights, probe_error
+from fedgrpo.services.orchestrator.advantages import consensus_rewards
+from fedgrpo.services.orchestrator.reward_router import fit_router, gate_weights, probe_error
 
 C = 8  # candidates per probe
 
@@ -100,13 +100,13 @@ def test_a_runs_router_is_a_softmax_over_the_runs_own_clients(tmp_path):
     from fedgrpo import serving
     from fedgrpo.job.launcher import free_port
     from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
-    from services.orchestrator.auxiliary import auxiliary_items
-    from services.orchestrator.clients import RewardClients
-    from services.orchestrator.embedding import MiniLMEmbedder
-    from services.orchestrator.routing import ExpertRouter
-    from services.reward_client.config import RewardClientSettings
-    from services.reward_client.evaluators import AnswerBasedEvaluator
-    from services.reward_client.server import RewardClientServicer
+    from fedgrpo.services.orchestrator.auxiliary import auxiliary_items
+    from fedgrpo.services.orchestrator.clients import RewardClients
+    from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
+    from fedgrpo.services.orchestrator.routing import ExpertRouter
+    from fedgrpo.services.reward_client.config import RewardClientSettings
+    from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
+    from fedgrpo.services.reward_client.server import RewardClientServicer
 
     servers, addresses = [], []
     for name, domains in (("central", ["add1", "sub1"]), ("a", ["add1"]), ("b", ["sub1"])):

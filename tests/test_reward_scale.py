@@ -1,4 +1,4 @@
-"""Hand-checked values of the reward normalisation (services.orchestrator.reward_scale) and the
+"""Hand-checked values of the reward normalisation (fedgrpo.services.orchestrator.reward_scale) and the
 advantage bound (fedgrpo.advantage_bound)."""
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE, clamped
-from services.orchestrator.reward_scale import declared_range_problem, normalised, normalised_row
+from fedgrpo.services.orchestrator.reward_scale import declared_range_problem, normalised, normalised_row
 
 NAN = math.nan
 
@@ -91,7 +91,7 @@ def test_the_bound_must_be_a_positive_number(bound):
 
 def test_the_default_bound_leaves_honest_groups_alone():
     """A group of 8 rewards in [0, 1], one right: the largest std-scaled advantage is 7/sqrt(8) ~ 2.47."""
-    from services.orchestrator.advantages import group_advantages
+    from fedgrpo.services.orchestrator.advantages import group_advantages
 
     advantages = group_advantages([1.0] + [0.0] * 7, scale_rewards=True, epsilon=0.0)
     assert advantages[0] == pytest.approx(7 / math.sqrt(8))

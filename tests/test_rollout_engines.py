@@ -11,8 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.tasks import build_questions, user_message
-from services.orchestrator.rollout import EngineLimitError, SamplingSettings, make_engine
-from services.orchestrator.rollout.limits import (
+from fedgrpo.services.orchestrator.rollout import EngineLimitError, SamplingSettings, make_engine
+from fedgrpo.services.orchestrator.rollout.limits import (
     DEFAULT_MAX_MODEL_LEN,
     context_length,
     kv_bytes_per_token,

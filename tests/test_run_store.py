@@ -13,7 +13,7 @@ from google.protobuf import json_format
 
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
+from fedgrpo.services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
 
 
 def spec(steps: int = 3) -> pb.RunSpec:
@@ -377,7 +377,7 @@ def test_runs_left_as_files_by_an_older_orchestrator_are_imported(tmp_path):
 
 
 def test_a_runs_online_confidence_survives_a_restart_and_stays_its_own(tmp_path):
-    from services.orchestrator.online_confidence import start_confidence
+    from fedgrpo.services.orchestrator.online_confidence import start_confidence
 
     probed = {"alice": 1.0, "bob": 1.0}
     store = RunStore(tmp_path)

@@ -10,8 +10,8 @@ import pytest
 
 from fedgrpo.tasks import question_id, user_message
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from services.orchestrator.datasets import load_dataset
-from services.orchestrator.questions import QuestionBank
+from fedgrpo.services.orchestrator.datasets import load_dataset
+from fedgrpo.services.orchestrator.questions import QuestionBank
 
 from .conftest import federation, write_jsonl
 from .test_configuration import start
@@ -123,7 +123,7 @@ def test_probes_of_text_answers_take_wrong_ones_from_the_domain_and_forms_a_chec
 
     from fedgrpo.data.checkers import load_checker
     from fedgrpo.tasks import LabelledQuestion
-    from services.orchestrator.probes import probe_candidates
+    from fedgrpo.services.orchestrator.probes import probe_candidates
 
     item = LabelledQuestion("id", "icd", "Which ICD-10 code is asthma?", {"answer": "J45"})
     exact = load_checker("exact")
@@ -140,7 +140,7 @@ def test_probes_of_text_answers_take_wrong_ones_from_the_domain_and_forms_a_chec
 
 
 def test_the_auxiliary_set_from_a_file_spreads_over_its_domains(tmp_path):
-    from services.orchestrator.auxiliary import auxiliary_items_from_file
+    from fedgrpo.services.orchestrator.auxiliary import auxiliary_items_from_file
 
     path = write_jsonl(tmp_path / "aux.jsonl", [
         *[{"question": f"Which ICD-10 code is {n}?", "answer": c, "domain": "icd"} for n, c in CODES.items()],

@@ -19,7 +19,7 @@ from fedgrpo import serving
 from fedgrpo.job.launcher import free_port
 from fedgrpo.settings import ServiceSettings
 from fedgrpo.v1 import reward_client_pb2 as pb
-from services.orchestrator.joined import AlreadyPolling, JoinedTransport, ScoreError
+from fedgrpo.services.orchestrator.joined import AlreadyPolling, JoinedTransport, ScoreError
 
 HANG = 20.0  # seconds after which a call that should have answered counts as hung
 

@@ -9,8 +9,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedgrpo import serving
 from fedgrpo.job.launcher import free_port
-from services.orchestrator.config import OrchestratorSettings
-from services.policy_trainer.config import TrainerSettings
+from fedgrpo.services.orchestrator.config import OrchestratorSettings
+from fedgrpo.services.policy_trainer.config import TrainerSettings
 
 
 def test_a_second_server_on_a_taken_port_refuses_with_the_flag():

@@ -12,10 +12,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fedgrpo.models import build_tiny_model
-from services.policy_trainer.batching import Sample, pack
-from services.policy_trainer.loss import LossSettings, token_logprobs
-from services.policy_trainer.shared_prompt import prompt_groups, prompt_share, shared_prompt_logprobs
-from services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
+from fedgrpo.services.policy_trainer.batching import Sample, pack
+from fedgrpo.services.policy_trainer.loss import LossSettings, token_logprobs
+from fedgrpo.services.policy_trainer.shared_prompt import prompt_groups, prompt_share, shared_prompt_logprobs
+from fedgrpo.services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
 
 
 @pytest.fixture(scope="module")

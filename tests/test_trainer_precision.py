@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from services.policy_trainer.batching import Sample, pack
-from services.policy_trainer.loss import LossSettings
-from services.policy_trainer.precision import Precision, optimizer_step
-from services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
+from fedgrpo.services.policy_trainer.batching import Sample, pack
+from fedgrpo.services.policy_trainer.loss import LossSettings
+from fedgrpo.services.policy_trainer.precision import Precision, optimizer_step
+from fedgrpo.services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
 
 
 def samples(sign=1.0):

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from fedgrpo.job.launcher import Federation
 from fedgrpo.v1 import policy_trainer_pb2 as pb
-from services.policy_trainer.trainer import CheckpointError, checkpoint_lineage
+from fedgrpo.services.policy_trainer.trainer import CheckpointError, checkpoint_lineage
 
 from .conftest import START_TIMEOUT, trainer_stub
 

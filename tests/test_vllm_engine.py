@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM
 
-from services.orchestrator.rollout import SamplingSettings, make_engine
+from fedgrpo.services.orchestrator.rollout import SamplingSettings, make_engine
 
 from .test_rollout_engines import assert_tempered, prompts_for
 

@@ -76,7 +76,7 @@ def evaluate(
     default_domain: str = "",
 ) -> Evaluation:
     from fedgrpo.local_answers import answer_rows
-    from services.orchestrator.rollout import SamplingSettings
+    from fedgrpo.services.orchestrator.rollout import SamplingSettings
 
     greedy = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
     outcomes: list[Outcome] = []

@@ -349,7 +349,7 @@ def write_report(
     held_out: Mapping | None = None,
     reward_models: Mapping[str, Mapping] | None = None,
 ) -> Path:
-    from services.orchestrator.graph_plot import draw
+    from fedgrpo.services.orchestrator.graph_plot import draw
 
     summary = summarise(records)
     accuracy: dict[str, dict[str, float]] = {}

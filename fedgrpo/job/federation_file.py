@@ -17,7 +17,7 @@ taken from the file's folder. Tables:
   ``pythonpath``: folders its own checker module is imported from.
 * ``[run]``: the RunSpec the job creates (any RunSpec field; ``dataset``
   names one of ``[server].datasets``). Fields it leaves out take the
-  orchestrator's defaults (:class:`services.orchestrator.spec.RunConfig`:
+  orchestrator's defaults (:class:`fedgrpo.services.orchestrator.spec.RunConfig`:
   the one place RunSpec defaults live).
 * ``[evaluation]`` (optional): a labelled ``dataset`` file with its
   ``checker``, ``instruction``, ``system`` (a row's own ``system`` cell
@@ -204,8 +204,8 @@ def load_federation(path: Path) -> FederationFile:
     """Read and check ``path`` (see module docstring)."""
     from pydantic_settings import BaseSettings, TomlConfigSettingsSource
 
-    from services.orchestrator.spec import RunConfig
-    from services.reward_client.config import RewardClientSettings
+    from fedgrpo.services.orchestrator.spec import RunConfig
+    from fedgrpo.services.reward_client.config import RewardClientSettings
 
     path = Path(path)
     if not path.is_file():

@@ -74,7 +74,7 @@ class JobSettings(BaseSettings):
         """The federation with this run's overrides; SystemExit naming the flag when one is not valid."""
         from pydantic import ValidationError
 
-        from services.orchestrator.spec import RunConfig
+        from fedgrpo.services.orchestrator.spec import RunConfig
 
         for key in ("model", "backend", "device", "dtype"):
             if getattr(self, key) is not None:
@@ -97,7 +97,7 @@ class JobSettings(BaseSettings):
 
 def _spec_value(key: str, text: str) -> object:
     """A --spec value as its RunSpec field takes it: lists comma-separated, numbers and booleans as JSON."""
-    from services.orchestrator.spec import RunConfig
+    from fedgrpo.services.orchestrator.spec import RunConfig
 
     if typing.get_origin(RunConfig.model_fields[key].annotation) is list:
         return [part.strip() for part in text.split(",") if part.strip()]

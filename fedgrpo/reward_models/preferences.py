@@ -149,7 +149,7 @@ def make_preferences(
     """Preference rows for labelled ``rows``, candidates sampled from ``model_dir``; and counts for the log."""
     from fedgrpo.local_answers import answer_rows
     from fedgrpo.tasks import question_id
-    from services.orchestrator.rollout import SamplingSettings
+    from fedgrpo.services.orchestrator.rollout import SamplingSettings
 
     sampling = SamplingSettings(n=samples, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
     preferences: list[Preference] = []

@@ -19,7 +19,7 @@ Two kinds exist (FedGRPO's AE and ME), in three evaluators:
   local model: weak and noisy, but it can always judge. It is also the only
   evaluator of a client in ground-truth-free mode and of a client that holds
   no domain. Clients of one machine running the same judge may share its
-  replies through a SQLite file (:mod:`services.reward_client.judge_cache`,
+  replies through a SQLite file (:mod:`fedgrpo.services.reward_client.judge_cache`,
   a simulation speed-up).
 * :class:`RewardModelEvaluator` (also model-based) scores each (question,
   candidate) pair with the organisation's own reward model, a Hugging Face
