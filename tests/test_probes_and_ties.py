@@ -184,7 +184,7 @@ def test_a_restored_graph_drops_the_online_confidence_an_older_version_saved_in_
         router.probe_new_clients()
         router.graph = router.graph.with_confidence({"judge": 0.3})  # what an old run's update left behind
         router._save()
-        assert json.loads(store.load_confidence()) and router.graph.confidence("judge") < 1.0
+        assert json.loads(store.federation.load_graph()) and router.graph.confidence("judge") < 1.0
         restored = ExpertRouter(clients, embedder, ITEMS, neighbours=3, store=store)
         assert restored.graph.confidence("judge") == 1.0 and accuracy(restored, "judge") == 1.0
     finally:

@@ -39,12 +39,12 @@ def metrics_lines(store: RunStore, run_id: str) -> list[dict]:
 def test_database_settings_and_schema_version(tmp_path):
     store = RunStore(tmp_path / "runs")
     assert store.db_path == tmp_path / "runs" / "orchestrator.sqlite3"
-    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.database.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.database.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert store.database.execute("PRAGMA user_version").fetchone()[0] == 2
     store.close()
     with pytest.raises(sqlite3.ProgrammingError):
-        store.db.execute("SELECT 1")
+        store.database.execute("SELECT 1")
 
 
 def test_database_path_can_be_elsewhere(tmp_path):
@@ -275,53 +275,53 @@ def test_unknown_run_is_named(tmp_path):
 def test_reward_ledger_is_idempotent_and_keeps_nan(tmp_path):
     store = RunStore(tmp_path)
     run = store.create(spec())
-    assert store.record_rewards(run.run_id, 1, "q1", "alice", [1.0, math.nan, 0.25])
-    assert not store.record_rewards(run.run_id, 1, "q1", "alice", [0.0, 0.0, 0.0])
-    assert store.record_rewards(run.run_id, 1, "q1", "bob", [0.5, 0.5, 0.5])
-    assert store.record_rewards(run.run_id, 2, "q1", "alice", [1.0])
-    assert store.ledger_size(run.run_id) == 3
-    assert store.ledger_size("other") == 0
-    stored = store.db.execute("SELECT rewards FROM rewards WHERE client = 'alice' AND step = 1").fetchone()[0]
+    assert store.ledger.record(run.run_id, 1, "q1", "alice", [1.0, math.nan, 0.25])
+    assert not store.ledger.record(run.run_id, 1, "q1", "alice", [0.0, 0.0, 0.0])
+    assert store.ledger.record(run.run_id, 1, "q1", "bob", [0.5, 0.5, 0.5])
+    assert store.ledger.record(run.run_id, 2, "q1", "alice", [1.0])
+    assert store.ledger.size(run.run_id) == 3
+    assert store.ledger.size("other") == 0
+    stored = store.database.execute("SELECT rewards FROM rewards WHERE client = 'alice' AND step = 1").fetchone()[0]
     assert json.loads(stored, parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}")) == [1.0, None, 0.25]
 
     store = crash(store, tmp_path)
-    (q, client, rewards), bob = store.rewards_of(run.run_id, 1)
+    (q, client, rewards), bob = store.ledger.rewards_of(run.run_id, 1)
     assert (q, client) == ("q1", "alice")
     assert rewards[0] == 1.0 and math.isnan(rewards[1]) and rewards[2] == 0.25
     assert bob == ("q1", "bob", [0.5, 0.5, 0.5])
-    assert store.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
-    assert store.rewards_of(run.run_id, 3) == []
+    assert store.ledger.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
+    assert store.ledger.rewards_of(run.run_id, 3) == []
 
 
 def test_rewards_of_a_step_the_restart_abandoned_leave_the_ledger(tmp_path):
     store = RunStore(tmp_path)
     run, other = store.create(spec()), store.create(spec())
     for step in (1, 2, 3):
-        store.record_rewards(run.run_id, step, "q1", "alice", [1.0])
-    store.record_rewards(other.run_id, 3, "q1", "alice", [1.0])
+        store.ledger.record(run.run_id, step, "q1", "alice", [1.0])
+    store.ledger.record(other.run_id, 3, "q1", "alice", [1.0])
     store = crash(store, tmp_path)
-    assert store.forget_rewards_after(run.run_id, 2) == 1
-    assert store.rewards_of(run.run_id, 3) == [] and store.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
-    assert store.rewards_of(other.run_id, 3) == [("q1", "alice", [1.0])]  # another run's step 3 stays
-    assert store.forget_rewards_after(run.run_id, 2) == 0
+    assert store.ledger.forget_after(run.run_id, 2) == 1
+    assert store.ledger.rewards_of(run.run_id, 3) == [] and store.ledger.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
+    assert store.ledger.rewards_of(other.run_id, 3) == [("q1", "alice", [1.0])]  # another run's step 3 stays
+    assert store.ledger.forget_after(run.run_id, 2) == 0
     # The step scored again records its new rewards (the old row no longer shadows them).
-    assert store.record_rewards(run.run_id, 3, "q1", "alice", [0.0])
-    assert store.rewards_of(run.run_id, 3) == [("q1", "alice", [0.0])]
+    assert store.ledger.record(run.run_id, 3, "q1", "alice", [0.0])
+    assert store.ledger.rewards_of(run.run_id, 3) == [("q1", "alice", [0.0])]
 
 
 def test_confidence_graph_and_clients_round_trip(tmp_path):
     store = RunStore(tmp_path)
-    assert store.load_confidence() is None
-    assert store.load_clients() == {}
-    store.save_confidence('{"v": 1}')
-    store.save_confidence('{"v": 2}')
-    store.save_client("alice", {"domains": ["math"], "port": 50061})
-    store.save_client("bob", {"domains": []})
-    store.save_client("alice", {"domains": ["math", "code"], "port": 50061})
+    assert store.federation.load_graph() is None
+    assert store.federation.load_clients() == {}
+    store.federation.save_graph('{"v": 1}')
+    store.federation.save_graph('{"v": 2}')
+    store.federation.save_client("alice", {"domains": ["math"], "port": 50061})
+    store.federation.save_client("bob", {"domains": []})
+    store.federation.save_client("alice", {"domains": ["math", "code"], "port": 50061})
 
     store = crash(store, tmp_path)
-    assert store.load_confidence() == '{"v": 2}'
-    assert store.load_clients() == {
+    assert store.federation.load_graph() == '{"v": 2}'
+    assert store.federation.load_clients() == {
         "alice": {"domains": ["math", "code"], "port": 50061},
         "bob": {"domains": []},
     }
@@ -336,7 +336,7 @@ def test_concurrent_steps_on_different_runs(tmp_path):
         try:
             for step in range(1, 21):
                 store.begin_step(run_id, step, f"{run_id}/{step}".encode(), pb.StepMetrics(step=step))
-                store.record_rewards(run_id, step, "q", "alice", [float(step)])
+                store.ledger.record(run_id, step, "q", "alice", [float(step)])
                 store.add_step(run_id, pb.StepMetrics(step=step), version(step))
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
@@ -352,7 +352,7 @@ def test_concurrent_steps_on_different_runs(tmp_path):
     for run_id in runs:
         assert store.completed_steps(run_id) == list(range(1, 21))
         assert store.get(run_id).steps_completed == 20
-        assert store.ledger_size(run_id) == 20
+        assert store.ledger.size(run_id) == 20
         assert store.completed_batches(run_id, 19) == [(20, f"{run_id}/20".encode())]
         assert [m["step"] for m in metrics_lines(store, run_id)] == list(range(1, 21))
 

@@ -117,7 +117,7 @@ class ExpertRouter:
 
     def _restore(self) -> None:
         """Take back the probed graph saved before a restart, if it was built on the same auxiliary items."""
-        saved = self.store.load_confidence() if self.store is not None else None
+        saved = self.store.federation.load_graph() if self.store is not None else None
         if not saved:
             return
         try:
@@ -145,7 +145,7 @@ class ExpertRouter:
         if self.store is not None:
             with self.lock:
                 data = json.dumps(self.graph.to_json())
-            self.store.save_confidence(data)
+            self.store.federation.save_graph(data)
 
     def probe(self, client: RewardClient, items: Sequence[LabelledQuestion] | None = None) -> int:
         """Probe one client on ``items`` (default: every auxiliary item); returns how many probes were rejected.

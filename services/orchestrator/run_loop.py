@@ -214,7 +214,7 @@ class RunExecutor:
             self.confidence = RunConfidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
         done = self.store.completed_steps(run_id)
         last_done = done[-1] if done else 0
-        if resume and (abandoned := self.store.forget_rewards_after(run_id, last_done)):
+        if resume and (abandoned := self.store.ledger.forget_after(run_id, last_done)):
             log.warning("run %s: %d rewards of step %d came from a scoring the restart abandoned: "
                         "dropped from the ledger, the step is scored again", run_id, abandoned, last_done + 1)
         self.resuming.discard(run_id)
@@ -283,7 +283,7 @@ class RunExecutor:
             for name, row in zip(outcome.experts, outcome.rows):
                 accepted = sum(not math.isnan(r) for r in row)
                 if accepted:
-                    self.store.record_rewards(run_id, step, q.question_id, name, row)
+                    self.store.ledger.record(run_id, step, q.question_id, name, row)
                     m.rewards_by_client[name] += accepted
                 obs.REWARDS.labels(name, "accepted").inc(accepted)
                 obs.REWARDS.labels(name, "dropped").inc(len(row) - accepted)

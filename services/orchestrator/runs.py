@@ -11,7 +11,11 @@ What crash recovery needs is kept too: ``begin_step`` logs a step's batch
 before it goes to the trainer (write-ahead), ``add_step`` marks it completed
 at most once (``DuplicateStep`` otherwise), ``completed_batches`` gives back
 what a trainer that lost steps must be replayed, and the reward ledger, the
-confidence graph and the clients' details survive restarts.
+confidence graph and the clients' details survive restarts: the reward ledger
+(``store.ledger``, :mod:`~fedgrpo.services.orchestrator.reward_ledger`) and the
+federation's state (``store.federation``,
+:mod:`~fedgrpo.services.orchestrator.federation_state`) share the store's
+database (:mod:`~fedgrpo.services.orchestrator.store_database`).
 
 At start-up the records and their events are rebuilt from the database. A run
 found RUNNING or QUEUED was interrupted by the restart: it keeps its state and
@@ -22,13 +26,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,54 +39,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.services.orchestrator.federation_state import FederationState
+from fedgrpo.services.orchestrator.reward_ledger import RewardLedger
+from fedgrpo.services.orchestrator.store_database import StoreDatabase
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
-SCHEMA_VERSION = 2  # 2: create_requests (CreateRun's request_id)
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    run BLOB NOT NULL,                      -- pb.Run
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS steps (
-    run_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    batch BLOB,                             -- tpb.TrainBatch, NULL if the step trained nothing
-    partial BLOB NOT NULL,                  -- pb.StepMetrics known before training
-    metrics BLOB,                           -- final pb.StepMetrics, NULL until completed
-    policy BLOB,                            -- common_pb2.PolicyVersion after the step
-    completed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, step)
-);
-CREATE TABLE IF NOT EXISTS rewards (
-    run_id TEXT NOT NULL,
-    step INTEGER NOT NULL,
-    question_id TEXT NOT NULL,
-    client TEXT NOT NULL,
-    rewards TEXT NOT NULL,                  -- JSON list, NaN (no reward) as null
-    accepted_at REAL NOT NULL,
-    PRIMARY KEY (run_id, step, question_id, client)
-);
-CREATE TABLE IF NOT EXISTS confidence (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
-    graph_json TEXT NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clients (
-    name TEXT PRIMARY KEY,
-    info TEXT NOT NULL,                     -- JSON object
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS create_requests (
-    request_id TEXT PRIMARY KEY,            -- CreateRunRequest.request_id
-    run_id TEXT NOT NULL,
-    spec BLOB NOT NULL                      -- the request's RunSpec as sent (deterministic bytes)
-);
-"""
-
-
 def new_run_id() -> str:
     """A fresh run id: creation time and 6 random hex digits (probes carry ids of this shape too)."""
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
@@ -128,41 +88,16 @@ class RunStore:
         self.runs_dir = Path(runs_dir)
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = Path(db_path) if db_path is not None else self.runs_dir / "orchestrator.sqlite3"
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
         self.records: dict[str, RunRecord] = {}
-        self.changed = threading.Condition()
         self._interrupted: list[str] = []
-        self.db = sqlite3.connect(self.db_path, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
+        self.database = StoreDatabase(self.db_path, on_new=self._import_legacy)
+        self.changed = self.database.lock  # also woken when a run has new events
+        self.ledger = RewardLedger(self.database)
+        self.federation = FederationState(self.database)
         with self.changed:
-            self._migrate()
             self._load()
 
-    # ---- the database -------------------------------------------------------
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed on success, rolled back on any error."""
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            yield self.db
-
-    def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise RuntimeError(
-                f"{self.db_path}: schema version {version}, this orchestrator knows up to {SCHEMA_VERSION}"
-            )
-        if version == SCHEMA_VERSION:
-            return
-        with self._tx() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            if version == 0:
-                self._import_legacy(db)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
+    # ---- runs that an orchestrator without a database left as files ---------------
     def _import_legacy(self, db: sqlite3.Connection) -> None:
         """Take in the runs an orchestrator without a database left as files, once, when the database is new."""
         for path in sorted(self.runs_dir.glob("*/run.json")):
@@ -188,12 +123,12 @@ class RunStore:
             log.info("imported run %s (%d steps) from %s", run.run_id, len(steps), path.parent)
 
     def _load(self) -> None:
-        rows = self.db.execute("SELECT run_id, run, cancel_requested FROM runs ORDER BY run_id").fetchall()
+        rows = self.database.execute("SELECT run_id, run, cancel_requested FROM runs ORDER BY run_id").fetchall()
         for run_id, blob, cancel in rows:
             try:
                 run = pb.Run.FromString(blob)
                 steps = [
-                    pb.StepMetrics.FromString(m) for (m,) in self.db.execute(
+                    pb.StepMetrics.FromString(m) for (m,) in self.database.execute(
                         "SELECT metrics FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step", (run_id,)
                     )
                 ]
@@ -255,7 +190,7 @@ class RunStore:
             artifacts_path=str(self.run_dir(run_id).resolve()),
         )
         with self.changed:
-            with self._tx() as db:
+            with self.database.tx() as db:
                 if request_id:
                     earlier = db.execute("SELECT run_id FROM create_requests WHERE request_id = ?",
                                          (request_id,)).fetchone()
@@ -271,7 +206,7 @@ class RunStore:
     def created_by(self, request_id: str) -> tuple[str, bytes] | None:
         """(run id, the request's spec bytes) of the CreateRun call that used ``request_id``; None if none did."""
         with self.changed:
-            row = self.db.execute("SELECT run_id, spec FROM create_requests WHERE request_id = ?",
+            row = self.database.execute("SELECT run_id, spec FROM create_requests WHERE request_id = ?",
                                   (request_id,)).fetchone()
         return (row[0], bytes(row[1])) if row else None
 
@@ -307,7 +242,7 @@ class RunStore:
                     getattr(run, name).CopyFrom(value)
                 else:
                     setattr(run, name, value)
-            with self._tx() as db:
+            with self.database.tx() as db:
                 db.execute("UPDATE runs SET run = ? WHERE run_id = ?", (run.SerializeToString(), run_id))
             record.run = run
             self._publish_state(run_id)
@@ -319,7 +254,7 @@ class RunStore:
             if record.run.state == pb.RUN_STATE_QUEUED:
                 return self.update(run_id, state=pb.RUN_STATE_CANCELLED, end_time=now())
             if record.run.state == pb.RUN_STATE_RUNNING and not record.cancel_requested:
-                with self._tx() as db:
+                with self.database.tx() as db:
                     db.execute("UPDATE runs SET cancel_requested = 1 WHERE run_id = ?", (run_id,))
                 record.cancel_requested = True
                 return self.update(run_id, cancel_requested=True)
@@ -352,7 +287,7 @@ class RunStore:
 
     # ---- steps -------------------------------------------------------------------
     def _completed(self, run_id: str, step: int) -> bool:
-        row = self.db.execute("SELECT completed FROM steps WHERE run_id = ? AND step = ?", (run_id, step)).fetchone()
+        row = self.database.execute("SELECT completed FROM steps WHERE run_id = ? AND step = ?", (run_id, step)).fetchone()
         return bool(row and row[0])
 
     def begin_step(self, run_id: str, step: int, batch: bytes | None, partial: pb.StepMetrics) -> None:
@@ -361,7 +296,7 @@ class RunStore:
             self._record(run_id)
             if self._completed(run_id, step):
                 raise DuplicateStep(run_id, step)
-            with self._tx() as db:
+            with self.database.tx() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO steps (run_id, step, batch, partial, completed) VALUES (?, ?, ?, ?, 0)",
                     (run_id, step, batch, partial.SerializeToString()),
@@ -377,7 +312,7 @@ class RunStore:
             run.steps_completed = metrics.step
             run.policy.CopyFrom(policy)
             blob = metrics.SerializeToString()
-            with self._tx() as db:
+            with self.database.tx() as db:
                 db.execute(
                     "INSERT INTO steps (run_id, step, partial, metrics, policy, completed) VALUES (?, ?, ?, ?, ?, 1)"
                     " ON CONFLICT (run_id, step) DO UPDATE SET"
@@ -396,7 +331,7 @@ class RunStore:
     def pending_step(self, run_id: str) -> PendingStep | None:
         """The highest step logged by ``begin_step`` and not completed, if any."""
         with self.changed:
-            row = self.db.execute(
+            row = self.database.execute(
                 "SELECT step, batch, partial FROM steps WHERE run_id = ? AND completed = 0 ORDER BY step DESC LIMIT 1",
                 (run_id,),
             ).fetchone()
@@ -407,7 +342,7 @@ class RunStore:
     def completed_batches(self, run_id: str, after_step: int) -> list[tuple[int, bytes]]:
         """Batches of the completed steps after ``after_step``, in order: what a trainer that lost them must replay."""
         with self.changed:
-            return self.db.execute(
+            return self.database.execute(
                 "SELECT step, batch FROM steps WHERE run_id = ? AND completed = 1 AND batch IS NOT NULL AND step > ?"
                 " ORDER BY step",
                 (run_id, after_step),
@@ -416,80 +351,17 @@ class RunStore:
     def last_step(self, run_id: str) -> pb.StepMetrics | None:
         """The metrics of the run's highest completed step, if any (a resumed run takes its state from them)."""
         with self.changed:
-            row = self.db.execute(
+            row = self.database.execute(
                 "SELECT metrics FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step DESC LIMIT 1", (run_id,)
             ).fetchone()
         return pb.StepMetrics.FromString(row[0]) if row else None
 
     def completed_steps(self, run_id: str) -> list[int]:
         with self.changed:
-            rows = self.db.execute(
+            rows = self.database.execute(
                 "SELECT step FROM steps WHERE run_id = ? AND completed = 1 ORDER BY step", (run_id,)
             ).fetchall()
         return [step for (step,) in rows]
 
-    # ---- the reward ledger ---------------------------------------------------------
-    def record_rewards(self, run_id: str, step: int, question_id: str, client: str, rewards: Sequence[float]) -> bool:
-        """Keep one client's rewards for one question of a step; False if they were already kept."""
-        row = json.dumps([None if math.isnan(r) else r for r in rewards])
-        with self.changed:
-            with self._tx() as db:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO rewards (run_id, step, question_id, client, rewards, accepted_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, step, question_id, client, row, time.time()),
-                )
-            return cursor.rowcount == 1
-
-    def rewards_of(self, run_id: str, step: int) -> list[tuple[str, str, list[float]]]:
-        """(question id, client, rewards) kept for a step, in the order they were accepted; null is NaN again."""
-        with self.changed:
-            rows = self.db.execute(
-                "SELECT question_id, client, rewards FROM rewards WHERE run_id = ? AND step = ? ORDER BY rowid",
-                (run_id, step),
-            ).fetchall()
-        return [(q, c, [math.nan if r is None else r for r in json.loads(text)]) for q, c, text in rows]
-
-    def forget_rewards_after(self, run_id: str, step: int) -> int:
-        """Drop the ledger's rewards of steps after ``step``; how many rows went.
-
-        A restart abandons the scoring of a step it did not finish: those rewards judged
-        candidates that were never trained on, and the step is scored again from scratch.
-        """
-        with self.changed:
-            with self._tx() as db:
-                cursor = db.execute("DELETE FROM rewards WHERE run_id = ? AND step > ?", (run_id, step))
-            return cursor.rowcount
-
-    def ledger_size(self, run_id: str) -> int:
-        with self.changed:
-            return self.db.execute("SELECT COUNT(*) FROM rewards WHERE run_id = ?", (run_id,)).fetchone()[0]
-
-    # ---- the federation's state --------------------------------------------------
-    def save_confidence(self, graph_json: str) -> None:
-        with self.changed, self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO confidence (id, graph_json, updated_at) VALUES (1, ?, ?)",
-                (graph_json, time.time()),
-            )
-
-    def load_confidence(self) -> str | None:
-        with self.changed:
-            row = self.db.execute("SELECT graph_json FROM confidence WHERE id = 1").fetchone()
-        return row[0] if row else None
-
-    def save_client(self, name: str, info: dict) -> None:
-        text = json.dumps(info, sort_keys=True)
-        with self.changed, self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO clients (name, info, updated_at) VALUES (?, ?, ?)", (name, text, time.time())
-            )
-
-    def load_clients(self) -> dict[str, dict]:
-        with self.changed:
-            rows = self.db.execute("SELECT name, info FROM clients ORDER BY name").fetchall()
-        return {name: json.loads(info) for name, info in rows}
-
     def close(self) -> None:
-        with self.changed:
-            self.db.close()
+        self.database.close()

@@ -291,8 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         clients.wait_for_all(settings.client_wait_seconds)
     clients.start_health_checks()
     store = RunStore(settings.runs_dir, settings.database)
-    clients.known_joined(store.load_clients())
-    clients.on_join.append(lambda client: store.save_client(client.name, clients.member_record(client)))
+    clients.known_joined(store.federation.load_clients())
+    clients.on_join.append(lambda client: store.federation.save_client(client.name, clients.member_record(client)))
     trainer = tpb_grpc.PolicyTrainerServiceStub(
         serving.channel(settings.trainer, identity, max_message_bytes=settings.max_message_bytes)
     )
