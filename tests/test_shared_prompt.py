@@ -78,3 +78,35 @@ def test_a_trainer_step_moves_the_weights_alike_with_and_without_sharing(tiny, t
     # Adam's first steps move a weight by about the learning rate whatever its gradient's size, so
     # rounding-level gradient differences show up at a small fraction of that, never more.
     assert moved > 1e-3 and apart < 0.05 * moved
+
+
+def test_trained_once_the_old_logprobs_need_no_second_forward_pass_and_give_the_same_update(tiny, tmp_path):
+    """updates_per_batch 1 takes the old log-probabilities from the update's own forward pass; handing the
+    trainer the same values computed beforehand (as the engine's would be) moves the weights identically."""
+    config = OptimizerConfig(learning_rate=1e-3, loss=LossSettings(beta=0.0), updates_per_batch=1)
+    batch = samples(3)
+    weights, calls = {}, {}
+    for given in (False, True):
+        torch.manual_seed(0)
+        trainer = PolicyTrainer(tiny, tmp_path / f"state-{given}")
+        trainer.start("run", config)
+        rows = batch
+        if given:
+            with torch.no_grad():
+                packed = pack(batch, trainer.pad_id)
+                old = trainer.sequence_logprobs(trainer.model, packed, batch)
+            rows = [Sample(s.prompt_ids, s.completion_ids, old[i, :len(s.completion_ids)].tolist(), s.advantage)
+                    for i, s in enumerate(batch)]
+        forward = trainer.sequence_logprobs
+        calls[given] = 0
+
+        def counted(*args, _forward=forward, _given=given):
+            calls[_given] += 1
+            return _forward(*args)
+
+        trainer.sequence_logprobs = counted
+        trainer.train(1, 0, rows, max_completion_tokens=8)
+        weights[given] = [p.detach().clone() for p in trainer.model.parameters()]
+    assert calls == {False: 1, True: 1}  # one forward pass either way: the update's own
+    for a, b in zip(weights[False], weights[True]):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -250,14 +250,17 @@ class PolicyTrainer:
         max_len = max(max_completion_tokens, batch.completion_width)
         with torch.no_grad():
             old = batch.old_logprobs
-            if old is None:
+            if old is None and self.config.updates_per_batch > 1:
                 old = self.sequence_logprobs(self.model, batch, samples)
             ref = self.sequence_logprobs(self.reference, batch, samples) if self.reference is not None else None
         losses, kls, clips, norms = [], [], [], []
         for update in range(self.config.updates_per_batch):
             logprobs = self.sequence_logprobs(self.model, batch, samples)
+            # Trained once, the batch's old policy is the current one: its log-probabilities are the ones
+            # just computed (detached), not a second forward pass over the same weights (as TRL does).
             loss, stats = policy_loss(
-                logprobs, old, batch.advantages, batch.completion_mask, self.config.loss, max_len, ref
+                logprobs, logprobs.detach() if old is None else old, batch.advantages, batch.completion_mask,
+                self.config.loss, max_len, ref,
             )
             outcome = optimizer_step(
                 loss, self.model.parameters(), self.optimizer, self.scaler, self.config.max_grad_norm
