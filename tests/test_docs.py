@@ -1,5 +1,6 @@
 """The reference in docs/ agrees with the code it describes."""
 
+import re
 from pathlib import Path
 
 from fedgrpo import docs_reference
@@ -25,3 +26,31 @@ def test_subcommands_are_found_from_argparse_choices_and_from_example_lines():
     assert docs_reference.subcommands(["trainer"], option_choices) == []
     examples = "`fedgrpo reward-model`:\n\n    fedgrpo reward-model train --x\n    fedgrpo reward-model preferences\n"
     assert docs_reference.subcommands(["reward-model"], examples) == ["train", "preferences"]
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens (code blocks skipped)."""
+    anchors, fenced = set(), False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            text = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors
+
+
+def test_every_relative_link_of_the_readme_and_docs_reaches_a_file_and_heading():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target} (no such file)")
+            elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
+                broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
