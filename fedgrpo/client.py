@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from fedgrpo import serving
+from fedgrpo import serving, spec_enums
 from fedgrpo.security import Identity, with_token
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -193,10 +192,14 @@ class Client:
 
     def create_run(self, spec: pb.RunSpec | Mapping[str, Any], request_id: str | None = None,
                    retries: int = 5) -> pb.Run:
-        """Create a run from a RunSpec (or its JSON form as a dict). Retried on a timeout or an unavailable
-        server with the same ``request_id`` (drawn when not given): at most one run is created."""
+        """Create a run from a RunSpec (or its JSON form as a dict, whose choice fields may carry readable
+        names: ``{"loss_type": "dr_grpo"}``). Retried on a timeout or an unavailable server with the same
+        ``request_id`` (drawn when not given): at most one run is created."""
         if not isinstance(spec, pb.RunSpec):
-            spec = json_format.ParseDict(dict(spec), pb.RunSpec())
+            try:
+                spec = spec_enums.spec_message(spec)
+            except spec_enums.UnknownChoice as err:  # refused here as the server would refuse it
+                raise InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, err.problem, f"spec.{err.field}") from None
         request = pb.CreateRunRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
         return self._call(self.stub.CreateRun, request, retries)
 
