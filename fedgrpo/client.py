@@ -20,7 +20,10 @@ Results are the API's protobuf messages (typed; ``json_format`` turns them
 into dicts). A refused call raises :class:`FedgrpoError` (a subclass per
 status: :class:`InvalidArgument`, :class:`NotFound`, ...) carrying the gRPC
 status ``code``, the request ``field`` at fault when the server named one,
-and the server's message.
+the server's message, and what the status's ``google.rpc`` details say: the
+ErrorInfo ``reason`` (``RATE_LIMITED``, ``INVALID_FIELD``, ...) and the
+BadRequest ``violations``. A server without details (older fedgrpo) still
+gives ``field``, parsed from its ``"<field>: <problem>"`` message.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
+from google.rpc.error_details_pb2 import BadRequest
+from grpc_status import rpc_status
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from fedgrpo import serving
+from fedgrpo import rpc_errors, serving, spec_enums
 from fedgrpo.security import Identity, with_token
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -47,19 +51,23 @@ __all__ = [
     "PermissionDenied", "FailedPrecondition", "ResourceExhausted", "Unavailable", "RUN_ENDED",
 ]
 
+FieldViolation = BadRequest.FieldViolation  # .field, .description
 RUN_ENDED = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
 # A call may be sent again after these without changing what it does (CreateRun: with its request_id).
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class FedgrpoError(Exception):
-    """A call the orchestrator refused or could not answer: its status, the field at fault, the message."""
+    """A call the orchestrator refused or could not answer: its status, the field at fault, the message, and
+    the details' ``reason`` (ErrorInfo; None without details) and ``violations`` (BadRequest field violations)."""
 
     code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
 
-    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, field: str | None = None, reason: str | None = None,
+                 violations: Sequence[FieldViolation] = ()) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code, self.message, self.field = code, message, field
+        self.reason, self.violations = reason, list(violations)
 
 
 class InvalidArgument(FedgrpoError):
@@ -100,14 +108,25 @@ _FIELD_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS
 
 
 def error_of(err: grpc.RpcError) -> FedgrpoError:
-    """The typed error of a failed call. The API words a field's fault ``<field>: <problem>``."""
-    code, details = err.code(), err.details() or ""
-    field = None
-    if code in _FIELD_CODES and ": " in details:
-        head, _, rest = details.partition(": ")
+    """The typed error of a failed call: the field from the status's details (a BadRequest violation, or
+    ErrorInfo's metadata), else from the message, which the API words ``<field>: <problem>``."""
+    code, message = err.code(), err.details() or ""
+    info, violations = None, []
+    try:
+        status = rpc_status.from_call(err) if isinstance(err, grpc.Call) else None
+    except ValueError:  # details that contradict the call's own code or message: ignore them
+        status = None
+    if status is not None:
+        info, violations = rpc_errors.details(status)
+    field = violations[0].field if violations else (info.metadata.get("field") if info is not None else None)
+    if field is None and code in _FIELD_CODES and ": " in message:
+        head, _, _ = message.partition(": ")
         if head and " " not in head:
-            field, details = head, rest
-    return _BY_CODE.get(code, FedgrpoError)(code, details, field)
+            field = head
+    if field and message.startswith(f"{field}: "):
+        message = message[len(field) + 2:]
+    reason = info.reason if info is not None else None
+    return _BY_CODE.get(code, FedgrpoError)(code, message, field or None, reason, violations)
 
 
 class ClientSettings(BaseSettings):
@@ -193,10 +212,14 @@ class Client:
 
     def create_run(self, spec: pb.RunSpec | Mapping[str, Any], request_id: str | None = None,
                    retries: int = 5) -> pb.Run:
-        """Create a run from a RunSpec (or its JSON form as a dict). Retried on a timeout or an unavailable
-        server with the same ``request_id`` (drawn when not given): at most one run is created."""
+        """Create a run from a RunSpec (or its JSON form as a dict, whose choice fields may carry readable
+        names: ``{"loss_type": "dr_grpo"}``). Retried on a timeout or an unavailable server with the same
+        ``request_id`` (drawn when not given): at most one run is created."""
         if not isinstance(spec, pb.RunSpec):
-            spec = json_format.ParseDict(dict(spec), pb.RunSpec())
+            try:
+                spec = spec_enums.spec_message(spec)
+            except spec_enums.UnknownChoice as err:  # refused here as the server would refuse it
+                raise InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, err.problem, f"spec.{err.field}") from None
         request = pb.CreateRunRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
         return self._call(self.stub.CreateRun, request, retries)
 

@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fedgrpo import spec_enums
 from fedgrpo.client import Client, ClientSettings, FedgrpoError
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
@@ -73,7 +74,7 @@ def _spec(text: str) -> pb.RunSpec:
             data = data.get("run", data)  # a federation file's [run] table works too
         else:
             data = json.loads(path.read_text())
-        return json_format.ParseDict(data, pb.RunSpec())
+        return spec_enums.spec_message(data)
     except (OSError, ValueError, tomllib.TOMLDecodeError, json_format.ParseError) as err:
         raise SystemExit(f"fedgrpo runs create: --spec {text}: {err}") from None
 

@@ -17,7 +17,10 @@ allow-list and the role its certificate carries (``fedgrpo.certs``) against
 the endpoint's roles (PERMISSION_DENIED; a certificate from before roles is
 refused with a message saying to reissue it), a request rate per peer
 (RESOURCE_EXHAUSTED, via the ``limits`` package), and a request that does
-not decode as its message (INVALID_ARGUMENT). Health checks and reflection
+not decode as its message (INVALID_ARGUMENT). Each refusal carries a
+``google.rpc.ErrorInfo`` whose reason says which (UNAUTHENTICATED,
+AUTH_FAILURES_LIMITED, PEER_NOT_ALLOWED, ROLE_MISSING, ROLE_NOT_ALLOWED,
+RATE_LIMITED, UNDECODABLE_REQUEST; ``fedgrpo.rpc_errors``). Health checks and reflection
 are exempt from tokens and rates so orchestration tools can probe a
 service, and their handlers pass through unwrapped: the health Watch stream
 is non-blocking only as gRPC registered it (a wrapped one holds a worker
@@ -44,6 +47,8 @@ import grpc
 from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+from fedgrpo.rpc_errors import abort
 
 log = logging.getLogger(__name__)
 
@@ -213,14 +218,16 @@ class Guard(grpc.ServerInterceptor):
         if self.auth_failures is not None and not all(
             [self.auth_failures.hit(limit, self.label, address) for limit in self.auth_limits]
         ):
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            abort(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"authorization: more than {'; '.join(str(x) for x in self.auth_limits)} failed token checks from "
                 f"{address}; calls from it are refused until the window passes",
+                reason="AUTH_FAILURES_LIMITED",
             )
-        context.abort(
-            grpc.StatusCode.UNAUTHENTICATED,
+        abort(
+            context, grpc.StatusCode.UNAUTHENTICATED,
             "authorization: missing or unknown bearer token (metadata 'authorization: Bearer <token>')",
+            reason="UNAUTHENTICATED",
         )
 
     def check(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
@@ -231,37 +238,40 @@ class Guard(grpc.ServerInterceptor):
             self._refuse_token(context)
         peer = peer_identity(context)
         if self.allowed_peers and not exempt and peer not in self.allowed_peers:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+            abort(
+                context, grpc.StatusCode.PERMISSION_DENIED,
                 f"identity {peer!r} may not call {method}: only {', '.join(sorted(self.allowed_peers))} may "
                 f"(certificate common names; health checks are open to any)",
+                reason="PEER_NOT_ALLOWED",
             )
         if self.allowed_roles and not exempt:
             role = peer_role(context)
             if role is None:
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                abort(
+                    context, grpc.StatusCode.PERMISSION_DENIED,
                     f"identity {peer!r}: its certificate carries no role (issued before roles): re-run `make certs` "
                     "(fedgrpo certs init) to reissue it, or `fedgrpo certs issue NAME --role ROLE`",
+                    reason="ROLE_MISSING",
                 )
             if role not in self.allowed_roles:
-                context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
+                abort(
+                    context, grpc.StatusCode.PERMISSION_DENIED,
                     f"identity {peer!r} has role {role}; only role {', '.join(sorted(self.allowed_roles))} may call "
                     f"{method}",
+                    reason="ROLE_NOT_ALLOWED",
                 )
         if self.limiter is not None and not exempt:
             key = peer or context.peer().rsplit(":", 1)[0]
             if not all(self.limiter.hit(limit, self.label, key) for limit in self.limits):
-                context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                abort(
+                    context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                     f"rate limit {'; '.join(str(x) for x in self.limits)} exceeded for {key}; slow down and retry",
+                    reason="RATE_LIMITED",
                 )
         if isinstance(request, _Undecodable):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request: not a valid message for {method} ({type(request.error).__name__})",
-            )
+            problem = f"not a valid message for {method} ({type(request.error).__name__})"
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}", reason="UNDECODABLE_REQUEST",
+                  field="request", problem=problem)
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)

@@ -15,8 +15,10 @@ default SO_REUSEPORT would let a second service bind a port in use and take
 some of its connections (health checks then reach the wrong process), so a
 taken port refuses the start with a message naming the flag and env var. ``channel()`` dials a service
 with the same identity and message bounds. ``invalid()`` / ``not_found()``
-abort an RPC with a status whose message names the offending field, so
-callers always learn what to fix.
+/ ``failed_precondition()`` / ``refuse()`` abort an RPC with a status whose
+message names the offending field, so callers always learn what to fix, and
+whose ``google.rpc`` details say it as data (``fedgrpo.rpc_errors``:
+ErrorInfo always, a BadRequest field violation for INVALID_ARGUMENT).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fedgrpo.rpc_errors import abort
 from fedgrpo.security import Guard, Identity, with_token
 
 if TYPE_CHECKING:
@@ -85,20 +88,25 @@ class Endpoint:
     port_field: str = "port"
 
 
-def invalid(context: grpc.ServicerContext, field: str, problem: str) -> NoReturn:
-    """Abort with INVALID_ARGUMENT naming the request field and what was expected."""
-    context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}")
-    raise AssertionError("unreachable")  # context.abort raises
+def invalid(context: grpc.ServicerContext, field: str, problem: str, reason: str = "INVALID_FIELD") -> NoReturn:
+    """Abort with INVALID_ARGUMENT naming the request field and what was expected (message and BadRequest)."""
+    abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {problem}", reason=reason, field=field,
+          problem=problem)
 
 
-def not_found(context: grpc.ServicerContext, what: str) -> NoReturn:
-    context.abort(grpc.StatusCode.NOT_FOUND, what)
-    raise AssertionError("unreachable")
+def not_found(context: grpc.ServicerContext, what: str, reason: str = "NOT_FOUND") -> NoReturn:
+    abort(context, grpc.StatusCode.NOT_FOUND, what, reason=reason)
 
 
-def failed_precondition(context: grpc.ServicerContext, what: str) -> NoReturn:
-    context.abort(grpc.StatusCode.FAILED_PRECONDITION, what)
-    raise AssertionError("unreachable")
+def failed_precondition(context: grpc.ServicerContext, what: str, reason: str = "FAILED_PRECONDITION") -> NoReturn:
+    abort(context, grpc.StatusCode.FAILED_PRECONDITION, what, reason=reason)
+
+
+def refuse(context: grpc.ServicerContext, code: grpc.StatusCode, what: str, reason: str | None = None,
+           field: str | None = None) -> NoReturn:
+    """Abort with any other status (ALREADY_EXISTS, PERMISSION_DENIED, ...); ErrorInfo's reason defaults to
+    the code's name, ``field`` goes into its metadata."""
+    abort(context, code, what, reason=reason, field=field)
 
 
 def build_server(

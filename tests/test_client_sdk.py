@@ -4,7 +4,9 @@ An outside system's path: it holds the CA certificate and a token, nothing
 else (no client certificate); it creates a run (a retry after a lost reply
 returns the same run), follows it, gets typed errors naming the field, lists
 runs and clients, reads the graph; and the `fedgrpo runs|clients|graph`
-commands do the same from a shell with FEDGRPO_* variables.
+commands do the same from a shell with FEDGRPO_* variables. A generic gRPC
+client (plain grpcio and grpcio-status, no fedgrpo code) reads a refusal's
+google.rpc details; the SDK takes the spec's choices by readable name.
 """
 
 from __future__ import annotations
@@ -14,11 +16,17 @@ import os
 import subprocess
 import sys
 
+import grpc
 import pytest
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from fedgrpo.certs import init_federation
 from fedgrpo.client import AlreadyExists, Client, ClientSettings, InvalidArgument, NotFound, Unauthenticated
+from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from tests.conftest import federation
 
 pytestmark = pytest.mark.integration
@@ -59,14 +67,77 @@ def test_create_watch_and_read_a_run_with_the_ca_and_a_token_only(orchestrator):
 
         with pytest.raises(AlreadyExists) as err:  # the same request_id for another spec
             client.create_run({**SPEC, "steps": 3}, request_id="sdk-first")
-        assert err.value.field == "request_id"
+        assert (err.value.field, err.value.reason) == ("request_id", "REQUEST_ID_REUSED")
         with pytest.raises(InvalidArgument) as err:
             client.create_run({**SPEC, "candidates_per_question": 1})
         assert err.value.field == "spec.candidates_per_question" and "greater than or equal to 2" in err.value.message
         with pytest.raises(NotFound):
             client.get_run("19990101-000000-000000")
-    with Client(address, ca=certs / "ca.crt", token="wrong-token") as stranger, pytest.raises(Unauthenticated):
+    with Client(address, ca=certs / "ca.crt", token="wrong-token") as stranger, pytest.raises(Unauthenticated) as err:
         stranger.list_runs()
+    assert err.value.reason == "UNAUTHENTICATED"
+
+
+def refusal_details(call) -> tuple[int, str, list, list]:
+    """(code, message, ErrorInfos, BadRequest violations) of a refused call, read as any gRPC client would."""
+    status = rpc_status.from_call(call)
+    infos, violations = [], []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            infos.append(error_details_pb2.ErrorInfo())
+            detail.Unpack(infos[-1])
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations.extend((v.field, v.description) for v in bad.field_violations)
+    return status.code, status.message, [(i.reason, i.domain) for i in infos], violations
+
+
+def test_a_generic_grpc_client_reads_the_field_at_fault_from_the_details(orchestrator):
+    address, certs = orchestrator
+    channel = grpc.secure_channel(address, grpc.ssl_channel_credentials((certs / "ca.crt").read_bytes()))
+    stub = pb_grpc.OrchestratorServiceStub(channel)
+    token = [("authorization", f"Bearer {(certs / 'api-token').read_text().strip()}")]
+    cases = [
+        (pb.RunSpec(tasks=["add1"], candidates_per_question=1), "spec.candidates_per_question",
+         "Input should be greater than or equal to 2 (got 1)"),
+        # an enum number this orchestrator does not know (a newer or broken client)
+        (pb.RunSpec(tasks=["add1"], loss_type=42), "spec.loss_type",
+         "got 42, not a LossType value; expected one of LOSS_TYPE_GRPO, LOSS_TYPE_BNPO, LOSS_TYPE_DR_GRPO, "
+         "LOSS_TYPE_DAPO (or unset)"),
+    ]
+    with channel:
+        for spec, field, problem in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.CreateRun(pb.CreateRunRequest(spec=spec), metadata=token, timeout=30)
+            code, message, infos, violations = refusal_details(err.value)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert message == err.value.details() == f"{field}: {problem}"  # the text stays as readable as before
+            assert violations == [(field, problem)]
+            assert infos == [("INVALID_FIELD", "fedgrpo.v1")]
+        with pytest.raises(grpc.RpcError) as err:  # the token check (the Guard) says why too
+            stub.ListRuns(pb.ListRunsRequest(), timeout=30)
+        assert refusal_details(err.value)[2:] == ([("UNAUTHENTICATED", "fedgrpo.v1")], [])
+
+
+def test_the_sdk_takes_readable_choice_names_and_reads_the_details(orchestrator):
+    address, certs = orchestrator
+    with Client(address, ca=certs / "ca.crt", token=(certs / "api-token").read_text().strip()) as client:
+        run = client.create_run({**SPEC, "steps": 1, "loss_type": "dr_grpo", "zero_signal_groups": "drop"})
+        client.cancel_run(run.run_id)  # only its echoed spec matters here
+        for echoed in (run.spec, client.get_run(run.run_id).spec):
+            assert (echoed.loss_type, echoed.zero_signal_groups, echoed.expert_selection) == (
+                common_pb2.LOSS_TYPE_DR_GRPO, pb.ZERO_SIGNAL_GROUPS_DROP, pb.EXPERT_SELECTION_DOMAIN)
+            assert echoed.reward_reading == pb.REWARD_READING_CONSENSUS  # defaults are echoed as enums too
+            assert json_format.MessageToDict(echoed)["lossType"] == "LOSS_TYPE_DR_GRPO"
+        with pytest.raises(InvalidArgument) as err:
+            client.create_run({**SPEC, "reward_fusion": 9})
+        assert (err.value.field, err.value.reason) == ("spec.reward_fusion", "INVALID_FIELD")
+        assert err.value.message.startswith("got 9, not a RewardFusion value")
+        assert [(v.field, v.description) for v in err.value.violations] == [("spec.reward_fusion", err.value.message)]
+        with pytest.raises(InvalidArgument) as err:  # a name no value has never leaves the client
+            client.create_run({**SPEC, "loss_type": "ppo"})
+        assert err.value.field == "spec.loss_type" and "expected one of grpo, bnpo, dr_grpo, dapo" in err.value.message
 
 
 def fedgrpo(*args: str, env: dict) -> subprocess.CompletedProcess:

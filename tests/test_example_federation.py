@@ -193,6 +193,22 @@ def test_run_overrides_change_only_what_they_name():
     assert federation.run["learning_rate"] == 2e-5 and federation.evaluation.per_domain == 7
 
 
+def test_a_choice_given_by_its_readable_name_reaches_the_wire_as_its_enum():
+    """`fedgrpo run --spec loss_type=dr_grpo`: the [run] table keeps the name; the request carries the enum."""
+    from fedgrpo import spec_enums
+    from fedgrpo.settings import load
+    from fedgrpo.v1 import common_pb2
+    from fedgrpo.v1 import orchestrator_pb2 as pb
+
+    job = load(JobSettings, ["--spec", "loss_type=dr_grpo", "--spec", "reward_reading=pooled"])
+    federation = job.apply(load_federation(DEFAULT_FEDERATION))
+    assert (federation.run["loss_type"], federation.run["reward_reading"]) == ("dr_grpo", "pooled")
+    sent = spec_enums.spec_message(federation.run)  # what Client.create_run sends for this table
+    assert (sent.loss_type, sent.reward_reading) == (common_pb2.LOSS_TYPE_DR_GRPO, pb.REWARD_READING_POOLED)
+    with pytest.raises(SystemExit, match=r"--spec loss_type: Input should be 'grpo', 'bnpo', 'dr_grpo' or 'dapo'"):
+        load(JobSettings, ["--spec", "loss_type=ppo"]).apply(load_federation(DEFAULT_FEDERATION))
+
+
 @pytest.mark.integration
 def test_the_main_jobs_federation_runs_from_its_files_with_the_tiny_policy(tmp_path, model_cache):
     federation = load_federation(reasoning_copy(tmp_path))

@@ -49,7 +49,7 @@ def test_lists_reward_clients(fed):
 def test_a_short_run_trains_and_leaves_its_artifacts(fed):
     stub, tmp = fed
     run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**SPEC)))
-    assert run.state == pb.RUN_STATE_QUEUED and run.spec.loss_type == "bnpo"  # defaults echoed
+    assert run.state == pb.RUN_STATE_QUEUED and run.spec.loss_type == common_pb2.LOSS_TYPE_BNPO  # defaults echoed
     events, run = wait(stub, run.run_id)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
     steps = [e.step for e in events if e.HasField("step")]
@@ -110,7 +110,7 @@ def test_confidence_graph_learns_who_judges_what_and_routes_by_it(fed):
     assert len(graph["items"]["ids"]) == 100
 
     spec = pb.RunSpec(**{**SPEC, "tasks": ["sub1", "mul1"], "steps": 2, "questions_per_step": 4,
-                         "experts_per_question": 1, "expert_selection": "confidence_graph"})
+                         "experts_per_question": 1, "expert_selection": pb.EXPERT_SELECTION_CONFIDENCE_GRAPH})
     run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
     events, run = wait(stub, run.run_id)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
@@ -123,9 +123,9 @@ def test_confidence_graph_learns_who_judges_what_and_routes_by_it(fed):
 
 def test_pooled_reading_gives_each_expert_its_own_block(fed):
     stub, _ = fed
-    spec = pb.RunSpec(**{**SPEC, "steps": 2, "reward_reading": "pooled"})
+    spec = pb.RunSpec(**{**SPEC, "steps": 2, "reward_reading": pb.REWARD_READING_POOLED})
     run = stub.CreateRun(pb.CreateRunRequest(spec=spec))
-    assert run.spec.reward_reading == "pooled"
+    assert run.spec.reward_reading == pb.REWARD_READING_POOLED
     events, run = wait(stub, run.run_id)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
     for s in (e.step for e in events if e.HasField("step")):
@@ -137,8 +137,9 @@ def test_pooled_reading_gives_each_expert_its_own_block(fed):
 @pytest.mark.parametrize(
     "change, field",
     [
-        ({"reward_reading": "median"}, "spec.reward_reading"),
-        ({"expert_selection": "oracle"}, "spec.expert_selection"),
+        # enum numbers this orchestrator does not know (a newer or broken client)
+        ({"reward_reading": 9}, "spec.reward_reading"),
+        ({"expert_selection": 9}, "spec.expert_selection"),
         ({"tasks": ["astrology"]}, "spec.tasks"),
         ({"tasks": ["leg_counting"]}, "spec.tasks"),  # no client holds it
         ({"candidates_per_question": 1}, "spec.candidates_per_question"),
@@ -146,7 +147,7 @@ def test_pooled_reading_gives_each_expert_its_own_block(fed):
         ({"experts_per_question": 3}, "spec.experts_per_question"),
         ({"steps": 0}, "spec.steps"),
         ({"learning_rate": 0.0}, "spec.learning_rate"),
-        ({"loss_type": "ppo"}, "spec.loss_type"),
+        ({"loss_type": 9}, "spec.loss_type"),
     ],
 )
 def test_invalid_run_specs_are_refused_and_create_nothing(fed, change, field):
@@ -343,7 +344,7 @@ def test_a_run_uses_only_the_reward_clients_it_names(fed):
         ({"reward_clients": ["client-1"], "experts_per_question": 2}, "spec.experts_per_question"),
         ({"reward_clients": ["client-1"], "experts_per_question": 1, "tasks": ["sub1"]}, "spec.tasks"),
         ({"confidence_update_rate": 1.5}, "spec.confidence_update_rate"),
-        ({"zero_signal_groups": "skip"}, "spec.zero_signal_groups"),
+        ({"zero_signal_groups": 9}, "spec.zero_signal_groups"),
     ],
 )
 def test_run_specs_naming_unusable_clients_are_refused(fed, change, field):
@@ -387,7 +388,7 @@ def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the
     run's confidence."""
     clients = [("add1", ["--fault", "poison", "--fault-after-calls", str(PROBES)]), ("add1", []), ("add1", [])]
     with federation(tmp_path, model_cache, clients) as (stub, _, services):
-        spec = dict(SPEC, steps=4, expert_selection="confidence_graph", confidence_update_rate=0.5)
+        spec = dict(SPEC, steps=4, expert_selection=pb.EXPERT_SELECTION_CONFIDENCE_GRAPH, confidence_update_rate=0.5)
         events, run = wait(stub, stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**spec))).run_id)
         assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
         second_events, second = wait(stub, stub.CreateRun(pb.CreateRunRequest(

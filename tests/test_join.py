@@ -115,7 +115,7 @@ def test_a_client_whose_heartbeats_stop_leaves_and_is_taken_back(tmp_path, model
         # Taken back into selection: a run asking for both experts can start.
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=1, questions_per_step=1, candidates_per_question=4, experts_per_question=2,
-            max_tokens=8, expert_selection="all",
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_ALL,
         )))
         run = run_to_end(stub, run.run_id)
         assert run.state == pb.RUN_STATE_SUCCEEDED, run.error
@@ -129,7 +129,7 @@ def test_run_survives_kill_9_of_a_joined_expert_mid_run(tmp_path, model_cache):
     ) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=6, questions_per_step=2, candidates_per_question=4, experts_per_question=1,
-            max_tokens=8, expert_selection="domain", reward_timeout_seconds=30,
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_DOMAIN, reward_timeout_seconds=30,
         )))
         # joined-0 is the first expert by name: kill it once the run is under way.
         deadline = time.monotonic() + 120
@@ -154,7 +154,7 @@ def test_a_client_slower_than_the_deadline_is_replaced(tmp_path, model_cache):
     ) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=2, questions_per_step=2, candidates_per_question=4, experts_per_question=1,
-            max_tokens=8, expert_selection="domain", reward_timeout_seconds=1,
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_DOMAIN, reward_timeout_seconds=1,
         )))
         run = run_to_end(stub, run.run_id)
         assert run.state == pb.RUN_STATE_SUCCEEDED, run.error

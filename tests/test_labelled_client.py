@@ -136,7 +136,7 @@ def test_a_run_trains_on_rewards_from_label_files(tmp_path, model_cache):
         assert listed == {"client-0": ["add1"], "joined-0": ["add1"]}
         run = stub.CreateRun(opb.CreateRunRequest(spec=opb.RunSpec(
             tasks=["add1"], steps=2, questions_per_step=2, candidates_per_question=4, experts_per_question=2,
-            max_tokens=8, expert_selection="domain",
+            max_tokens=8, expert_selection=opb.EXPERT_SELECTION_DOMAIN,
         )))
         run = run_to_end(stub, run.run_id)
         assert run.state == opb.RUN_STATE_SUCCEEDED, run.error

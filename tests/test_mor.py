@@ -19,6 +19,7 @@ from fedgrpo.job.federation_run import run_federation
 from fedgrpo.reward_models.preferences import make_preferences
 from fedgrpo.reward_models.training import TrainingSettings, train_reward_model
 from fedgrpo.tasks import PromptFormat
+from fedgrpo import spec_enums
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec
 
@@ -26,7 +27,7 @@ INSTRUCTION = "Answer with just the number."
 
 
 def spec(**fields) -> pb.RunSpec:
-    return pb.RunSpec(tasks=["add1"], **fields)
+    return spec_enums.spec_message({"tasks": ["add1"], **fields})
 
 
 def resolve(msg: pb.RunSpec, graph: bool = True):
@@ -45,8 +46,8 @@ def test_the_mor_preset_fills_only_what_the_spec_leaves_unset():
 @pytest.mark.parametrize("fields, graph, field, message", [
     ({"preset": "mor"}, False, "reward_fusion", "router needs the confidence graph"),
     ({"reward_fusion": "router", "reward_reading": "pooled"}, True, "reward_fusion", "consensus reading"),
-    ({"reward_fusion": "median"}, True, "reward_fusion", "Input should be 'competence', 'mean' or 'router'"),
-    ({"preset": "dpo"}, True, "preset", "Input should be 'fedgrpo' or 'mor'"),
+    ({"reward_fusion": 9}, True, "reward_fusion", "got 9, not a RewardFusion value"),
+    ({"preset": 9}, True, "preset", "got 9, not a Preset value"),
 ])
 def test_bad_fusion_settings_name_the_field(fields, graph, field, message):
     with pytest.raises(SpecError) as err:
@@ -134,7 +135,8 @@ def test_clients_train_their_own_reward_models_and_a_mor_run_fuses_them_with_the
 
     assert summary["steps_completed"] == 2
     spec = summary["spec"]
-    assert (spec["preset"], spec["reward_fusion"], spec["expert_selection"], spec["beta"]) == ("mor", "router", "all", 0.04)
+    assert (spec["preset"], spec["reward_fusion"], spec["expert_selection"], spec["beta"]) == (
+        "PRESET_MOR", "REWARD_FUSION_ROUTER", "EXPERT_SELECTION_ALL", 0.04)  # summary.json: the run's JSON form
     run_dir = tmp_path / "runs" / summary["run_id"]
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for step in steps:

@@ -2,6 +2,7 @@
 
 import pytest
 
+from fedgrpo import spec_enums
 from fedgrpo.tasks import DOMAINS
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.experts import ClientView, select_experts
@@ -10,7 +11,9 @@ from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec, to_messa
 
 
 def resolve(**fields):
-    return resolve_spec(pb.RunSpec(**fields), DOMAINS.keys(), "tiny-policy", client_count=3, max_model_len=512)
+    """Fields in JSON form: choice fields by their readable names (``loss_type="dr_grpo"``) or numbers."""
+    return resolve_spec(spec_enums.spec_message(fields), DOMAINS.keys(), "tiny-policy", client_count=3,
+                        max_model_len=512)
 
 
 def test_defaults_are_filled_in_and_echoed():
@@ -42,12 +45,14 @@ def test_pooled_reading_does_not_scale_by_std_unless_asked_as_in_fedgrpos_releas
 
 def test_groups_without_signal_are_kept_unless_the_spec_drops_them():
     kept = resolve(tasks=["add1"])
-    assert kept.zero_signal_groups == "keep" and to_message(kept).zero_signal_groups == "keep"
+    assert kept.zero_signal_groups == "keep" and to_message(kept).zero_signal_groups == pb.ZERO_SIGNAL_GROUPS_KEEP
     assert resolve(tasks=["add1"], zero_signal_groups="drop").zero_signal_groups == "drop"
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(spec_enums.UnknownChoice) as err:  # a name no value has: refused before it is sent
         resolve(tasks=["add1"], zero_signal_groups="skip")
-    assert err.value.field == "zero_signal_groups" and "'keep' or 'drop'" in str(err.value)
-    assert str(err.value).startswith("spec.zero_signal_groups")
+    assert err.value.field == "zero_signal_groups" and "got 'skip', expected one of keep, drop" in str(err.value)
+    with pytest.raises(SpecError) as err:  # a number the enum lacks: refused by the orchestrator
+        resolve(tasks=["add1"], zero_signal_groups=7)
+    assert str(err.value).startswith("spec.zero_signal_groups: got 7, not a ZeroSignalGroups value")
 
 
 @pytest.mark.parametrize(
@@ -63,9 +68,9 @@ def test_groups_without_signal_are_kept_unless_the_spec_drops_them():
         ({"tasks": ["add1"], "steps": 0}, "steps", "greater than or equal to 1"),
         ({"tasks": ["add1"], "learning_rate": 0.0}, "learning_rate", "greater than 0"),
         ({"tasks": ["add1"], "learning_rate": -1.0}, "learning_rate", "greater than 0"),
-        ({"tasks": ["add1"], "loss_type": "ppo"}, "loss_type", "'grpo', 'bnpo', 'dr_grpo' or 'dapo'"),
+        ({"tasks": ["add1"], "loss_type": 9}, "loss_type", "LOSS_TYPE_GRPO, LOSS_TYPE_BNPO, LOSS_TYPE_DR_GRPO"),
         ({"tasks": ["add1"], "model": "gpt-9"}, "model", "serves"),
-        ({"tasks": ["add1"], "reward_reading": "median"}, "reward_reading", "'consensus' or 'pooled'"),
+        ({"tasks": ["add1"], "reward_reading": 9}, "reward_reading", "got 9, not a RewardReading value"),
         ({"tasks": ["add1"], "max_tokens": 600}, "max_tokens", "max_model_len"),
     ],
 )
@@ -119,7 +124,7 @@ def test_expert_selection_defaults_to_the_confidence_graph_when_there_is_one():
     with_graph = resolve_spec(spec, DOMAINS.keys(), "tiny-policy", 3, 512, graph_available=True)
     without = resolve_spec(spec, DOMAINS.keys(), "tiny-policy", 3, 512, graph_available=False)
     assert (with_graph.expert_selection, without.expert_selection) == ("confidence_graph", "domain")
-    assert to_message(with_graph).expert_selection == "confidence_graph"
+    assert to_message(with_graph).expert_selection == pb.EXPERT_SELECTION_CONFIDENCE_GRAPH
 
 
 def test_named_reward_clients_must_exist_and_be_enough():

@@ -144,7 +144,7 @@ def test_a_cheater_without_data_that_answers_the_old_probe_pattern_is_not_a_top_
         }
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=1, questions_per_step=2, candidates_per_question=4, experts_per_question=1,
-            max_tokens=8, expert_selection="confidence_graph",
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_CONFIDENCE_GRAPH,
         )))
         events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id), timeout=600))
         run = stub.GetRun(pb.GetRunRequest(run_id=run.run_id))

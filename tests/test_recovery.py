@@ -37,7 +37,7 @@ def spec() -> pb.RunSpec:
     # expert_selection "all": every step has a learning signal from both clients.
     return pb.RunSpec(
         tasks=["add1"], steps=STEPS, questions_per_step=2, candidates_per_question=4, experts_per_question=1,
-        max_tokens=8, temperature=1.5, expert_selection="domain",
+        max_tokens=8, temperature=1.5, expert_selection=pb.EXPERT_SELECTION_DOMAIN,
     )
 
 
@@ -201,7 +201,7 @@ def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_ca
     with federation(tmp_path, model_cache, clients) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=6, questions_per_step=2, candidates_per_question=4, experts_per_question=2,
-            max_tokens=8, expert_selection="confidence_graph", confidence_update_rate=0.5,
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_CONFIDENCE_GRAPH, confidence_update_rate=0.5,
         )))
         wait_for_step(stub, run.run_id, 2)
         fed.restart(services["orchestrator"], kill=True)

@@ -15,6 +15,7 @@ from collections import defaultdict
 
 import pytest
 
+from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 SPEC = dict(
     tasks=["add1"], steps=2, questions_per_step=2, candidates_per_question=6, experts_per_question=3,
-    expert_selection="all", scale_rewards=False, learning_rate=1e-3, max_tokens=8, temperature=1.0,
+    expert_selection=pb.EXPERT_SELECTION_ALL, scale_rewards=False, learning_rate=1e-3, max_tokens=8, temperature=1.0,
     updates_per_batch=1, reward_timeout_seconds=30.0,
 )
 HONEST = ("client-0", "client-1")
@@ -111,7 +112,7 @@ def test_the_trainer_clamps_oversized_advantages_to_its_bound(fed):
     the bnpo loss is -(2 A - 3 A) / 5 tokens = A / 5: 2 for A = 10."""
     _, services = fed
     stub = trainer_stub(services["trainer"].address)
-    optimizer = tpb.OptimizerSettings(learning_rate=1e-3, loss_type="bnpo", updates_per_batch=1, max_grad_norm=1.0)
+    optimizer = tpb.OptimizerSettings(learning_rate=1e-3, loss_type=common_pb2.LOSS_TYPE_BNPO, updates_per_batch=1, max_grad_norm=1.0)
     metrics = {}
     for run_id, advantage in (("clamp-huge", 1e30), ("clamp-ten", 10.0)):
         stub.StartPolicy(tpb.StartPolicyRequest(run_id=run_id, optimizer=optimizer, restart=True))

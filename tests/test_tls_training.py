@@ -29,7 +29,7 @@ def test_a_run_trains_over_mutual_tls_with_dialed_and_joined_clients(tmp_path, m
         assert listed == {"client-0": True, "joined-0": True}
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
             tasks=["add1"], steps=2, questions_per_step=2, candidates_per_question=4, experts_per_question=2,
-            max_tokens=8, expert_selection="domain",
+            max_tokens=8, expert_selection=pb.EXPERT_SELECTION_DOMAIN,
         )))
         run = run_to_end(stub, run.run_id)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.error

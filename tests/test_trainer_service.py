@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fedgrpo.job.launcher import Federation
+from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as pb
 from fedgrpo.services.policy_trainer.trainer import CheckpointError, checkpoint_lineage
 
@@ -17,7 +18,7 @@ from .conftest import START_TIMEOUT, trainer_stub
 pytestmark = pytest.mark.integration
 
 OPTIMIZER = pb.OptimizerSettings(
-    learning_rate=1e-3, loss_type="bnpo", beta=0.04, epsilon_low=0.2, epsilon_high=0.3,
+    learning_rate=1e-3, loss_type=common_pb2.LOSS_TYPE_BNPO, beta=0.04, epsilon_low=0.2, epsilon_high=0.3,
     updates_per_batch=2, max_grad_norm=1.0,
 )
 
@@ -104,7 +105,7 @@ def test_resume_from_checkpoint_keeps_version(trainer):
     "change, field",
     [
         ({"learning_rate": 0.0}, "optimizer.learning_rate"),
-        ({"loss_type": "ppo"}, "optimizer.loss_type"),
+        ({"loss_type": 99}, "optimizer.loss_type"),  # a LossType this trainer does not know
         ({"beta": -1.0}, "optimizer.beta"),
         ({"epsilon_low": 1.5}, "optimizer.epsilon_low"),
         ({"updates_per_batch": 0}, "optimizer.updates_per_batch"),

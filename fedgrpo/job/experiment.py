@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from rich.console import Console
 
+from fedgrpo import spec_enums
 from fedgrpo.client import Client
 from fedgrpo.data.checkers import load_checker
 from fedgrpo.tasks import INSTRUCTION, PromptFormat, question_id
@@ -174,7 +175,7 @@ class ExperimentSettings(BaseSettings):
 
 def rollouts_per_question(spec: pb.RunSpec) -> int:
     """Candidates the policy samples per training question: G (consensus), M x G (pooled: a block per expert)."""
-    pooled = spec.reward_reading == "pooled" and spec.expert_selection != "all"
+    pooled = spec.reward_reading == pb.REWARD_READING_POOLED and spec.expert_selection != pb.EXPERT_SELECTION_ALL
     return spec.candidates_per_question * (spec.experts_per_question if pooled else 1)
 
 
@@ -198,7 +199,7 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
         "gt_free": ("confidence_graph", names["gt_free"], s.experts_per_question),
         "mor": ("all", names["federated"], s.experts_per_question),  # the preset fuses them with the router
     }[method]
-    return pb.RunSpec(
+    return spec_enums.spec_message(dict(
         dataset=DATASET, tasks=s.domains, steps=s.steps, questions_per_step=s.questions_per_step,
         candidates_per_question=s.candidates_per_question, experts_per_question=m,
         learning_rate=s.learning_rate, loss_type=s.loss_type, max_tokens=s.max_tokens, updates_per_batch=1,
@@ -206,7 +207,7 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
         reward_reading=s.reward_reading if selection != "all" else "consensus",
         confidence_update_rate=s.confidence_update_rate if selection == "confidence_graph" else 0.0,
         reward_timeout_seconds=120.0, preset="mor" if method == "mor" else "fedgrpo",
-    )
+    ))
 
 
 class _Experiment:
@@ -307,7 +308,7 @@ class _Experiment:
         after = self.wire()
         accuracy = self.evaluate(stub)
         router = {}
-        if spec.preset == "mor":  # the router over the run's clients, as it fused them
+        if spec.preset == pb.PRESET_MOR:  # the router over the run's clients, as it fused them
             view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id))
             for w in view.router_weights:
                 router.setdefault(w.client, {})[w.domain] = w.weight

@@ -153,7 +153,7 @@ def run_federation(
             console.log(f"accuracy before training: {before.overall:.3f}"
                         + (f" ({unjudged} answers the checker could not judge)" if unjudged else ""))
         try:
-            run = client.create_run(pb.RunSpec(**federation.run))
+            run = client.create_run(federation.run)  # readable choice names (loss_type = "dr_grpo") welcome
         except FedgrpoError as err:
             raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.message}") from None
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
@@ -170,7 +170,7 @@ def run_federation(
             for c in view.competences:
                 competence.setdefault(c.client, {})[c.domain] = round(c.accuracy, 3)
             console.log(f"probed judging accuracy: {competence}")
-            if run.spec.reward_fusion == "router":  # the router over the run's clients, as it fused them
+            if run.spec.reward_fusion == pb.REWARD_FUSION_ROUTER:  # the router over the run's clients, as it fused them
                 run_view = stub.GetConfidenceGraph(pb.GetConfidenceGraphRequest(run_id=run.run_id))
                 for w in run_view.router_weights:
                     router.setdefault(w.client, {})[w.domain] = round(w.weight, 3)

@@ -63,8 +63,9 @@ def import_dataset(
         for row in message.rows:
             at = f"rows[{len(rows)}]"
             if len(rows) >= max_rows:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"rows: more than {max_rows} rows (--max-dataset-rows); nothing was stored")
+                serving.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"rows: more than {max_rows} rows (--max-dataset-rows); nothing was stored",
+                               reason="TOO_MANY_ROWS", field="rows")
             if not row.question.strip():
                 serving.invalid(context, f"{at}.question", "empty; every row needs a question")
             if len(row.question) > max_chars:
@@ -82,7 +83,7 @@ def import_dataset(
     try:
         library.add(name, rows, instruction, system or None)
     except DatasetExists as err:
-        context.abort(grpc.StatusCode.ALREADY_EXISTS, f"name: {err}")
+        serving.refuse(context, grpc.StatusCode.ALREADY_EXISTS, f"name: {err}", field="name")
     return dataset_message(library, name)
 
 

@@ -84,7 +84,8 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
         """The caller's identity: its certificate's name; with plaintext, what it claims."""
         identity = peer_identity(context)
         if identity is None and not self.plaintext:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate: join with your federation identity")
+            serving.refuse(context, grpc.StatusCode.UNAUTHENTICATED,
+                           "no client certificate: join with your federation identity", reason="NO_CLIENT_CERTIFICATE")
         return identity if identity is not None else (claimed or None)
 
     def _client(self, session_id: str, context: grpc.ServicerContext) -> RewardClient:
@@ -107,19 +108,22 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             serving.invalid(context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'")
         identity = self._caller(context, d.name)
         if identity != d.name:
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
+            serving.refuse(
+                context, grpc.StatusCode.PERMISSION_DENIED,
                 f"description.name: {d.name!r} is not your identity {identity!r} (your certificate's common name)",
+                reason="NAME_NOT_IDENTITY", field="description.name",
             )
         if self.allowed and identity not in self.allowed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {identity!r} is not a member of this federation")
+            serving.refuse(context, grpc.StatusCode.PERMISSION_DENIED,
+                           f"identity {identity!r} is not a member of this federation", reason="NOT_A_MEMBER")
         # Counted before the description is judged: a storm of malformed joins is a storm too.
         if not all([self.join_limiter.hit(limit, "join", identity) for limit in self.join_limits]):
             JOINS.labels("refused").inc()
-            context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            serving.refuse(
+                context, grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"Join: more than {'; '.join(str(x) for x in self.join_limits)} joins by {identity!r}; "
                 "keep your session (heartbeats) and retry later",
+                reason="RATE_LIMITED",
             )
         problem = description_problem(d)
         if problem is not None:
@@ -129,7 +133,7 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
         except ValueError as err:
             serving.invalid(context, str(err).split(":", 1)[0], str(err).split(": ", 1)[-1])
         except KeyError as err:
-            context.abort(grpc.StatusCode.ALREADY_EXISTS, str(err.args[0]))
+            serving.refuse(context, grpc.StatusCode.ALREADY_EXISTS, str(err.args[0]))
         return fpb.JoinResponse(
             session_id=session, heartbeat_seconds=self.heartbeat_seconds, max_wait_seconds=MAX_WAIT_SECONDS
         )
@@ -161,7 +165,7 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
         except UnknownSession as err:
             serving.not_found(context, str(err))
         except AlreadyPolling as err:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
+            serving.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         return fpb.FetchTasksResponse(tasks=tasks)
 
     def SubmitRewards(self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext) -> fpb.SubmitRewardsResponse:
@@ -178,7 +182,7 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             )
         except NotYourTask as err:
             log.warning("reward client %s answered a task it was not sent: %s", client.name, err)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(err))
+            serving.refuse(context, grpc.StatusCode.PERMISSION_DENIED, str(err))
         except TaskClosed as err:
             serving.failed_precondition(context, str(err))
         except UnknownSession as err:

@@ -56,7 +56,7 @@ from .reward_scale import CORRECT_THRESHOLD
 from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
 from .runs import RunStore, now
-from .spec import RunConfig, stored_config
+from .spec import RunConfig, optimizer_settings, stored_config
 from .trainer_link import TrainerLink
 
 log = logging.getLogger(__name__)
@@ -187,12 +187,7 @@ class RunExecutor:
 
     # ---- one run -----------------------------------------------------------
     def _execute(self, run_id: str, cfg: RunConfig, resume: bool = False) -> None:
-        version = self.link.start(run_id, tpb.OptimizerSettings(
-            learning_rate=cfg.learning_rate, loss_type=cfg.loss_type, beta=cfg.beta,
-            epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high,
-            updates_per_batch=cfg.updates_per_batch, max_grad_norm=cfg.max_grad_norm,
-            temperature=cfg.temperature,
-        ))
+        version = self.link.start(run_id, optimizer_settings(cfg))
         pending = self.store.pending_step(run_id) if resume else None
         if pending is not None:
             # Interrupted between logging the batch and recording the step: finish that step.

@@ -73,9 +73,10 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
             if earlier is not None:
                 run_id, spec = earlier
                 if spec != sent:
-                    context.abort(grpc.StatusCode.ALREADY_EXISTS,
-                                  f"request_id: {request.request_id!r} already created run {run_id} from another "
-                                  "spec; use a new request_id for a new run")
+                    serving.refuse(context, grpc.StatusCode.ALREADY_EXISTS,
+                                   f"request_id: {request.request_id!r} already created run {run_id} from another "
+                                   "spec; use a new request_id for a new run", reason="REQUEST_ID_REUSED",
+                                   field="request_id")
                 log.info("run %s: CreateRun retried with request_id %s", run_id, request.request_id)
                 return self.store.get(run_id)
         try:

@@ -4,7 +4,13 @@
 ``RunConfig`` (unset optional fields take their defaults) or raises
 ``SpecError`` naming the field, the value and the accepted range; the
 service answers that with INVALID_ARGUMENT. ``to_message`` writes the
-resolved config back, so callers see every default that was applied.
+resolved config back, so callers see every default that was applied;
+``optimizer_settings`` is what the trainer is told of it.
+
+This is the one place the orchestrator turns the spec's enums (``LossType``,
+``RewardReading``, ...) into ``RunConfig``'s readable names and back
+(``fedgrpo.spec_enums``): UNSPECIFIED is a field left unset, a number the enum
+lacks is a ``SpecError`` naming the field.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from fedgrpo import spec_enums
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE
 from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import policy_trainer_pb2 as tpb
 
 LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
 RewardReading = Literal["consensus", "pooled"]
@@ -117,7 +125,14 @@ def _set_fields(msg: pb.RunSpec) -> dict:
         "model": msg.model, "dataset": msg.dataset, "tasks": list(msg.tasks), "reward_clients": list(msg.reward_clients)
     }
     for f in pb.RunSpec.DESCRIPTOR.fields:
-        if f.has_presence and f.name not in values and msg.HasField(f.name):
+        if f.enum_type is not None:
+            try:
+                name = spec_enums.readable(f.enum_type, getattr(msg, f.name), f.name)
+            except spec_enums.UnknownChoice as err:
+                raise SpecError(err.field, err.problem) from None
+            if name is not None:
+                values[f.name] = name
+        elif f.has_presence and f.name not in values and msg.HasField(f.name):
             values[f.name] = getattr(msg, f.name)
     return values
 
@@ -205,4 +220,19 @@ def stored_config(msg: pb.RunSpec) -> RunConfig:
 def to_message(config: RunConfig) -> pb.RunSpec:
     values = config.model_dump()
     values["scale_rewards"] = config.scale
+    for f in pb.RunSpec.DESCRIPTOR.fields:
+        if f.enum_type is not None and values.get(f.name) is not None:
+            values[f.name] = spec_enums.number(f.enum_type, values[f.name], f.name)
     return pb.RunSpec(**values)
+
+
+def optimizer_settings(config: RunConfig) -> tpb.OptimizerSettings:
+    """The run's loss and optimiser settings as the trainer takes them (StartPolicy)."""
+    return tpb.OptimizerSettings(
+        learning_rate=config.learning_rate,
+        loss_type=spec_enums.number(tpb.OptimizerSettings.DESCRIPTOR.fields_by_name["loss_type"].enum_type,
+                                    config.loss_type, "loss_type"),
+        beta=config.beta, epsilon_low=config.epsilon_low, epsilon_high=config.epsilon_high,
+        updates_per_batch=config.updates_per_batch, max_grad_norm=config.max_grad_norm,
+        temperature=config.temperature,
+    )

@@ -18,7 +18,7 @@ import threading
 import grpc
 import torch
 
-from fedgrpo import serving
+from fedgrpo import serving, spec_enums
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE, clamped
 from fedgrpo.observability import POLICY_VERSION, TRAIN_SECONDS
 from fedgrpo.v1 import common_pb2
@@ -27,7 +27,7 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
 
 from .batching import Sample
 from .config import TrainerSettings
-from .loss import LOSS_TYPES, LossSettings
+from .loss import LossSettings
 from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, StaleBatch, Version
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,11 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
             serving.invalid(context, f"optimizer.{name}", f"got {getattr(msg, name)!r}, expected {expected}")
 
     check("learning_rate", math.isfinite(msg.learning_rate) and msg.learning_rate > 0, "> 0")
-    check("loss_type", msg.loss_type in LOSS_TYPES, f"one of {', '.join(LOSS_TYPES)}")
+    try:  # UNSPECIFIED: LossSettings' default
+        loss_type = spec_enums.readable(common_pb2.LossType.DESCRIPTOR, msg.loss_type, "optimizer.loss_type")
+    except spec_enums.UnknownChoice as err:
+        serving.invalid(context, err.field, err.problem)
+    loss_type = loss_type or LossSettings.loss_type  # the enum's names are LOSS_TYPES (tests/test_spec_enums.py)
     check("beta", math.isfinite(msg.beta) and msg.beta >= 0, ">= 0")
     check("epsilon_low", 0 <= msg.epsilon_low < 1, "in [0, 1)")
     check("epsilon_high", 0 <= msg.epsilon_high <= 10, "in [0, 10]")
@@ -61,7 +65,7 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
     check("temperature", math.isfinite(temperature) and temperature > 0, "a finite number > 0 (unset: 1.0)")
     return OptimizerConfig(
         learning_rate=msg.learning_rate,
-        loss=LossSettings(msg.loss_type, msg.beta, msg.epsilon_low, msg.epsilon_high),
+        loss=LossSettings(loss_type, msg.beta, msg.epsilon_low, msg.epsilon_high),
         updates_per_batch=msg.updates_per_batch,
         max_grad_norm=msg.max_grad_norm,
         weight_decay=msg.weight_decay,

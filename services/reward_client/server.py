@@ -117,7 +117,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
         try:
             return pb.ScoreResponse(rewards=self.answer(request))
         except Refused as refused:
-            context.abort(refused.code, str(refused))
+            serving.refuse(context, refused.code, str(refused))
             raise AssertionError("unreachable") from None
 
     def _answer_old_probe_pattern(self, request: pb.ScoreRequest) -> list[float]:
