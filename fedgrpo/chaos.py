@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                 if fault.recovered_after is None and m.step > fault.at_step:
                     fault.recovered_after = time.monotonic() - fault.started
             if pending and m.step >= pending[0].at_step and all(f.recovered_after is not None for f in done_faults):
+                if client.get_run(run.run_id).steps_completed > m.step:
+                    return  # a resumed watch catching up on steps: fault the run where it is, a step later
                 fault = pending.pop(0)
                 fault.started, fault.at_step = time.monotonic(), m.step
                 fed.restart(services[fault.service], kill=fault.action == "kill")
