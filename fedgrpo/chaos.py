@@ -3,9 +3,11 @@
 A benchmark, not a test: it prints figures. It starts a whole federation as
 processes on loopback, speaking mutual TLS with a fresh development CA (a
 trainer, an orchestrator, dialed reward clients and reward clients that join
-its federation port), creates one run through the public API, and on a
-schedule kills services with SIGKILL (or stops them with SIGTERM) and starts
-them again. Then it checks the run against both ledgers:
+its federation port), creates one run through the client library
+(:class:`fedgrpo.client.Client`, whose watch resumes across orchestrator
+restarts) and, as the watched steps arrive, kills services with SIGKILL (or
+stops them with SIGTERM) on a schedule and starts them again. Then it checks
+the run against both ledgers:
 
 * steps lost: steps of 1..N the orchestrator never recorded, plus steps that
   sent a batch to the trainer but are missing from the lineage of the final
@@ -78,13 +80,10 @@ def _lineage(address: str, identity, run_id: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import grpc
-
-    from fedgrpo import serving
     from fedgrpo.certs import init_federation
+    from fedgrpo.client import Client
     from fedgrpo.settings import load, setup_logging
     from fedgrpo.v1 import orchestrator_pb2 as pb
-    from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
     from .job.launcher import Federation
 
@@ -127,44 +126,32 @@ def main(argv: list[str] | None = None) -> None:
                 "--orchestrator", services["orchestrator"].federation_address,
             ])
             fed.wait_healthy(services[name], s.start_timeout)
-        channel = serving.channel(services["orchestrator"].address, fed.identity(), token=token)
-        stub = pb_grpc.OrchestratorServiceStub(channel)
-        run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
+        # Through the client library, as any user: the create is retried with one request_id, and the
+        # watch resumes after the last step it received when the orchestrator is killed under it.
+        client = Client(services["orchestrator"].address, identity=fed.identity(), token=token, timeout=60)
+        run = client.create_run(pb.RunSpec(
             tasks=["add1", "sub1"], steps=s.steps, questions_per_step=4, candidates_per_question=8,
             experts_per_question=2, max_tokens=8, temperature=1.5, expert_quorum=1, reward_timeout_seconds=20,
-        )), timeout=60)
+        ))
         started = time.monotonic()
         pending = list(faults)
         done_faults: list[Fault] = []
-        completed = 0
-        state = pb.RUN_STATE_QUEUED
-        while True:
-            try:
-                current = stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=10)
-                completed, state = current.steps_completed, current.state
-            except grpc.RpcError:
-                # The orchestrator is down or restarting: dial afresh rather than wait out the
-                # channel's growing reconnect backoff, so recovery is timed when it happens.
-                channel.close()
-                channel = serving.channel(services["orchestrator"].address, fed.identity(), token=token)
-                stub = pb_grpc.OrchestratorServiceStub(channel)
-                time.sleep(0.2)
-                continue
+
+        def on_step(m: pb.StepMetrics) -> None:
             for fault in done_faults:
-                if fault.recovered_after is None and completed > fault.at_step:
+                if fault.recovered_after is None and m.step > fault.at_step:
                     fault.recovered_after = time.monotonic() - fault.started
-            if state in (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED):
-                break
-            if pending and completed >= pending[0].at_step and all(f.recovered_after is not None for f in done_faults):
+            if pending and m.step >= pending[0].at_step and all(f.recovered_after is not None for f in done_faults):
+                if client.get_run(run.run_id).steps_completed > m.step:
+                    return  # a resumed watch catching up on steps: fault the run where it is, a step later
                 fault = pending.pop(0)
-                fault.started, fault.at_step = time.monotonic(), completed
-                service = services[fault.service]
-                fed.restart(service, kill=fault.action == "kill")
-                print(f"step {completed:3d}: {fault.action} {fault.service}", flush=True)
+                fault.started, fault.at_step = time.monotonic(), m.step
+                fed.restart(services[fault.service], kill=fault.action == "kill")
+                print(f"step {m.step:3d}: {fault.action} {fault.service}", flush=True)
                 done_faults.append(fault)
-            time.sleep(0.2)
+
+        final, _ = client.wait(run.run_id, on_step=on_step)
         elapsed = time.monotonic() - started
-        final = stub.GetRun(pb.GetRunRequest(run_id=run.run_id), timeout=10)
         metrics = [json.loads(line) for line in (Path(final.artifacts_path) / "metrics.jsonl").read_text().splitlines()]
         with sqlite3.connect(out / "runs" / "orchestrator.sqlite3") as db:
             trained = [r[0] for r in db.execute(
@@ -172,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                 (run.run_id,),
             )]
         lineage = _lineage(services["trainer"].address, fed.identity(), run.run_id)
-        channel.close()
+        client.close()
 
     recorded = Counter(m["step"] for m in metrics)
     applied = Counter(lineage)

@@ -24,6 +24,10 @@ the server's message, and what the status's ``google.rpc`` details say: the
 ErrorInfo ``reason`` (``RATE_LIMITED``, ``INVALID_FIELD``, ...) and the
 BadRequest ``violations``. A server without details (older fedgrpo) still
 gives ``field``, parsed from its ``"<field>: <problem>"`` message.
+
+:class:`AsyncClient` (``fedgrpo.client_async``, on ``grpc.aio``) has the same
+methods as coroutines (``watch``: an async iterator). Both build their
+channel, requests, retries and errors with this module's shared pieces.
 """
 
 from __future__ import annotations
@@ -52,6 +56,15 @@ __all__ = [
 ]
 
 FieldViolation = BadRequest.FieldViolation  # .field, .description
+
+def __getattr__(name: str) -> Any:
+    # fedgrpo.client.AsyncClient lives in client_async.py, which imports this module's shared pieces.
+    if name == "AsyncClient":
+        from fedgrpo.client_async import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 RUN_ENDED = frozenset({pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED})
 # A call may be sent again after these without changing what it does (CreateRun: with its request_id).
 RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
@@ -151,6 +164,99 @@ class ClientSettings(BaseSettings):
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path)
 
 
+# ---- shared by Client and AsyncClient: the channel, the requests, when to send a call again ----------
+CHANNEL_OPTIONS = serving.message_options() + serving.RECONNECT_OPTIONS
+# A watch is opened again after these too: RESOURCE_EXHAUSTED (too many watchers now), CANCELLED (server stopping).
+WATCH_RETRY_CODES = RETRY_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+GENERATE_TIMEOUT = 600.0  # a generation may queue behind a training step
+
+
+def connection_of(s: ClientSettings) -> dict[str, Any]:
+    """A client's arguments from settings: the token read from its file, the mutual-TLS identity loaded."""
+    token = s.token or (s.token_file.read_text().strip() if s.token_file else "")
+    identity = None
+    if s.cert or s.key:
+        if not (s.cert and s.key and s.ca):
+            raise ValueError("mutual TLS needs cert, key and ca (FEDGRPO_CERT, FEDGRPO_KEY, FEDGRPO_CA)")
+        identity = Identity.load(s.cert, s.key, s.ca)
+    return {"address": s.address, "ca": s.ca, "token": token or None, "identity": identity, "timeout": s.timeout}
+
+
+def channel_credentials(ca: Path | bytes | None, identity: Identity | None) -> grpc.ChannelCredentials | None:
+    """Mutual TLS with ``identity``, or TLS checking the server against ``ca``; None: plaintext."""
+    if identity is not None:
+        return identity.channel_credentials()
+    if ca is not None:
+        return grpc.ssl_channel_credentials(ca if isinstance(ca, bytes) else Path(ca).read_bytes())
+    return None
+
+
+def retry_delay(err: grpc.RpcError, attempt: int, retries: int) -> float:
+    """Seconds before sending a failed call again; raises its typed error when it may not be sent again."""
+    if err.code() not in RETRY_CODES or attempt == retries:
+        raise error_of(err) from None
+    return serving.retry_backoff(attempt)
+
+
+def create_run_request(spec: pb.RunSpec | Mapping[str, Any], request_id: str | None) -> pb.CreateRunRequest:
+    """A RunSpec (or its JSON form as a dict, choice fields by readable name) with ``request_id``, drawn when
+    not given: retries share it. A name that is no choice is refused here as the server would refuse it."""
+    if not isinstance(spec, pb.RunSpec):
+        try:
+            spec = spec_enums.spec_message(spec)
+        except spec_enums.UnknownChoice as err:
+            raise InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, err.problem, f"spec.{err.field}") from None
+    return pb.CreateRunRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
+
+
+def runs_page(states: Sequence[int], page_size: int) -> Callable[[str], pb.ListRunsRequest]:
+    return lambda token: pb.ListRunsRequest(page_size=page_size, page_token=token, states=list(states))
+
+
+def clients_page(page_size: int) -> Callable[[str], pb.ListRewardClientsRequest]:
+    return lambda token: pb.ListRewardClientsRequest(page_size=page_size, page_token=token)
+
+
+def generate_request(prompts: Sequence[str], n: int, temperature: float, top_p: float, max_tokens: int, system: str,
+                     raw_prompts: bool, run_id: str, policy_version: int | None) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(prompts=list(prompts), n=n, temperature=temperature, top_p=top_p,
+                                 max_tokens=max_tokens, system=system, raw_prompts=raw_prompts, run_id=run_id)
+    if policy_version is not None:
+        request.policy_version = policy_version
+    return request
+
+
+class WatchCursor:
+    """Where a resumable watch of a run stands: the request that (re)opens it after the last step received,
+    whether the run ended, and how long to wait before opening it again after it broke."""
+
+    def __init__(self, run_id: str, after_step: int, patience: float) -> None:
+        self.run_id, self.after_step, self.patience = run_id, after_step, patience
+        self.heard, self.attempt, self.ended = time.monotonic(), 0, False
+
+    def request(self) -> pb.WatchRunRequest:
+        return pb.WatchRunRequest(run_id=self.run_id, after_step=self.after_step)
+
+    def seen(self, event: pb.RunEvent) -> None:
+        self.heard, self.attempt = time.monotonic(), 0
+        if event.HasField("step"):
+            self.after_step = event.step.step
+        elif event.run.state in RUN_ENDED:
+            self.ended = True
+
+    def broken(self, err: grpc.RpcError | None) -> float:
+        """Seconds before reopening a stream that failed with ``err`` (None: it ended before the run did);
+        raises the typed error of a refusal, or :class:`Unavailable` after ``patience`` seconds of silence."""
+        if err is not None and err.code() not in WATCH_RETRY_CODES:
+            raise error_of(err) from None
+        problem = "the stream ended before the run" if err is None else f"{err.code().name}: {err.details()}"
+        if time.monotonic() - self.heard > self.patience:
+            raise Unavailable(grpc.StatusCode.UNAVAILABLE,
+                              f"run {self.run_id}: no event for {self.patience:.0f}s and the watch is lost ({problem})")
+        self.attempt += 1
+        return serving.retry_backoff(self.attempt - 1)
+
+
 class Client:
     """A connection to one orchestrator (see the module docstring). Use as a context manager, or close()."""
 
@@ -159,26 +265,18 @@ class Client:
         identity: Identity | None = None, timeout: float = 30.0,
     ) -> None:
         self.address, self.timeout = address, timeout
-        if identity is not None:
-            channel = serving.channel(address, identity, token=token)
-        elif ca is not None:
-            root = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
-            options = serving.message_options() + serving.RECONNECT_OPTIONS
-            channel = with_token(grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options), token)
+        credentials = channel_credentials(ca, identity)
+        if credentials is not None:
+            channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         else:
-            channel = serving.channel(address, token=token)
+            channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = with_token(channel, token)
         self.channel = channel
         self.stub = pb_grpc.OrchestratorServiceStub(channel)
 
     @classmethod
     def from_settings(cls, s: ClientSettings) -> Client:
-        token = s.token or (s.token_file.read_text().strip() if s.token_file else "")
-        identity = None
-        if s.cert or s.key:
-            if not (s.cert and s.key and s.ca):
-                raise ValueError("mutual TLS needs cert, key and ca (FEDGRPO_CERT, FEDGRPO_KEY, FEDGRPO_CA)")
-            identity = Identity.load(s.cert, s.key, s.ca)
-        return cls(s.address, ca=s.ca, token=token or None, identity=identity, timeout=s.timeout)
+        return cls(**connection_of(s))
 
     def close(self) -> None:
         self.channel.close()
@@ -195,9 +293,7 @@ class Client:
             try:
                 return method(request, timeout=self.timeout)
             except grpc.RpcError as err:
-                if err.code() not in RETRY_CODES or attempt == retries:
-                    raise error_of(err) from None
-                time.sleep(serving.retry_backoff(attempt))
+                time.sleep(retry_delay(err, attempt, retries))
         raise AssertionError("unreachable")
 
     def _every_page(self, method: Callable, items: str, request: Callable[[str], Any]) -> list:
@@ -215,22 +311,14 @@ class Client:
         """Create a run from a RunSpec (or its JSON form as a dict, whose choice fields may carry readable
         names: ``{"loss_type": "dr_grpo"}``). Retried on a timeout or an unavailable server with the same
         ``request_id`` (drawn when not given): at most one run is created."""
-        if not isinstance(spec, pb.RunSpec):
-            try:
-                spec = spec_enums.spec_message(spec)
-            except spec_enums.UnknownChoice as err:  # refused here as the server would refuse it
-                raise InvalidArgument(grpc.StatusCode.INVALID_ARGUMENT, err.problem, f"spec.{err.field}") from None
-        request = pb.CreateRunRequest(spec=spec, request_id=request_id or str(uuid.uuid4()))
-        return self._call(self.stub.CreateRun, request, retries)
+        return self._call(self.stub.CreateRun, create_run_request(spec, request_id), retries)
 
     def get_run(self, run_id: str) -> pb.Run:
         return self._call(self.stub.GetRun, pb.GetRunRequest(run_id=run_id), retries=3)
 
     def list_runs(self, states: Sequence[int] = (), page_size: int = 0) -> list[pb.Run]:
         """Every run (only those in ``states``, RunState values, when given), oldest first, page by page."""
-        return self._every_page(self.stub.ListRuns, "runs",
-                                lambda token: pb.ListRunsRequest(page_size=page_size, page_token=token,
-                                                                 states=list(states)))
+        return self._every_page(self.stub.ListRuns, "runs", runs_page(states, page_size))
 
     def cancel_run(self, run_id: str) -> pb.Run:
         """Cancel: a queued run at once, a running one after its current step (``cancel_requested``)."""
@@ -239,29 +327,18 @@ class Client:
     def watch(self, run_id: str, after_step: int = 0, patience: float = 600.0) -> Iterator[pb.RunEvent]:
         """The run's events (after ``after_step``) until it ends. A stream that breaks is resumed after the
         last step received, for up to ``patience`` seconds without an event; then :class:`Unavailable`."""
-        heard, attempt = time.monotonic(), 0
+        cursor = WatchCursor(run_id, after_step, patience)
         while True:
-            ended = False
             try:
-                for event in self.stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_step=after_step)):
-                    heard, attempt = time.monotonic(), 0
-                    if event.HasField("step"):
-                        after_step = event.step.step
-                    elif event.run.state in RUN_ENDED:
-                        ended = True
+                for event in self.stub.WatchRun(cursor.request()):
+                    cursor.seen(event)
                     yield event
-                if ended:
+                if cursor.ended:
                     return
-                problem = "the stream ended before the run"  # the server is shutting down
+                delay = cursor.broken(None)  # the server is shutting down
             except grpc.RpcError as err:
-                if err.code() not in RETRY_CODES | {grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}:
-                    raise error_of(err) from None
-                problem = f"{err.code().name}: {err.details()}"
-            if time.monotonic() - heard > patience:
-                raise Unavailable(grpc.StatusCode.UNAVAILABLE,
-                                  f"run {run_id}: no event for {patience:.0f}s and the watch is lost ({problem})")
-            time.sleep(serving.retry_backoff(attempt))
-            attempt += 1
+                delay = cursor.broken(err)
+            time.sleep(delay)
 
     def wait(self, run_id: str, on_step: Callable[[pb.StepMetrics], None] | None = None,
              after_step: int = 0) -> tuple[pb.Run, list[pb.StepMetrics]]:
@@ -282,19 +359,16 @@ class Client:
                  policy_version: int | None = None, timeout: float | None = None) -> pb.GenerateResponse:
         """Completions of a policy: the one served now, ``run_id``'s latest, or ``policy_version`` 0 (the base
         model); the response's ``policy`` names the version that answered."""
-        request = pb.GenerateRequest(prompts=list(prompts), n=n, temperature=temperature, top_p=top_p,
-                                     max_tokens=max_tokens, system=system, raw_prompts=raw_prompts, run_id=run_id)
-        if policy_version is not None:
-            request.policy_version = policy_version
+        request = generate_request(prompts, n, temperature, top_p, max_tokens, system, raw_prompts, run_id,
+                                   policy_version)
         try:
-            return self.stub.Generate(request, timeout=timeout or max(self.timeout, 600.0))
+            return self.stub.Generate(request, timeout=timeout or max(self.timeout, GENERATE_TIMEOUT))
         except grpc.RpcError as err:
             raise error_of(err) from None
 
     def list_clients(self, page_size: int = 0) -> list[pb.RewardClientInfo]:
         """Every reward client, by name, page by page."""
-        return self._every_page(self.stub.ListRewardClients, "clients",
-                                lambda token: pb.ListRewardClientsRequest(page_size=page_size, page_token=token))
+        return self._every_page(self.stub.ListRewardClients, "clients", clients_page(page_size))
 
     def confidence_graph(self, run_id: str = "") -> pb.ConfidenceGraphView:
         """The probed graph; with ``run_id``, as that run sees it (its confidence, its router)."""

@@ -2,6 +2,7 @@
 
     fedgrpo runs create --spec SPEC [--request-id ID] [--watch]
     fedgrpo runs list | get RUN | watch RUN [--after-step N] | cancel RUN
+    (watching: [--report-to tensorboard [--logdir DIR]])
     fedgrpo clients list
     fedgrpo graph show [--run RUN] | export [--run RUN] --out FILE.json
 
@@ -11,7 +12,10 @@ environment variables / ``~/.config/fedgrpo/client.toml`` of
 :class:`fedgrpo.client.ClientSettings`. ``--json`` prints the API's messages
 as JSON (one object, or one per line for a watch) instead of tables. A
 refused call prints its status, the field at fault and the server's message,
-and exits 1 (2 for a bad command line).
+and exits 1 (2 for a bad command line). A watch shows :func:`fedgrpo.progress.follow_run`'s
+bar; ``--report-to tensorboard`` also writes the steps as TensorBoard events
+to ``--logdir`` (default ``runs/<run id>/tensorboard`` here, on the watching
+machine).
 """
 
 from __future__ import annotations
@@ -25,11 +29,11 @@ from pathlib import Path
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fedgrpo import spec_enums
 from fedgrpo.client import Client, ClientSettings, FedgrpoError
+from fedgrpo.progress import REPORT_TO, TensorBoardReport, follow_run
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 __all__ = ["main"]
@@ -44,6 +48,12 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cert", type=Path, help="client certificate for mutual TLS (FEDGRPO_CERT)")
     group.add_argument("--key", type=Path, help="its key (FEDGRPO_KEY)")
     group.add_argument("--json", action="store_true", help="print the API's messages as JSON")
+
+
+def _reporting(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report-to", choices=REPORT_TO, default="none",
+                        help="also write each step's metrics there (tensorboard: event files, one scalar per metric)")
+    parser.add_argument("--logdir", type=Path, help="TensorBoard events folder (default runs/<run id>/tensorboard)")
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -92,20 +102,24 @@ def _runs_table(runs: list[pb.Run]) -> Table:
     return table
 
 
-def _watch(client: Client, run: pb.Run, after_step: int, as_json: bool, console: Console) -> pb.Run:
-    if as_json:
-        final = run
+def _watch(client: Client, run: pb.Run, after_step: int, args: argparse.Namespace, console: Console) -> pb.Run:
+    logdir = None
+    if args.report_to == "tensorboard":
+        logdir = args.logdir or Path("runs") / run.run_id / "tensorboard"
+        console.print(f"TensorBoard events in {logdir}: tensorboard --logdir {logdir.parent}")
+    if not args.json:
+        return follow_run(client, run, console, after_step=after_step, logdir=logdir)[0]
+    final = run
+    report = TensorBoardReport(logdir) if logdir is not None else None
+    try:
         for event in client.watch(run.run_id, after_step):
             print(json.dumps(_as_dict(event)), flush=True)
+            if event.HasField("step") and report is not None:
+                report.add(event.step)
             final = event.run if event.HasField("run") else final
-        return final
-    columns = [TextColumn(f"[bold]{run.run_id}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[figures]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("run", total=run.spec.steps, completed=after_step, figures=_state(run))
-        final, _ = client.wait(run.run_id, after_step=after_step, on_step=lambda m: progress.update(
-            task, completed=m.step,
-            figures=f"reward {m.reward_mean:.2f} | correct {m.accuracy:.2f} | {m.step_seconds:.0f}s/step"))
+    finally:
+        if report is not None:
+            report.close()
     return final
 
 
@@ -117,6 +131,7 @@ def _runs(argv: list[str]) -> int:
                         "works), or inline JSON such as '{\"tasks\": [\"add1\"], \"steps\": 5}'")
     create.add_argument("--request-id", help="the same id on a retry returns the same run (default: a new UUID)")
     create.add_argument("--watch", action="store_true", help="then follow it to its end")
+    _reporting(create)
     listing = sub.add_parser("list", help="every run, oldest first")
     listing.add_argument("--state", action="append", default=[],
                          choices=["queued", "running", "succeeded", "failed", "cancelled"],
@@ -127,6 +142,7 @@ def _runs(argv: list[str]) -> int:
         one.add_argument("run_id")
         if name == "watch":
             one.add_argument("--after-step", type=int, default=0, help="leave out the steps up to this one")
+            _reporting(one)
     for p in sub.choices.values():
         _connection(p)
     args = parser.parse_args(argv)
@@ -139,7 +155,7 @@ def _runs(argv: list[str]) -> int:
             else:
                 console.print(f"run {run.run_id} {_state(run)}; artifacts at {run.artifacts_path}")
             if args.watch:
-                run = _watch(client, run, 0, args.json, console)
+                run = _watch(client, run, 0, args, console)
                 console.print(f"run {run.run_id} {_state(run)}" + (f": {run.error}" if run.error else ""))
                 return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
         elif args.action == "list":
@@ -157,7 +173,7 @@ def _runs(argv: list[str]) -> int:
         elif args.action == "watch":
             if args.after_step < 0:
                 parser.error("--after-step: expected 0 or more")
-            run = _watch(client, client.get_run(args.run_id), args.after_step, args.json, console)
+            run = _watch(client, client.get_run(args.run_id), args.after_step, args, console)
             console.print(f"run {run.run_id} {_state(run)}" + (f": {run.error}" if run.error else ""))
             return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
     return 0

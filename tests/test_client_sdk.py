@@ -3,27 +3,43 @@
 An outside system's path: it holds the CA certificate and a token, nothing
 else (no client certificate); it creates a run (a retry after a lost reply
 returns the same run), follows it, gets typed errors naming the field, lists
-runs and clients, reads the graph; and the `fedgrpo runs|clients|graph`
-commands do the same from a shell with FEDGRPO_* variables. A generic gRPC
-client (plain grpcio and grpcio-status, no fedgrpo code) reads a refusal's
-google.rpc details; the SDK takes the spec's choices by readable name.
+runs and clients, reads the graph; the asyncio client does the same; a
+followed run's steps land in TensorBoard event files with the values the
+watch delivered; and the `fedgrpo runs|clients|graph` commands do the same
+from a shell with FEDGRPO_* variables. A generic gRPC client (plain grpcio
+and grpcio-status, no fedgrpo code) reads a refusal's google.rpc details;
+the SDK takes the spec's choices by readable name.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from rich.console import Console
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedgrpo.certs import init_federation
-from fedgrpo.client import AlreadyExists, Client, ClientSettings, InvalidArgument, NotFound, Unauthenticated
+from fedgrpo.client import (
+    AlreadyExists,
+    AsyncClient,
+    Client,
+    ClientSettings,
+    InvalidArgument,
+    NotFound,
+    Unauthenticated,
+)
+from fedgrpo.progress import TAG_PREFIX, follow_run, step_scalars
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -140,6 +156,66 @@ def test_the_sdk_takes_readable_choice_names_and_reads_the_details(orchestrator)
         assert err.value.field == "spec.loss_type" and "expected one of grpo, bnpo, dr_grpo, dapo" in err.value.message
 
 
+def scalars_in(logdir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series TensorBoard reads from the event files in ``logdir``: tag -> [(step, value)]."""
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_followed_run_writes_one_tensorboard_scalar_per_metric_per_step(orchestrator, tmp_path):
+    address, certs = orchestrator
+    with Client(address, ca=certs / "ca.crt", token=(certs / "api-token").read_text().strip()) as client:
+        run = client.create_run(SPEC)
+        final, steps = follow_run(client, run, Console(file=io.StringIO()), logdir=tmp_path / "tb")
+    assert final.state == pb.RUN_STATE_SUCCEEDED, final.error
+    watched = [json_format.ParseDict(s, pb.StepMetrics()) for s in steps]
+    assert [m.step for m in watched] == [1, 2]
+    written = scalars_in(tmp_path / "tb")
+    expected = {TAG_PREFIX + name for m in watched for name in step_scalars(m)}
+    assert set(written) == expected and {"train/reward_mean", "train/loss", "train/step_seconds"} <= expected
+    for m in watched:
+        for name, value in step_scalars(m).items():  # TensorBoard keeps float32
+            assert dict(written[TAG_PREFIX + name])[m.step] == pytest.approx(value, rel=1e-6, abs=1e-6), name
+    assert all(len(series) == 2 for series in written.values())  # one per step, none twice
+
+
+def test_the_asyncio_client_creates_once_watches_to_the_end_and_names_the_field(orchestrator):
+    address, certs = orchestrator
+
+    async def drive() -> None:
+        settings = ClientSettings(address=address, ca=certs / "ca.crt", token_file=certs / "api-token")
+        async with AsyncClient.from_settings(settings) as client:
+            run = await client.create_run(SPEC, request_id="sdk-async")
+            again = await client.create_run(SPEC, request_id="sdk-async")  # a retry: the same run
+            assert again.run_id == run.run_id
+            assert [r.run_id for r in await client.list_runs()].count(run.run_id) == 1
+            events = [e async for e in client.watch(run.run_id)]
+            assert [e.step.step for e in events if e.HasField("step")] == [1, 2]
+            assert events[-1].run.state == pb.RUN_STATE_SUCCEEDED
+            resumed = [e async for e in client.watch(run.run_id, after_step=1)]
+            assert [e.step.step for e in resumed if e.HasField("step")] == [2]
+            final, steps = await client.wait(run.run_id)
+            assert final.state == pb.RUN_STATE_SUCCEEDED and [m.step for m in steps] == [1, 2]
+            assert (await client.get_run(run.run_id)).steps_completed == 2
+            assert [c.name for c in await client.list_clients()] == ["client-0"]
+            assert {c.client for c in (await client.confidence_graph()).competences} == {"client-0"}
+            assert (await client.generate(["1+1="], max_tokens=2)).policy.version == final.policy.version
+            with pytest.raises(AlreadyExists) as err:
+                await client.create_run({**SPEC, "steps": 3}, request_id="sdk-async")
+            assert err.value.field == "request_id"
+            with pytest.raises(InvalidArgument) as err:
+                await client.create_run({**SPEC, "candidates_per_question": 1})
+            assert err.value.field == "spec.candidates_per_question"
+            with pytest.raises(NotFound):
+                await client.cancel_run("19990101-000000-000000")
+        async with AsyncClient(address, ca=certs / "ca.crt", token="wrong-token") as stranger:
+            with pytest.raises(Unauthenticated):
+                await stranger.list_runs()
+
+    asyncio.run(drive())
+
+
 def fedgrpo(*args: str, env: dict) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDGRPO_")}
     return subprocess.run([sys.executable, "-m", "fedgrpo.cli", *args], capture_output=True, text=True,
@@ -158,6 +234,14 @@ def test_the_commands_drive_the_orchestrator_from_a_shell(orchestrator, tmp_path
     assert [e["step"]["step"] for e in events if "step" in e] == [1, 2]
     assert events[-1]["run"]["state"] == "RUN_STATE_SUCCEEDED"
     run_id = events[-1]["run_id"]
+    # Watching it again (it ended: the steps are replayed) with TensorBoard reporting, the bar on a terminal.
+    watched = fedgrpo("runs", "watch", run_id, "--report-to", "tensorboard", "--logdir", str(tmp_path / "tb"),
+                      env={**env, "COLUMNS": "200"})
+    assert watched.returncode == 0, watched.stderr
+    assert "correct so far" in watched.stdout and "succeeded" in watched.stdout
+    reward = [json_format.ParseDict(e["step"], pb.StepMetrics()).reward_mean for e in events if "step" in e]
+    assert scalars_in(tmp_path / "tb")["train/reward_mean"] == [(1, pytest.approx(reward[0])),
+                                                                (2, pytest.approx(reward[1]))]
 
     listed = fedgrpo("runs", "list", "--json", env=env)
     assert listed.returncode == 0 and run_id in {r["run_id"] for r in json.loads(listed.stdout)}

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedgrpo.data.files import normalise, read_rows
 from fedgrpo.job.federation_file import (
@@ -74,7 +75,7 @@ def test_the_example_federation_runs_end_to_end_with_the_tiny_policy(tmp_path, m
     federation.policy = Policy(model="tiny-policy", backend="transformers")
     federation.run.update(steps=2, questions_per_step=2, candidates_per_question=4, max_tokens=6)
     federation.evaluation.max_tokens = 6
-    summary = run_federation(federation, tmp_path / "runs", tmp_path / "job", model_cache)
+    summary = run_federation(federation, tmp_path / "runs", tmp_path / "job", model_cache, tensorboard=True)
     assert summary["steps_completed"] == 2
     for rewards in summary["rewards_by_client"]:
         assert sum(rewards.values()) == 2 * 4 * 2  # questions x candidates x experts, every step
@@ -86,6 +87,10 @@ def test_the_example_federation_runs_end_to_end_with_the_tiny_policy(tmp_path, m
     assert competence["clinic-b"]["icd"] == 1.0  # holds every auxiliary item, and its checker is honest
     assert competence["insurer-c"]["icd"] < 1.0  # a reward model that knows nothing
     assert (tmp_path / "runs" / summary["run_id"] / "metrics.jsonl").exists()
+    # --report-to tensorboard: the watched steps as events in the run's folder
+    events = EventAccumulator(str(tmp_path / "runs" / summary["run_id"] / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/reward_mean")] == [1, 2]
 
 
 def test_fedgrpo_run_names_a_bad_config_file():

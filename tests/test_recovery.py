@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from fedgrpo.client import Client
-from fedgrpo.job.main_job import follow_run
+from fedgrpo.progress import follow_run
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 

@@ -55,6 +55,7 @@ from rich.console import Console
 from fedgrpo import spec_enums
 from fedgrpo.client import Client
 from fedgrpo.data.checkers import load_checker
+from fedgrpo.progress import follow_run
 from fedgrpo.tasks import INSTRUCTION, PromptFormat, question_id
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
@@ -64,7 +65,6 @@ from .experiment_files import ExperimentFiles, make_experiment_files
 from .experiment_report import MethodRun, write_report
 from .experiment_reward_models import ClientRewardModel, RewardModelOptions, build_reward_models
 from .launcher import Federation
-from .main_job import follow_run
 from .split import dirichlet_split
 from .wire import ByteCountingRelay
 

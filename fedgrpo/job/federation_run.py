@@ -73,11 +73,13 @@ def evaluation_rows(federation: FederationFile) -> tuple[list, dict]:
 
 def run_federation(
     federation: FederationFile, runs_dir: Path, job_dir: Path, cache_dir: Path, start_timeout: float = 300.0,
-    log_level: str = "INFO",
+    log_level: str = "INFO", tensorboard: bool = False, logdir: Path | None = None,
 ) -> dict:
     """Start the federation the file describes, train its run, and measure it before and after.
 
-    Runs (artifacts) go to ``runs_dir``; the job's logs, certificates and trainer state to ``job_dir``."""
+    Runs (artifacts) go to ``runs_dir``; the job's logs, certificates and trainer state to ``job_dir``. With
+    ``tensorboard``, the steps' metrics go to TensorBoard events in ``logdir`` (default: the run's folder's
+    tensorboard/)."""
     from google.protobuf import json_format
     from rich.console import Console
 
@@ -88,10 +90,10 @@ def run_federation(
     from fedgrpo.v1 import orchestrator_pb2 as pb
 
     from fedgrpo.client import Client, FedgrpoError
+    from fedgrpo.progress import follow_run
 
     from .evaluate import labelled_accuracy
     from .launcher import Federation
-    from .main_job import follow_run
     from .report import accuracy_table, plot_rewards, write_summary
 
     console = Console()
@@ -157,7 +159,10 @@ def run_federation(
         except FedgrpoError as err:
             raise SystemExit(f"fedgrpo run: the orchestrator refused the [run] table: {err.message}") from None
         console.log(f"run {run.run_id} created; artifacts in {run.artifacts_path}")
-        run, steps = follow_run(client, run, console)
+        events = (logdir or Path(run.artifacts_path) / "tensorboard") if tensorboard else None
+        if events is not None:
+            console.log(f"TensorBoard events in {events}: tensorboard --logdir {events.parent}")
+        run, steps = follow_run(client, run, console, logdir=events)
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error} (logs: {log_dir})")
         if evaluation is not None:

@@ -8,8 +8,8 @@ labels in their own files, ~10 minutes. ``--config FILE`` runs any other
 ``--device``, ``--dtype``, ``--spec KEY=VALUE`` and ``--eval-questions``
 override the file's ``[policy]``, ``[run]`` and ``[evaluation]``. The run
 spec's defaults are the orchestrator's (``RunConfig``): the file states
-what it changes. :func:`follow_run` is the live progress bar, shared with
-`fedgrpo experiment`.
+what it changes. ``--report-to tensorboard`` also writes the steps' metrics
+as TensorBoard events (``runs/<run id>/tensorboard/``, or ``--logdir``).
 """
 
 from __future__ import annotations
@@ -21,15 +21,10 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from google.protobuf import json_format
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from fedgrpo.client import Client
 from fedgrpo.settings import NamedValues
-from fedgrpo.v1 import orchestrator_pb2 as pb
 
 from .federation_file import DEFAULT_FEDERATION, FederationFile
 
@@ -69,6 +64,11 @@ class JobSettings(BaseSettings):
     cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
     start_timeout: float = Field(300.0, gt=0, description="Seconds each service may take to become healthy.")
     log_level: str = Field("INFO", description="Logging level of the services.")
+    report_to: Literal["none", "tensorboard"] = Field(
+        "none", description="Also write each step's metrics there, as TRL's report_to: tensorboard writes events "
+        "(one scalar per metric per step) to --logdir.")
+    logdir: Path | None = Field(None, description="TensorBoard events folder (default: the run's folder, "
+                                "runs/<run id>/tensorboard/); view with `tensorboard --logdir runs`.")
 
     def apply(self, federation: FederationFile) -> FederationFile:
         """The federation with this run's overrides; SystemExit naming the flag when one is not valid."""
@@ -107,31 +107,6 @@ def _spec_value(key: str, text: str) -> object:
         return text
 
 
-def follow_run(client: Client, run: pb.Run, console: Console, label: str = "training") -> tuple[pb.Run, list[dict]]:
-    """Watch a run to its end with a live progress bar; returns the final run and every step's metrics.
-
-    The watch is the client library's (:meth:`fedgrpo.client.Client.wait`): a stream that breaks (the
-    orchestrator restarting, a transient fault) is resumed after the last step received."""
-    steps: list[dict] = []
-    columns = [
-        TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[figures]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    ]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("run", total=run.spec.steps, figures="starting")
-
-        def on_step(m: pb.StepMetrics) -> None:
-            steps.append(json_format.MessageToDict(
-                m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
-            acc = sum(s["accuracy"] * s["rewards_received"] for s in steps) / max(
-                1, sum(s["rewards_received"] for s in steps))
-            progress.update(task, completed=m.step, figures=(
-                f"reward {m.reward_mean:.2f} | correct so far {acc:.2f} | {m.step_seconds:.0f}s/step"))
-
-        run, _ = client.wait(run.run_id, on_step=on_step)
-    return run, steps
-
-
 def main(argv: list[str] | None = None) -> None:
     from fedgrpo.settings import load, setup_logging
 
@@ -144,6 +119,6 @@ def main(argv: list[str] | None = None) -> None:
         federation = settings.apply(load_federation(settings.config))
         work = settings.runs_dir / "_federations" / time.strftime("%Y%m%d-%H%M%S")
         run_federation(federation, settings.runs_dir, work, settings.cache_dir, settings.start_timeout,
-                       settings.log_level)
+                       settings.log_level, tensorboard=settings.report_to == "tensorboard", logdir=settings.logdir)
     except FederationFileError as err:
         raise SystemExit(f"fedgrpo run: --config: {err}") from None
