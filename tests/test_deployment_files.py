@@ -190,7 +190,8 @@ def test_healthchecks_call_fedgrpo_health_over_tls():
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
 def test_dockerfiles_copy_the_sources_and_expose_every_port(dockerfile):
     text = (ROOT / "docker" / dockerfile).read_text()
-    for path in ("pyproject.toml", "Makefile", "README.md", "buf.yaml", "protos", "fedgrpo", "services"):
+    for path in ("pyproject.toml", "setup.py", "MANIFEST.in", "Makefile", "README.md", "buf.yaml", "protos", "fedgrpo",
+                 "services"):
         assert any(line.startswith("COPY") and path in line.split() for line in text.splitlines()), path
     exposed = {port for line in text.splitlines() if line.startswith("EXPOSE") for port in line.split()[1:]}
     assert exposed == {"50051", "50052", "50053", "50061", "9100"}
