@@ -145,7 +145,8 @@ class Client:
         elif ca is not None:
             root = ca if isinstance(ca, bytes) else Path(ca).read_bytes()
             options = serving.message_options() + serving.RECONNECT_OPTIONS
-            channel = with_token(grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options), token)
+            secure = grpc.secure_channel(address, grpc.ssl_channel_credentials(root), options=options)
+            channel = with_token(secure, token)
         else:
             channel = serving.channel(address, token=token)
         self.channel = channel

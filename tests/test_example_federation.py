@@ -14,7 +14,12 @@ import pytest
 
 from fedgrpo.data.files import normalise, read_rows
 from fedgrpo.job.federation_file import (
-    DEFAULT_FEDERATION, FederationFileError, Policy, line_of, load_federation, make_files,
+    DEFAULT_FEDERATION,
+    FederationFileError,
+    Policy,
+    line_of,
+    load_federation,
+    make_files,
 )
 from fedgrpo.job.federation_run import evaluation_rows, run_federation
 from fedgrpo.job.main_job import JobSettings

@@ -9,7 +9,6 @@ from pydantic import ValidationError
 from fedgrpo.job.experiment import ExperimentSettings, method_spec
 from fedgrpo.job.experiment_report import MethodRun, _mean_router, claims, render_markdown, summarise
 
-
 QUESTIONS = 100  # per domain
 
 

@@ -18,9 +18,9 @@ from fedgrpo.job.federation_file import Policy, load_federation
 from fedgrpo.job.federation_run import run_federation
 from fedgrpo.reward_models.preferences import make_preferences
 from fedgrpo.reward_models.training import TrainingSettings, train_reward_model
+from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec
 from fedgrpo.tasks import PromptFormat
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec
 
 INSTRUCTION = "Answer with just the number."
 
@@ -134,7 +134,8 @@ def test_clients_train_their_own_reward_models_and_a_mor_run_fuses_them_with_the
 
     assert summary["steps_completed"] == 2
     spec = summary["spec"]
-    assert (spec["preset"], spec["reward_fusion"], spec["expert_selection"], spec["beta"]) == ("mor", "router", "all", 0.04)
+    chosen = (spec["preset"], spec["reward_fusion"], spec["expert_selection"], spec["beta"])
+    assert chosen == ("mor", "router", "all", 0.04)
     run_dir = tmp_path / "runs" / summary["run_id"]
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for step in steps:

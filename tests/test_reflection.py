@@ -78,7 +78,8 @@ def test_both_versions_list_the_services_and_themselves(address):
 
 
 def test_an_unknown_symbol_is_not_found(address):
-    reply = ask(address, reflection.V1, reflection_pb2.ServerReflectionRequest(file_containing_symbol="fedgrpo.v1.Nope"))
+    unknown = reflection_pb2.ServerReflectionRequest(file_containing_symbol="fedgrpo.v1.Nope")
+    reply = ask(address, reflection.V1, unknown)
     assert reply.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
 
 

@@ -11,9 +11,9 @@ import threading
 import pytest
 from google.protobuf import json_format
 
+from fedgrpo.services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from fedgrpo.services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
 
 
 def spec(steps: int = 3) -> pb.RunSpec:

@@ -104,7 +104,9 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
     def Join(self, request: fpb.JoinRequest, context: grpc.ServicerContext) -> fpb.JoinResponse:
         d = request.description
         if not NAME.fullmatch(d.name):
-            serving.invalid(context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'")
+            serving.invalid(
+                context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'"
+            )
         identity = self._caller(context, d.name)
         if identity != d.name:
             context.abort(
@@ -112,7 +114,9 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
                 f"description.name: {d.name!r} is not your identity {identity!r} (your certificate's common name)",
             )
         if self.allowed and identity not in self.allowed:
-            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"identity {identity!r} is not a member of this federation")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"identity {identity!r} is not a member of this federation"
+            )
         # Counted before the description is judged: a storm of malformed joins is a storm too.
         if not all([self.join_limiter.hit(limit, "join", identity) for limit in self.join_limits]):
             JOINS.labels("refused").inc()
@@ -164,7 +168,9 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         return fpb.FetchTasksResponse(tasks=tasks)
 
-    def SubmitRewards(self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext) -> fpb.SubmitRewardsResponse:
+    def SubmitRewards(
+        self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext
+    ) -> fpb.SubmitRewardsResponse:
         if not request.task_id:
             serving.invalid(context, "task_id", "must not be empty")
         if len(request.error) > 1024:
