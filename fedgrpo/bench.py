@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
     from fedgrpo.models import resolve_model
-    from fedgrpo.settings import load, setup_logging
     from fedgrpo.services.orchestrator.rollout import make_engine
+    from fedgrpo.settings import load, setup_logging
 
     settings = load(BenchSettings, argv)
     setup_logging("WARNING")

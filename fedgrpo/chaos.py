@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
             ]),
         }
         for i, domains in enumerate(["add1,sub1", "sub1,add1"]):
-            services[f"client-{i}"] = fed.start(f"client-{i}", "reward-client", ["--name", f"client-{i}", "--domains", domains])
+            services[f"client-{i}"] = fed.start(
+                f"client-{i}", "reward-client", ["--name", f"client-{i}", "--domains", domains]
+            )
         for service in services.values():
             fed.wait_healthy(service, s.start_timeout)
         services["orchestrator"] = fed.start("orchestrator", "orchestrator", [
@@ -173,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     for fault in done_faults:
         after = f"{fault.recovered_after:.1f}s" if fault.recovered_after is not None else "never"
         print(f"{fault.action + ' ' + fault.service:28s} {fault.at_step:8d} {after:>16s}")
-    print(f"steps completed {len(recorded)}/{s.steps}; trained {len(trained)}, in the final weights' lineage {len(lineage)}")
+    print(f"steps completed {len(recorded)}/{s.steps}; trained {len(trained)}, "
+          f"in the final weights' lineage {len(lineage)}")
     print(f"steps replayed to the trainer {sum(m.get('steps_replayed', 0) for m in metrics)}; "
           f"experts replaced {sum(m.get('experts_replaced', 0) for m in metrics)}; "
           f"scoring retries {sum(m.get('score_retries', 0) for m in metrics)}")

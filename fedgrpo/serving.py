@@ -3,7 +3,8 @@
 ``serve(settings, endpoints)`` starts one server per ``Endpoint`` (a port,
 its servicers, and who may call it) with the standard gRPC health service
 (every service reports SERVING once started; its Watch streams are
-non-blocking and hold no worker thread), server reflection only where
+non-blocking and hold no worker thread), server reflection (v1 and v1alpha,
+with the protos' comments; ``fedgrpo.reflection``) only where
 ``settings.reflection`` asks for it, the request ``Guard`` (tokens,
 identities, rates, undecodable requests; see ``fedgrpo.security``), RPC
 metrics, at most ``max_concurrent_rpcs`` calls at once per port (more are
@@ -35,8 +36,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from fedgrpo import reflection
 from fedgrpo.rpc_errors import abort
 from fedgrpo.security import Guard, Identity, with_token
 
@@ -133,12 +134,12 @@ def build_server(
     )
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    names = [health.SERVICE_NAME]
     for add, servicer, name in endpoint.registrations:
         add(servicer, server)
         names.append(name)
     if settings.reflection:
-        reflection.enable_server_reflection(names, server)
+        reflection.enable(names, server)
     address = f"{settings.host}:{endpoint.port}"
     try:
         if identity is None:

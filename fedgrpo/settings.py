@@ -132,7 +132,9 @@ class ServiceSettings(BaseSettings):
         description="Development only: no TLS and no certificates. Refused unless host and every address "
         "this service dials are loopback.",
     )
-    tls_cert: Path | None = Field(None, description="This service's certificate (PEM); its common name is its identity.")
+    tls_cert: Path | None = Field(
+        None, description="This service's certificate (PEM); its common name is its identity."
+    )
     tls_key: Path | None = Field(None, description="The private key of tls_cert (PEM).")
     tls_ca: Path | None = Field(
         None, description="The federation's CA certificate (PEM): peers must present a certificate it signed."

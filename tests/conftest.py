@@ -35,7 +35,8 @@ def pytest_sessionfinish(session, exitstatus):
     if STRICT_SKIPS and skipped and session.exitstatus == 0:
         reporter.write_line("")
         reporter.write_line(
-            f"FEDGRPO_FAIL_ON_SKIP: {len(skipped)} test(s) skipped where every test must run (reasons in the summary below)", red=True
+            f"FEDGRPO_FAIL_ON_SKIP: {len(skipped)} test(s) skipped where every test must run "
+            "(reasons in the summary below)", red=True
         )
         session.exitstatus = 1
 # Score calls of a dialed client in the orchestrator's first probe pass: its default --auxiliary-size.
@@ -118,7 +119,8 @@ def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) 
 
     deadline = time.monotonic() + timeout
     while True:
-        listed = {c.name: c.healthy for c in stub.ListRewardClients(orchestrator_pb2.ListRewardClientsRequest()).clients}
+        clients = stub.ListRewardClients(orchestrator_pb2.ListRewardClientsRequest()).clients
+        listed = {c.name: c.healthy for c in clients}
         if all(listed.get(n) is healthy for n in names):
             return
         if time.monotonic() > deadline:

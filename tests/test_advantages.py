@@ -10,11 +10,11 @@ import math
 import pytest
 
 from fedgrpo.services.orchestrator.advantages import (
-    question_advantages,
     consensus_rewards,
     group_advantages,
     group_has_signal,
     pooled_advantages,
+    question_advantages,
     valid_reward,
 )
 

@@ -76,7 +76,8 @@ def test_another_member_cannot_read_labels_from_scores(fed, certs):
     oracle = rpb.ScoreRequest(**{f.name: v for f, v in QUESTION.ListFields()}, candidates=ORACLE)
     with serving.channel(services["client-0"].address, as_(certs, "intruder")) as ch:
         client = rpb_grpc.RewardClientServiceStub(ch)
-        for call in (lambda: client.Score(oracle, timeout=30), lambda: client.Describe(rpb.DescribeRequest(), timeout=30)):
+        calls = (lambda: client.Score(oracle, timeout=30), lambda: client.Describe(rpb.DescribeRequest(), timeout=30))
+        for call in calls:
             denied = refusal(call)
             assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
             assert "'intruder'" in denied.details() and "only orchestrator may" in denied.details()

@@ -127,7 +127,8 @@ def test_a_generic_grpc_client_reads_the_field_at_fault_from_the_details(orchest
             with pytest.raises(grpc.RpcError) as err:
                 stub.CreateRun(pb.CreateRunRequest(spec=spec), metadata=token, timeout=30)
             code, message, infos, violations = refusal_details(err.value)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
             assert message == err.value.details() == f"{field}: {problem}"  # the text stays as readable as before
             assert violations == [(field, problem)]
             assert infos == [("INVALID_FIELD", "fedgrpo.v1")]

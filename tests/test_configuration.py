@@ -35,8 +35,9 @@ def start(*args: str) -> subprocess.CompletedProcess:
         (["reward-client", P, "--domains", "add1", "--rate-limit", "lots"], ["rate_limit", "100/second"]),
         (["reward-client", P, "--domains", "add1", "--max-message-bytes", "10"], ["max_message_bytes"]),
         *[  # a client with no labelled data can only judge with its own model
-            (["reward-client", P, *domains], ["no labelled data", "--labels", "--domains", "FEDGRPO_REWARD_CLIENT_DOMAINS",
-                                           "--judge-model", "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL"])
+            (["reward-client", P, *domains], ["no labelled data", "--labels", "--domains",
+                                           "FEDGRPO_REWARD_CLIENT_DOMAINS", "--judge-model",
+                                           "FEDGRPO_REWARD_CLIENT_JUDGE_MODEL"])
             for domains in ([], ["--domains", ""], ["--domains", " , "])
         ],
         (["reward-client", "--domains", "[add1"], ["domains", "comma-separated"]),
@@ -75,7 +76,8 @@ def test_bad_configuration_is_refused_with_a_message(args, words):
 def test_environment_variables_configure_services_too():
     proc = subprocess.run(
         [sys.executable, "-m", "fedgrpo.cli", "reward-client", "--domains", "add1"],
-        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_PORT": "70000"},
+        capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "FEDGRPO_REWARD_CLIENT_PORT": "70000"},
     )
     assert proc.returncode != 0 and "FEDGRPO_REWARD_CLIENT_PORT" in proc.stderr
 

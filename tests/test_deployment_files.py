@@ -4,7 +4,8 @@ mutual TLS everywhere from a one-shot `certs` service, each container
 holding only its own identity (never the CA key, another member's key or,
 but for the orchestrator, the API token) and running unprivileged, a GPU
 reserved only by the GPU profile, local reward clients that join; the
-Dockerfiles expose every port and drop root; the protos are lint-clean."""
+Dockerfiles expose every port and drop root; the protos are lint-clean and
+break nothing main's protos promised."""
 
 import functools
 import json
@@ -190,7 +191,8 @@ def test_healthchecks_call_fedgrpo_health_over_tls():
 @pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
 def test_dockerfiles_copy_the_sources_and_expose_every_port(dockerfile):
     text = (ROOT / "docker" / dockerfile).read_text()
-    for path in ("pyproject.toml", "Makefile", "README.md", "buf.yaml", "protos", "fedgrpo", "services"):
+    for path in ("pyproject.toml", "setup.py", "MANIFEST.in", "Makefile", "README.md", "buf.yaml", "protos", "fedgrpo",
+                 "services"):
         assert any(line.startswith("COPY") and path in line.split() for line in text.splitlines()), path
     exposed = {port for line in text.splitlines() if line.startswith("EXPOSE") for port in line.split()[1:]}
     assert exposed == {"50051", "50052", "50053", "50061", "9100"}
@@ -199,9 +201,39 @@ def test_dockerfiles_copy_the_sources_and_expose_every_port(dockerfile):
     assert "--uid 10001" in text and "chown fedgrpo:fedgrpo /state" in text
 
 
-@pytest.mark.skipif(not (ROOT / ".cache/buf/node_modules/.bin/buf").exists() and not shutil.which("buf"),
-                    reason="buf is installed by `make lint` (npm @bufbuild/buf)")
+BUF = shutil.which("buf") or str(ROOT / ".cache/buf/node_modules/.bin/buf")
+needs_buf = pytest.mark.skipif(not Path(BUF).exists(), reason="buf is installed by `make lint` (npm @bufbuild/buf)")
+
+
+@needs_buf
 def test_protos_are_buf_lint_clean():
-    buf = shutil.which("buf") or str(ROOT / ".cache/buf/node_modules/.bin/buf")
-    proc = subprocess.run([buf, "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ)
+    proc = subprocess.run([BUF, "lint"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=os.environ)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def fork_point() -> str | None:
+    """Where this checkout left the branch main (`make lint`'s BREAKING_AGAINST); None without git or main."""
+    if shutil.which("git") is None:
+        return None
+    found = subprocess.run(["git", "merge-base", "HEAD", "main"], cwd=ROOT, capture_output=True, text=True)
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+@needs_buf
+@pytest.mark.skipif(fork_point() is None, reason="buf breaking compares with the git branch main: none here")
+def test_buf_breaking_passes_here_and_fails_on_a_changed_field_type(tmp_path):
+    """`make lint`'s check: these protos against main's pass; the same with one field's type changed fail."""
+    against = f"{ROOT / '.git'}#ref={fork_point()},subdir=protos"
+
+    def breaking(where: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([BUF, "breaking", "protos", "--against", against], cwd=where, capture_output=True,
+                              text=True, timeout=120, env=os.environ)
+
+    unchanged = breaking(ROOT)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+    shutil.copy(ROOT / "buf.yaml", tmp_path)
+    shutil.copytree(ROOT / "protos", tmp_path / "protos")
+    common = tmp_path / "protos/fedgrpo/v1/common.proto"
+    common.write_text(common.read_text().replace("string weights_path = 3;", "bytes weights_path = 3;", 1))
+    changed = breaking(tmp_path)
+    assert changed.returncode != 0 and 'changed type from "string" to "bytes"' in changed.stdout, changed.stdout

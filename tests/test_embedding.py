@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedgrpo.tasks import build_questions
 from fedgrpo.services.orchestrator.competence import nearest_items
 from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder, PolicyEmbedder, make_embedder
+from fedgrpo.tasks import build_questions
 
 DOMAINS = ("add1", "letter_counting")
 

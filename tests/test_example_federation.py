@@ -15,7 +15,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fedgrpo.data.files import normalise, read_rows
 from fedgrpo.job.federation_file import (
-    DEFAULT_FEDERATION, FederationFileError, Policy, line_of, load_federation, make_files,
+    DEFAULT_FEDERATION,
+    FederationFileError,
+    Policy,
+    line_of,
+    load_federation,
+    make_files,
 )
 from fedgrpo.job.federation_run import evaluation_rows, run_federation
 from fedgrpo.job.main_job import JobSettings

@@ -10,7 +10,6 @@ from fedgrpo.job.experiment import ExperimentSettings, method_spec
 from fedgrpo.job.experiment_report import MethodRun, _mean_router, claims, render_markdown, summarise
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
-
 QUESTIONS = 100  # per domain
 
 
@@ -163,14 +162,16 @@ def test_methods_differ_only_in_their_experts():
     assert {(sp.steps, sp.seed, sp.questions_per_step, tuple(sp.tasks)) for sp in specs.values()} == {
         (12, 3, 2, tuple(s.domains))
     }
-    assert specs["fedgrpo"].expert_selection == pb.EXPERT_SELECTION_CONFIDENCE_GRAPH and list(specs["fedgrpo"].reward_clients) == [
+    assert specs["fedgrpo"].expert_selection == pb.EXPERT_SELECTION_CONFIDENCE_GRAPH
+    assert list(specs["fedgrpo"].reward_clients) == [
         "client-0", "client-1"]
     assert specs["random"].expert_selection == pb.EXPERT_SELECTION_RANDOM
     assert list(specs["centralised"].reward_clients) == ["central"] and specs["centralised"].experts_per_question == 1
     assert list(specs["gt_free"].reward_clients) == ["gtfree-0", "gtfree-1"]
     # MoR: the preset (every client, router fusion, KL to the base) over the federated clients, consensus reading
     mor = specs["mor"]
-    assert (mor.preset, mor.expert_selection, mor.reward_reading) == (pb.PRESET_MOR, pb.EXPERT_SELECTION_ALL, pb.REWARD_READING_CONSENSUS)
+    assert (mor.preset, mor.expert_selection, mor.reward_reading) == (
+        pb.PRESET_MOR, pb.EXPERT_SELECTION_ALL, pb.REWARD_READING_CONSENSUS)
     assert list(mor.reward_clients) == ["client-0", "client-1"] and not mor.HasField("beta")
     assert {sp.preset for m, sp in specs.items() if m != "mor"} == {pb.PRESET_FEDGRPO}
 

@@ -10,8 +10,6 @@ import math
 import grpc
 import pytest
 
-from fedgrpo.tasks import Question
-from fedgrpo.v1 import reward_client_pb2 as rpb
 from fedgrpo.services.orchestrator import recovery
 from fedgrpo.services.orchestrator.clients import RewardClient, RewardClients, ScoreOutcome
 from fedgrpo.services.orchestrator.experts import select_experts
@@ -21,6 +19,8 @@ from fedgrpo.services.orchestrator.recovery import Action, decide, plan_round
 from fedgrpo.services.orchestrator.rollout.engine import Sampled
 from fedgrpo.services.orchestrator.run_loop import RunExecutor
 from fedgrpo.services.orchestrator.spec import RunConfig
+from fedgrpo.tasks import Question
+from fedgrpo.v1 import reward_client_pb2 as rpb
 
 UNAVAILABLE, NOT_FOUND = grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND
 NAN = math.nan
@@ -204,9 +204,9 @@ def test_graph_routed_replacement_is_never_a_current_expert_nor_outside_the_run(
     """The reported run: reward_clients [org-a, org-b]; org-b failed and was "replaced by org-a",
     which already judged the question: its rewards counted twice. (The router read the empty set of
     remaining clients as "anyone".) Here org-c, outside the run, must not be asked either."""
-    from fedgrpo.tasks import build_questions
     from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
     from fedgrpo.services.orchestrator.routing import ExpertRouter
+    from fedgrpo.tasks import build_questions
 
     executor, clients = shell({"org-a": [1.0, 0.0, 0.0, 1.0], "org-c": [1.0, 0.0, 0.0, 1.0]})
     items = build_questions("add1", 7, 3)

@@ -71,7 +71,8 @@ def test_a_short_run_trains_and_leaves_its_artifacts(fed):
     artifacts = Path(run.artifacts_path)
     rows = [json.loads(line) for line in (artifacts / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert {"policy_version", "reward_mean", "generate_seconds", "score_seconds", "train_seconds", "sync_seconds"} <= rows[0].keys()
+    assert {"policy_version", "reward_mean", "generate_seconds", "score_seconds", "train_seconds",
+            "sync_seconds"} <= rows[0].keys()
     AutoModelForCausalLM.from_pretrained(artifacts / "model")  # the final policy loads
 
     # Generate serves the policy the run left loaded, stamped with its version.
@@ -241,7 +242,8 @@ def test_a_retried_create_run_returns_the_first_run_and_creates_no_second(fed):
     again = stub.CreateRun(pb.CreateRunRequest(spec=spec, request_id="7f1c2a9e-retry"))  # the reply was lost
     assert again.run_id == first.run_id
     for request_id, status in (("7f1c2a9e-retry", grpc.StatusCode.ALREADY_EXISTS),  # same id, another spec
-                               ("no spaces allowed", grpc.StatusCode.INVALID_ARGUMENT), ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT)):
+                               ("no spaces allowed", grpc.StatusCode.INVALID_ARGUMENT),
+                               ("x" * 129, grpc.StatusCode.INVALID_ARGUMENT)):
         with pytest.raises(grpc.RpcError) as err:
             stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(**{**SPEC, "steps": 499}), request_id=request_id))
         assert err.value.code() == status and "request_id" in err.value.details()
@@ -380,12 +382,12 @@ def test_an_expert_that_leaves_mid_run_is_replaced_by_the_next_one(tmp_path, mod
 
 def test_a_poisoning_client_loses_its_questions_and_the_next_run_starts_from_the_probes(tmp_path, model_cache):
     """client-0 judges its first probes (the orchestrator's first pass: PROBES calls) honestly and
-    inverts every reward after (an injected poisoning fault); client-1 and client-2 judge add1 honestly. All three probe the same, so client-0, first
-    by name, is an expert of step 1 (M = 2). With the online update on, each expert is measured
-    against the other expert of its question (leave-one-out): step 1 demotes client-0 and client-1
-    alike, step 2 pairs client-0 with client-2 and demotes it again, and from step 3 the two honest
-    clients agree and judge alone. A second run starts from the probed graph, not from the first
-    run's confidence."""
+    inverts every reward after (an injected poisoning fault); client-1 and client-2 judge add1
+    honestly. All three probe the same, so client-0, first by name, is an expert of step 1 (M = 2).
+    With the online update on, each expert is measured against the other expert of its question
+    (leave-one-out): step 1 demotes client-0 and client-1 alike, step 2 pairs client-0 with
+    client-2 and demotes it again, and from step 3 the two honest clients agree and judge alone. A
+    second run starts from the probed graph, not from the first run's confidence."""
     clients = [("add1", ["--fault", "poison", "--fault-after-calls", str(PROBES)]), ("add1", []), ("add1", [])]
     with federation(tmp_path, model_cache, clients) as (stub, _, services):
         spec = dict(SPEC, steps=4, expert_selection=pb.EXPERT_SELECTION_CONFIDENCE_GRAPH, confidence_update_rate=0.5)

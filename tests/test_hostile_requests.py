@@ -33,10 +33,13 @@ ALLOWED = {
     grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ALREADY_EXISTS,
 }
 EXAMPLES = settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    max_examples=30, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-WORDS = st.sampled_from(["", "add1", "sub1", "mul1", "client-0", "joined-0", "run", "../../etc/passwd", "\x00", "é" * 3])
+WORDS = st.sampled_from(
+    ["", "add1", "sub1", "mul1", "client-0", "joined-0", "run", "../../etc/passwd", "\x00", "é" * 3]
+)
 HUGE = st.builds(lambda c, n: c * n, st.sampled_from(["x", "9", "é", "\u202e", "\x00"]), st.integers(5000, 40_000))
 TEXT = st.one_of(WORDS, st.text(max_size=40), HUGE)
 FLOATS = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -1.0, 1e308, 5e-324]), st.floats())
@@ -50,7 +53,9 @@ def scalar(field) -> st.SearchStrategy:
     if field.type == F.TYPE_BYTES:
         return st.binary(max_size=64)
     if field.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
-        return FLOATS.map(lambda x: x if field.type == F.TYPE_DOUBLE or not math.isfinite(x) or abs(x) < 3e38 else math.inf)
+        return FLOATS.map(
+            lambda x: x if field.type == F.TYPE_DOUBLE or not math.isfinite(x) or abs(x) < 3e38 else math.inf
+        )
     if field.type == F.TYPE_BOOL:
         return st.booleans()
     if field.type == F.TYPE_ENUM:
@@ -171,7 +176,8 @@ def test_every_rpc_answers_hostile_messages_with_a_clear_status(services, target
                     created.append(request)
 
             check()
-            assert set(seen) - {grpc.StatusCode.OK} or method in ("Describe", "ListRuns", "ListRewardClients", "GetConfidenceGraph"), \
+            readers = ("Describe", "ListRuns", "ListRewardClients", "GetConfidenceGraph")
+            assert set(seen) - {grpc.StatusCode.OK} or method in readers, \
                 f"{method}: no hostile request was refused ({seen})"
 
             @EXAMPLES
@@ -194,4 +200,5 @@ def test_undecodable_bytes_are_invalid_argument(services):
     _, addresses = services
     with serving.channel(addresses["reward_client"]) as channel:
         # Field 1 (question_id) declared as a string, but followed by a truncated length.
-        assert call(channel, "fedgrpo.v1.RewardClientService", "Score", b"\x0a\xff\xff") == grpc.StatusCode.INVALID_ARGUMENT
+        code = call(channel, "fedgrpo.v1.RewardClientService", "Score", b"\x0a\xff\xff")
+        assert code == grpc.StatusCode.INVALID_ARGUMENT

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import time
-
 import urllib.request
 
 import pytest
@@ -90,7 +89,8 @@ def test_joined_clients_are_probed_and_judge_a_run(tmp_path, model_cache):
         accepted = sum(v for (name, labels), v in samples.items()
                        if name == "fedgrpo_rewards_total" and ("outcome", "accepted") in labels)
         assert accepted == 24
-        joins = [v for (name, labels), v in samples.items() if name == "fedgrpo_rpc_seconds_count" and ("method", "Join") in labels]
+        joins = [v for (name, labels), v in samples.items()
+                 if name == "fedgrpo_rpc_seconds_count" and ("method", "Join") in labels]
         assert sum(joins) >= 2
         records = [json.loads(line) for line in services["orchestrator"].log_path.read_text().splitlines()
                    if line.startswith("{")]

@@ -17,8 +17,8 @@ import time
 import grpc
 import pytest
 
-from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.services.orchestrator.joined import JoinedTransport, NotYourTask, ScoreError, TaskClosed, UnknownSession
+from fedgrpo.v1 import reward_client_pb2 as pb
 
 from .test_serving_bounds import wait_until
 

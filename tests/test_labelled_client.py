@@ -17,9 +17,9 @@ from fedgrpo.data.checkers import load_checker
 from fedgrpo.data.files import read_rows
 from fedgrpo.data.make import make_rows, write_rows
 from fedgrpo.job.launcher import Federation
+from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import reward_client_pb2 as pb
-from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 
 from .conftest import START_TIMEOUT, reward_stub
 

@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from fedgrpo.job.launcher import Federation
+from fedgrpo.services.reward_client.evaluators import ModelBasedEvaluator
 from fedgrpo.tasks import build_questions
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import reward_client_pb2 as pb
-from fedgrpo.services.reward_client.evaluators import ModelBasedEvaluator
 
 from .conftest import START_TIMEOUT, reward_stub
 

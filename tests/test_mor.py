@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fedgrpo import spec_enums
 from fedgrpo.data.checkers import load_checker
 from fedgrpo.data.files import read_rows
 from fedgrpo.data.make import make_rows, write_rows
@@ -18,10 +19,9 @@ from fedgrpo.job.federation_file import Policy, load_federation
 from fedgrpo.job.federation_run import run_federation
 from fedgrpo.reward_models.preferences import make_preferences
 from fedgrpo.reward_models.training import TrainingSettings, train_reward_model
-from fedgrpo.tasks import PromptFormat
-from fedgrpo import spec_enums
-from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec
+from fedgrpo.tasks import PromptFormat
+from fedgrpo.v1 import orchestrator_pb2 as pb
 
 INSTRUCTION = "Answer with just the number."
 

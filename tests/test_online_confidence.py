@@ -1,4 +1,5 @@
-"""Hand-computed checks of fedgrpo.services.orchestrator.online_confidence (leave-one-out agreement, run-scoped update)."""
+"""Hand-computed checks of fedgrpo.services.orchestrator.online_confidence
+(leave-one-out agreement, run-scoped update)."""
 
 import math
 

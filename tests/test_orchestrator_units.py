@@ -3,11 +3,11 @@
 import pytest
 
 from fedgrpo import spec_enums
-from fedgrpo.tasks import DOMAINS
-from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.experts import ClientView, select_experts
 from fedgrpo.services.orchestrator.questions import QuestionBank
 from fedgrpo.services.orchestrator.spec import SpecError, resolve_spec, to_message
+from fedgrpo.tasks import DOMAINS
+from fedgrpo.v1 import orchestrator_pb2 as pb
 
 
 def resolve(**fields):
@@ -130,7 +130,8 @@ def test_expert_selection_defaults_to_the_confidence_graph_when_there_is_one():
 def test_named_reward_clients_must_exist_and_be_enough():
     spec = dict(tasks=["add1"], experts_per_question=2)
     live = {"a": True, "b": False, "c": True}
-    assert resolve_spec(pb.RunSpec(**spec, reward_clients=["a", "c"]), DOMAINS.keys(), "m", live, 512).reward_clients == ["a", "c"]
+    named = resolve_spec(pb.RunSpec(**spec, reward_clients=["a", "c"]), DOMAINS.keys(), "m", live, 512)
+    assert named.reward_clients == ["a", "c"]
     for names, field in [(["a", "zz"], "reward_clients"), (["a", "b"], "experts_per_question")]:
         with pytest.raises(SpecError) as err:
             resolve_spec(pb.RunSpec(**spec, reward_clients=names), DOMAINS.keys(), "m", live, 512)
@@ -138,8 +139,8 @@ def test_named_reward_clients_must_exist_and_be_enough():
 
 
 def test_a_join_description_may_name_an_organisations_own_domains_within_bounds():
-    from fedgrpo.v1 import common_pb2, reward_client_pb2
     from fedgrpo.services.orchestrator.federation import description_problem
+    from fedgrpo.v1 import common_pb2, reward_client_pb2
 
     def described(domains):
         return reward_client_pb2.DescribeResponse(

@@ -14,8 +14,6 @@ import pytest
 
 from fedgrpo import serving
 from fedgrpo.job.launcher import free_port
-from fedgrpo.v1 import orchestrator_pb2 as pb
-from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
 from fedgrpo.services.orchestrator.auxiliary import auxiliary_items
 from fedgrpo.services.orchestrator.clients import RewardClients
 from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
@@ -23,6 +21,8 @@ from fedgrpo.services.orchestrator.routing import ExpertRouter
 from fedgrpo.services.reward_client.config import RewardClientSettings
 from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 from fedgrpo.services.reward_client.server import RewardClientServicer
+from fedgrpo.v1 import orchestrator_pb2 as pb
+from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
 
 from .conftest import federation
 

@@ -11,8 +11,6 @@ import grpc
 import numpy as np
 import pytest
 
-from fedgrpo.tasks import build_questions
-from fedgrpo.v1 import reward_client_pb2 as rpb
 from fedgrpo.services.orchestrator.clients import RewardClient, RewardClients
 from fedgrpo.services.orchestrator.competence import competence, select_top_m
 from fedgrpo.services.orchestrator.confidence_graph import ConfidenceGraph
@@ -22,6 +20,8 @@ from fedgrpo.services.orchestrator.joined import ScoreError
 from fedgrpo.services.orchestrator.routing import PROBE_TRIES, ExpertRouter
 from fedgrpo.services.orchestrator.runs import RunStore
 from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
+from fedgrpo.tasks import build_questions
+from fedgrpo.v1 import reward_client_pb2 as rpb
 
 TRUTH = [True, False, False, True]
 PERFECT = [1.0, 0.0, 0.0, 1.0]
@@ -80,11 +80,13 @@ def test_the_saved_graph_keeps_unknown_apart_from_zero():
 
 def test_equal_competence_goes_to_the_answer_based_judge_before_the_model_judge():
     live = ["a-model", "b-answer", "c-none"]
-    ranks = {"a-model": exactness([MODEL_BASED]), "b-answer": exactness([ANSWER_BASED, MODEL_BASED]), "c-none": exactness([])}
+    ranks = {"a-model": exactness([MODEL_BASED]), "b-answer": exactness([ANSWER_BASED, MODEL_BASED]),
+             "c-none": exactness([])}
     competences = {"a-model": 0.75, "b-answer": 0.75, "c-none": 0.75}
     assert select_top_m(competences, 3, live, ranks) == ["b-answer", "a-model", "c-none"]
     assert select_top_m({**competences, "a-model": 0.8}, 1, live, ranks) == ["a-model"]  # competence first
-    views = [ClientView("a-model", ("add1",), True, (MODEL_BASED,)), ClientView("b-answer", ("add1",), True, (ANSWER_BASED,))]
+    views = [ClientView("a-model", ("add1",), True, (MODEL_BASED,)),
+             ClientView("b-answer", ("add1",), True, (ANSWER_BASED,))]
     assert select_experts("add1", views, 1) == ["b-answer"]
 
 

@@ -193,10 +193,10 @@ def test_the_step_in_flight_when_the_orchestrator_dies_is_finished_from_its_logg
 
 def test_a_resumed_run_goes_on_with_its_own_online_confidence(tmp_path, model_cache):
     """client-0 judges its first PROBES calls (the first probe pass) honestly and inverts every reward
-    after; client-1 and client-2 are honest, all three probe the same. With the online update the run demotes client-0 by step 2
-    (tests/test_federation.py walks through it). The orchestrator is killed after step 2: the resumed
-    run takes its confidence back from its stored steps, so client-0 never judges again; started from
-    the probes instead, it would be first by name again."""
+    after; client-1 and client-2 are honest, all three probe the same. With the online update the
+    run demotes client-0 by step 2 (tests/test_federation.py walks through it). The orchestrator is
+    killed after step 2: the resumed run takes its confidence back from its stored steps, so
+    client-0 never judges again; started from the probes instead, it would be first by name again."""
     clients = [("add1", ["--fault", "poison", "--fault-after-calls", str(PROBES)]), ("add1", []), ("add1", [])]
     with federation(tmp_path, model_cache, clients) as (stub, fed, services):
         run = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(

@@ -1,10 +1,10 @@
 """Faults a reward client injects on purpose, checked on the servicer itself (no process)."""
 
-from fedgrpo.tasks import build_questions
-from fedgrpo.v1 import reward_client_pb2 as pb
 from fedgrpo.services.reward_client.config import RewardClientSettings
 from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
 from fedgrpo.services.reward_client.server import RewardClientServicer
+from fedgrpo.tasks import build_questions
+from fedgrpo.v1 import reward_client_pb2 as pb
 
 
 def servicer_with(fault: str, after: int = 0) -> RewardClientServicer:

@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     with Federation(tmp_path_factory.mktemp("rc")) as fed:
-        service = fed.start("client", "reward-client", ["--name", "alpha", "--domains", "add1,mul1", "--bank-size", "100"])
+        service = fed.start(
+            "client", "reward-client", ["--name", "alpha", "--domains", "add1,mul1", "--bank-size", "100"]
+        )
         fed.wait_healthy(service, START_TIMEOUT)
         yield reward_stub(service.address)
 

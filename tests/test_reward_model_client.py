@@ -12,9 +12,9 @@ import pytest
 from fedgrpo.job.launcher import Federation
 from fedgrpo.models import build_tiny_model
 from fedgrpo.models.tiny_reward import build_tiny_reward_model
+from fedgrpo.services.reward_client.evaluators import RewardModelEvaluator
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import reward_client_pb2 as pb
-from fedgrpo.services.reward_client.evaluators import RewardModelEvaluator
 
 from .conftest import START_TIMEOUT, reward_stub
 from .test_configuration import start

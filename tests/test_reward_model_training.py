@@ -15,13 +15,17 @@ from fedgrpo.data.files import DataFileError
 from fedgrpo.models import build_tiny_model
 from fedgrpo.reward_models.preferences import Preference, pair_candidates, read_preferences, with_final_answer
 from fedgrpo.reward_models.training import (
-    RewardModelError, TrainingSettings, held_out_split, load_backbone, preference_accuracy, train_reward_model,
+    RewardModelError,
+    TrainingSettings,
+    held_out_split,
+    load_backbone,
+    preference_accuracy,
+    train_reward_model,
 )
-from fedgrpo.tasks.prompts import extract_answer
 from fedgrpo.services.reward_client.evaluators import RewardModelEvaluator
+from fedgrpo.tasks.prompts import extract_answer
 
 from .conftest import write_jsonl
-
 
 # -- pairing, by hand -------------------------------------------------------------------------------
 
@@ -42,7 +46,8 @@ def test_without_a_right_candidate_the_label_is_chosen():
 
 def test_a_wrong_candidates_corrected_twin_is_chosen_over_it_before_the_bare_label():
     wrong = [("The sum is 41.", 0.0), ("I think 7", 0.0), ("no idea", 0.0)]
-    twins = {"The sum is 41.": with_final_answer("The sum is 41.", "42"), "I think 7": with_final_answer("I think 7", "42")}
+    twins = {"The sum is 41.": with_final_answer("The sum is 41.", "42"),
+             "I think 7": with_final_answer("I think 7", "42")}
     assert twins == {"The sum is 41.": "The sum is 42.", "I think 7": "I think 42"}
     assert pair_candidates("42", wrong, 3, twins) == [
         ("The sum is 42.", "The sum is 41."), ("I think 42", "I think 7"), ("42", "no idea")]

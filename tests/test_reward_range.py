@@ -112,7 +112,8 @@ def test_the_trainer_clamps_oversized_advantages_to_its_bound(fed):
     the bnpo loss is -(2 A - 3 A) / 5 tokens = A / 5: 2 for A = 10."""
     _, services = fed
     stub = trainer_stub(services["trainer"].address)
-    optimizer = tpb.OptimizerSettings(learning_rate=1e-3, loss_type=common_pb2.LOSS_TYPE_BNPO, updates_per_batch=1, max_grad_norm=1.0)
+    optimizer = tpb.OptimizerSettings(
+        learning_rate=1e-3, loss_type=common_pb2.LOSS_TYPE_BNPO, updates_per_batch=1, max_grad_norm=1.0)
     metrics = {}
     for run_id, advantage in (("clamp-huge", 1e30), ("clamp-ten", 10.0)):
         stub.StartPolicy(tpb.StartPolicyRequest(run_id=run_id, optimizer=optimizer, restart=True))

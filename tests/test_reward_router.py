@@ -55,7 +55,9 @@ def test_a_client_exact_on_one_domain_dominates_there():
     domain = np.repeat([0, 1], 40)
     features = np.where(domain[:, None] == 0, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]) + rng.normal(0, 0.05, (80, 3))
     noise = lambda t: rng.random(C)  # noqa: E731
-    errors = np.array([[probe(rng, exact if d == 0 else noise), probe(rng, exact if d == 1 else noise)] for d in domain])
+    errors = np.array(
+        [[probe(rng, exact if d == 0 else noise), probe(rng, exact if d == 1 else noise)] for d in domain]
+    )
     fit = fit_router(["a", "b"], features, errors, steps=600)
     on_0, on_1 = fit.weights(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))
     assert on_0["a"] > 0.9 and on_1["b"] > 0.9
@@ -99,7 +101,6 @@ def test_a_runs_router_is_a_softmax_over_the_runs_own_clients(tmp_path):
     and b on sub1."""
     from fedgrpo import serving
     from fedgrpo.job.launcher import free_port
-    from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
     from fedgrpo.services.orchestrator.auxiliary import auxiliary_items
     from fedgrpo.services.orchestrator.clients import RewardClients
     from fedgrpo.services.orchestrator.embedding import MiniLMEmbedder
@@ -107,6 +108,7 @@ def test_a_runs_router_is_a_softmax_over_the_runs_own_clients(tmp_path):
     from fedgrpo.services.reward_client.config import RewardClientSettings
     from fedgrpo.services.reward_client.evaluators import AnswerBasedEvaluator
     from fedgrpo.services.reward_client.server import RewardClientServicer
+    from fedgrpo.v1 import reward_client_pb2_grpc as rpb_grpc
 
     servers, addresses = [], []
     for name, domains in (("central", ["add1", "sub1"]), ("a", ["add1"]), ("b", ["sub1"])):

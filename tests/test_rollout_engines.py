@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedgrpo.models import chat_prompt_ids
-from fedgrpo.tasks import build_questions, user_message
 from fedgrpo.services.orchestrator.rollout import EngineLimitError, SamplingSettings, make_engine
 from fedgrpo.services.orchestrator.rollout.limits import (
     DEFAULT_MAX_MODEL_LEN,
@@ -18,6 +17,7 @@ from fedgrpo.services.orchestrator.rollout.limits import (
     kv_bytes_per_token,
     resolve_max_model_len,
 )
+from fedgrpo.tasks import build_questions, user_message
 
 
 def prompts_for(model_dir, count: int = 4) -> list[list[int]]:

@@ -11,9 +11,9 @@ import threading
 import pytest
 from google.protobuf import json_format
 
+from fedgrpo.services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
-from fedgrpo.services.orchestrator.runs import DuplicateStep, PendingStep, RunStore, now
 
 
 def spec(steps: int = 3) -> pb.RunSpec:
@@ -301,7 +301,8 @@ def test_rewards_of_a_step_the_restart_abandoned_leave_the_ledger(tmp_path):
     store.ledger.record(other.run_id, 3, "q1", "alice", [1.0])
     store = crash(store, tmp_path)
     assert store.ledger.forget_after(run.run_id, 2) == 1
-    assert store.ledger.rewards_of(run.run_id, 3) == [] and store.ledger.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
+    assert store.ledger.rewards_of(run.run_id, 3) == []
+    assert store.ledger.rewards_of(run.run_id, 2) == [("q1", "alice", [1.0])]
     assert store.ledger.rewards_of(other.run_id, 3) == [("q1", "alice", [1.0])]  # another run's step 3 stays
     assert store.ledger.forget_after(run.run_id, 2) == 0
     # The step scored again records its new rewards (the old row no longer shadows them).

@@ -48,7 +48,8 @@ def secured(tmp_path_factory, model_cache, pki):
     with federation(
         tmp, model_cache, clients=[], joined=[("add1", [])], certs=certs,
         # Every public method is tried without a token, twice: above the default 10 failures a minute.
-        orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1", "--auth-failure-limit", "100/minute",
+        orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1",
+                           "--auth-failure-limit", "100/minute",
                            # The members: "outsider" holds a certificate of this CA, but is not one of them.
                            "--reward-client-identities", "joined-0,intruder,victim"],
     ) as (stub, fed, services):
@@ -96,11 +97,13 @@ def test_federation_port_refuses_no_certificate_and_a_foreign_one(secured, pki):
     ca_only = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.crt").read_bytes())
     with grpc.secure_channel(address, ca_only) as ch:
         join = fpb_grpc.FederationServiceStub(ch).Join
-        assert code_of(lambda: join(fpb.JoinRequest(description=description), timeout=10)) == grpc.StatusCode.UNAVAILABLE
+        code = code_of(lambda: join(fpb.JoinRequest(description=description), timeout=10))
+        assert code == grpc.StatusCode.UNAVAILABLE
     stranger = Identity.load(foreign / "joined-0.crt", foreign / "joined-0.key", certs / "ca.crt")
     with serving.channel(address, stranger) as ch:
         join = fpb_grpc.FederationServiceStub(ch).Join
-        assert code_of(lambda: join(fpb.JoinRequest(description=description), timeout=10)) == grpc.StatusCode.UNAVAILABLE
+        code = code_of(lambda: join(fpb.JoinRequest(description=description), timeout=10))
+        assert code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_a_client_cannot_join_under_another_name_nor_answer_tasks_it_was_not_sent(secured, pki):

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from fedgrpo.tasks import question_id, user_message
-from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.datasets import load_dataset
 from fedgrpo.services.orchestrator.questions import QuestionBank
+from fedgrpo.tasks import question_id, user_message
+from fedgrpo.v1 import orchestrator_pb2 as pb
 
 from .conftest import federation, write_jsonl
 from .test_configuration import start
@@ -52,7 +52,8 @@ def test_the_bank_samples_a_datasets_domains_and_keeps_the_built_in_path(tmp_pat
     dataset = load_dataset("clinic", clinic_questions(tmp_path / "q.jsonl"))
     bank = QuestionBank(0, 50, datasets={"clinic": dataset})
     drawn = bank.sample(["icd"], step=3, count=20, seed=1, dataset="clinic")
-    assert {q.domain for q in drawn} == {"icd"} and {q.text for q in drawn} <= {q.text for q in dataset.by_domain["icd"]}
+    assert {q.domain for q in drawn} == {"icd"}
+    assert {q.text for q in drawn} <= {q.text for q in dataset.by_domain["icd"]}
     assert drawn == bank.sample(["icd"], step=3, count=20, seed=1, dataset="clinic")  # (seed, step) decide
     assert bank.prompt(drawn[0], "clinic") == (drawn[0].text, None)  # no instruction given: the question alone
     built_in = bank.sample(["add1"], step=3, count=4, seed=1)
@@ -122,8 +123,8 @@ def test_probes_of_text_answers_take_wrong_ones_from_the_domain_and_forms_a_chec
     import random
 
     from fedgrpo.data.checkers import load_checker
-    from fedgrpo.tasks import LabelledQuestion
     from fedgrpo.services.orchestrator.probes import probe_candidates
+    from fedgrpo.tasks import LabelledQuestion
 
     item = LabelledQuestion("id", "icd", "Which ICD-10 code is asthma?", {"answer": "J45"})
     exact = load_checker("exact")

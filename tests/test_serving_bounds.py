@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from fedgrpo import serving
 from fedgrpo.job.launcher import free_port
+from fedgrpo.services.orchestrator.joined import AlreadyPolling, JoinedTransport, ScoreError
 from fedgrpo.settings import ServiceSettings
 from fedgrpo.v1 import reward_client_pb2 as pb
-from fedgrpo.services.orchestrator.joined import AlreadyPolling, JoinedTransport, ScoreError
 
 HANG = 20.0  # seconds after which a call that should have answered counts as hung
 

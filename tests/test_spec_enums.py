@@ -53,7 +53,8 @@ def test_the_readable_names_are_the_lowercase_tails():
     enum = common_pb2.LossType.DESCRIPTOR
     assert spec_enums.names(enum) == ["grpo", "bnpo", "dr_grpo", "dapo"]
     assert spec_enums.names(enum) == list(LOSS_TYPES)  # the trainer's loss variants, one for one
-    assert spec_enums.number(pb.ExpertSelection.DESCRIPTOR, "confidence_graph", "x") == pb.EXPERT_SELECTION_CONFIDENCE_GRAPH
+    graph = spec_enums.number(pb.ExpertSelection.DESCRIPTOR, "confidence_graph", "x")
+    assert graph == pb.EXPERT_SELECTION_CONFIDENCE_GRAPH
 
 
 @pytest.mark.parametrize("name", ["ppo", "unspecified", "", "LOSS_TYPE_PPO", "DR-GRPO"])

@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fedgrpo.job.launcher import Federation
+from fedgrpo.services.policy_trainer.trainer import CheckpointError, checkpoint_lineage
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as pb
-from fedgrpo.services.policy_trainer.trainer import CheckpointError, checkpoint_lineage
 
 from .conftest import START_TIMEOUT, trainer_stub
 
@@ -91,7 +91,8 @@ def test_train_publishes_a_loadable_snapshot_and_is_idempotent(trainer):
 def test_resume_from_checkpoint_keeps_version(trainer):
     stub, _, _ = trainer
     stub.StartPolicy(pb.StartPolicyRequest(run_id="r2", optimizer=OPTIMIZER, restart=True))
-    stub.Train(pb.TrainBatch(run_id="r2", step=1, policy_version=0, sequences=batch(1, 0).sequences, max_completion_tokens=8))
+    stub.Train(pb.TrainBatch(run_id="r2", step=1, policy_version=0, sequences=batch(1, 0).sequences,
+                             max_completion_tokens=8))
     # Another run in between, so coming back to r2 reloads its checkpoint.
     stub.StartPolicy(pb.StartPolicyRequest(run_id="r2-other", optimizer=OPTIMIZER, restart=True))
     resumed = stub.StartPolicy(pb.StartPolicyRequest(run_id="r2", optimizer=OPTIMIZER))
@@ -131,16 +132,16 @@ def test_bad_optimizer_settings_are_invalid_argument(trainer, change, field):
 def test_bad_batches_are_refused_with_the_field(trainer):
     stub, _, _ = trainer
     stub.StartPolicy(pb.StartPolicyRequest(run_id="r3", optimizer=OPTIMIZER, restart=True))
+    def one(**sequence) -> pb.TrainBatch:
+        return pb.TrainBatch(run_id="r3", step=1, sequences=[pb.TrainSequence(**sequence)])
+
     cases = [
         (pb.TrainBatch(run_id="r3", step=1), "sequences"),
-        (pb.TrainBatch(run_id="r3", step=1, sequences=[pb.TrainSequence(prompt_token_ids=[1], completion_token_ids=[10**6])]),
-         "sequences[0].completion_token_ids"),
-        (pb.TrainBatch(run_id="r3", step=1, sequences=[pb.TrainSequence(prompt_token_ids=[], completion_token_ids=[3])]),
-         "sequences[0].prompt_token_ids"),
-        (pb.TrainBatch(run_id="r3", step=1, sequences=[pb.TrainSequence(prompt_token_ids=[1], completion_token_ids=[3, 4], completion_logprobs=[-1.0])]),
+        (one(prompt_token_ids=[1], completion_token_ids=[10**6]), "sequences[0].completion_token_ids"),
+        (one(prompt_token_ids=[], completion_token_ids=[3]), "sequences[0].prompt_token_ids"),
+        (one(prompt_token_ids=[1], completion_token_ids=[3, 4], completion_logprobs=[-1.0]),
          "sequences[0].completion_logprobs"),
-        (pb.TrainBatch(run_id="r3", step=1, sequences=[pb.TrainSequence(prompt_token_ids=[1], completion_token_ids=[3], advantage=float("nan"))]),
-         "sequences[0].advantage"),
+        (one(prompt_token_ids=[1], completion_token_ids=[3], advantage=float("nan")), "sequences[0].advantage"),
     ]
     for request, field in cases:
         with pytest.raises(grpc.RpcError) as err:

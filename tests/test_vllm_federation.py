@@ -22,7 +22,9 @@ def greedy(model_dir: Path, prompts: list[str], max_tokens: int) -> list[str]:
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     answers = []
     for p in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        ids = tok.apply_chat_template(
+            [{"role": "user", "content": p}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
         with torch.no_grad():
             out = model.generate(**ids, do_sample=False, max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id)
         answers.append(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))

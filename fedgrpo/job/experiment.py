@@ -100,7 +100,9 @@ class ExperimentSettings(BaseSettings):
         "2 CPU cores) or large (10 clients, 5 domains, 40 steps: hours on a CPU, minutes on a GPU).",
     )
     methods: list[Method] = Field(list(METHODS), description="Methods to run (JSON list or comma-separated).")
-    model: str = Field("smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-policy or a HF folder.")
+    model: str = Field(
+        "smollm2-135m-instruct", description="Policy: smollm2-135m-instruct, tiny-policy or a HF folder."
+    )
     judge_model: str = Field(
         "smollm2-135m-instruct", description="Each client's own small model: it samples the candidates of the "
         "client's preference rows, and judges by answering itself where a client has no reward model.",
@@ -142,7 +144,9 @@ class ExperimentSettings(BaseSettings):
     )
     backend: Literal["vllm", "transformers"] = Field("vllm", description="Rollout engine.")
     device: Literal["cpu", "cuda"] = Field("cpu", description="Device of engine and trainer.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype (bfloat16 on a GPU).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype (bfloat16 on a GPU)."
+    )
     out_dir: Path = Field(Path("runs/experiments"), description="Where <experiment id>/report.md and the rest go.")
     resume: Path | None = Field(
         None, description="An earlier experiment's folder: runs recorded in its records.jsonl are kept, the rest "

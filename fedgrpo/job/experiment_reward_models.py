@@ -90,7 +90,9 @@ def _command(args: list[str], log: Path, what: str) -> float:
     return time.monotonic() - started
 
 
-def _build(name: str, labels: Path, home: Path, seed: int, o: RewardModelOptions, console: Console) -> ClientRewardModel:
+def _build(
+    name: str, labels: Path, home: Path, seed: int, o: RewardModelOptions, console: Console
+) -> ClientRewardModel:
     home.mkdir(parents=True, exist_ok=True)
     prefs, out = home / "preferences.jsonl", home / "reward-model"
     console.log(f"{name}: sampling candidates for {o.questions} of its labelled questions with {o.model} ...")

@@ -84,13 +84,12 @@ def run_federation(
     from rich.console import Console
 
     from fedgrpo.certs import init_federation
+    from fedgrpo.client import Client, FedgrpoError
     from fedgrpo.data.checkers import load_checker
     from fedgrpo.models import resolve_model
+    from fedgrpo.progress import follow_run
     from fedgrpo.tasks import PromptFormat
     from fedgrpo.v1 import orchestrator_pb2 as pb
-
-    from fedgrpo.client import Client, FedgrpoError
-    from fedgrpo.progress import follow_run
 
     from .evaluate import labelled_accuracy
     from .launcher import Federation

@@ -136,7 +136,8 @@ class Federation:
             except TimeoutError:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(
-                        f"{service.name} not healthy after {timeout:.0f}s; log {service.log_path}:\n{service.log_tail()}"
+                        f"{service.name} not healthy after {timeout:.0f}s; "
+                        f"log {service.log_path}:\n{service.log_tail()}"
                     ) from None
 
     def stop(self, service: Service, grace: float = 10.0) -> None:

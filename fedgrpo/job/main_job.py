@@ -82,7 +82,9 @@ class JobSettings(BaseSettings):
         spec = dict(federation.run)
         for key, text in self.spec.items():
             if key not in RunConfig.model_fields:
-                raise SystemExit(f"fedgrpo run: --spec {key}: not a RunSpec field; known: {sorted(RunConfig.model_fields)}")
+                raise SystemExit(
+                    f"fedgrpo run: --spec {key}: not a RunSpec field; known: {sorted(RunConfig.model_fields)}"
+                )
             spec[key] = _spec_value(key, text)
         try:
             RunConfig.model_validate(spec)

@@ -170,4 +170,6 @@ def prepare_smollm2(cache_dir: Path) -> Path:
         if is_complete(out_dir, SMOLLM2_REQUIRED_FILES):  # another process did it
             return out_dir
         log.info("SmolLM2: converting %s into %s", gguf, out_dir)
-        return build_folder(out_dir, SMOLLM2_REQUIRED_FILES, lambda staged: _convert(gguf, staged), "SmolLM2 conversion")
+        return build_folder(
+            out_dir, SMOLLM2_REQUIRED_FILES, lambda staged: _convert(gguf, staged), "SmolLM2 conversion"
+        )

@@ -75,5 +75,7 @@ def build_tiny_policy(out_dir: Path, seed: int = 0, steps: int = 120, per_domain
         tokenizer.save_pretrained(staged)
 
     published = build_folder(out_dir, TINY_REQUIRED_FILES, write, "tiny policy build")
-    log.info("tiny policy warmed up in %d steps (final loss %.3f), %.1fs", steps, loss.item(), time.monotonic() - started)
+    log.info(
+        "tiny policy warmed up in %d steps (final loss %.3f), %.1fs", steps, loss.item(), time.monotonic() - started
+    )
     return published

@@ -148,8 +148,8 @@ def make_preferences(
 ) -> tuple[list[Preference], dict[str, int]]:
     """Preference rows for labelled ``rows``, candidates sampled from ``model_dir``; and counts for the log."""
     from fedgrpo.local_answers import answer_rows
-    from fedgrpo.tasks import question_id
     from fedgrpo.services.orchestrator.rollout import SamplingSettings
+    from fedgrpo.tasks import question_id
 
     sampling = SamplingSettings(n=samples, temperature=temperature, top_p=1.0, max_tokens=max_tokens, seed=seed)
     preferences: list[Preference] = []

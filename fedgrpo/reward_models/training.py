@@ -124,7 +124,9 @@ def load_backbone(backbone_dir: Path):
     try:
         model = AutoModelForSequenceClassification.from_pretrained(backbone_dir, num_labels=1, dtype="float32")
     except Exception as err:
-        raise RewardModelError(f"--base {backbone_dir}: does not load as a model ({type(err).__name__}: {err})") from None
+        raise RewardModelError(
+            f"--base {backbone_dir}: does not load as a model ({type(err).__name__}: {err})"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -194,7 +196,8 @@ def train_reward_model(
         config = RewardConfig(
             output_dir=str(scratch), num_train_epochs=settings.epochs, learning_rate=settings.learning_rate,
             per_device_train_batch_size=settings.batch_size, center_rewards_coefficient=settings.center_rewards,
-            max_length=None, logging_steps=max(1, steps // 10), save_strategy="no", report_to="none", seed=settings.seed,
+            max_length=None, logging_steps=max(1, steps // 10), save_strategy="no", report_to="none",
+            seed=settings.seed,
             use_cpu=settings.device == "cpu", dataloader_num_workers=0, disable_tqdm=False,
             # TRL turns both on by default; on a CPU bf16 autocast made a MiniLM step 20x slower here
             # (0.5 s -> 10 s): bf16 on a GPU only. Checkpointing only costs time on a small model.

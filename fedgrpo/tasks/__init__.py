@@ -16,8 +16,8 @@ from .domains import (
     dataset_seed,
     get_dataset,
     get_domain,
-    known_domains,
     index_by_id,
+    known_domains,
     question_id,
     unlabelled,
 )

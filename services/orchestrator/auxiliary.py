@@ -18,7 +18,6 @@ training, so how well it *judges* these is what the server learns.
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from pathlib import Path
 
 from fedgrpo.data.files import deduplicate, read_rows

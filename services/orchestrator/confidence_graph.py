@@ -162,7 +162,8 @@ class ConfidenceGraph:
         """
         if item_id not in self._item_rows:
             raise KeyError(f"item_id must be an added auxiliary item, got {item_id!r}")
-        low, high, threshold = require_finite("low", low), require_finite("high", high), require_finite("threshold", threshold)
+        low, high = require_finite("low", low), require_finite("high", high)
+        threshold = require_finite("threshold", threshold)
         if low > high:
             raise ValueError(f"low must be <= high, got low={low!r}, high={high!r}")
         self.add_client(client)
@@ -209,11 +210,14 @@ class ConfidenceGraph:
         if edge is not None and not edge.get("unknown", False):
             return 0
         tries = (edge or {}).get("tries", 0) + 1
-        self._graph.add_edge((CLIENT, client), (ITEM, item_id), accuracy=0.0, problem=str(why), unknown=True, tries=tries)
+        self._graph.add_edge(
+            (CLIENT, client), (ITEM, item_id), accuracy=0.0, problem=str(why), unknown=True, tries=tries
+        )
         return tries
 
     def unknown_items(self, client: str, max_tries: int | None = None) -> list[str]:
-        """Items whose probe of ``client`` failed in transport (fewer than ``max_tries`` times when given), in item order."""
+        """Items whose probe of ``client`` failed in transport (fewer than ``max_tries`` times when given),
+        in item order."""
         node = (CLIENT, client)
         if node not in self._graph:
             return []
@@ -336,7 +340,9 @@ class ConfidenceGraph:
         for name in self.clients():
             node = (CLIENT, name)
             accuracy, unknown = self._item_accuracy(node), set(self.unknown_items(name))
-            result[name] = {domain: competence(accuracy, ids, unknown=unknown) for domain, ids in sorted(domain_items.items())}
+            result[name] = {
+                domain: competence(accuracy, ids, unknown=unknown) for domain, ids in sorted(domain_items.items())
+            }
         return result
 
     # -- export --

@@ -61,7 +61,8 @@ class OrchestratorSettings(ServiceSettings):
         "(RESOURCE_EXHAUSTED) and go to another expert, so a client that never answers holds few scoring threads.",
     )
     heartbeat_misses: int = Field(
-        3, ge=1, le=100, description="A joined client that misses this many heartbeats in a row leaves expert selection."
+        3, ge=1, le=100,
+        description="A joined client that misses this many heartbeats in a row leaves expert selection."
     )
     slow_client_bench_seconds: float = Field(
         60.0, ge=0, le=86_400,

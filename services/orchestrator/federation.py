@@ -105,7 +105,9 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
     def Join(self, request: fpb.JoinRequest, context: grpc.ServicerContext) -> fpb.JoinResponse:
         d = request.description
         if not NAME.fullmatch(d.name):
-            serving.invalid(context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'")
+            serving.invalid(
+                context, "description.name", f"got {d.name[:80]!r}, expected 1-64 letters, digits, '_', '-', '.'"
+            )
         identity = self._caller(context, d.name)
         if identity != d.name:
             serving.refuse(
@@ -168,7 +170,9 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
             serving.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
         return fpb.FetchTasksResponse(tasks=tasks)
 
-    def SubmitRewards(self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext) -> fpb.SubmitRewardsResponse:
+    def SubmitRewards(
+        self, request: fpb.SubmitRewardsRequest, context: grpc.ServicerContext
+    ) -> fpb.SubmitRewardsResponse:
         if not request.task_id:
             serving.invalid(context, "task_id", "must not be empty")
         if len(request.error) > 1024:

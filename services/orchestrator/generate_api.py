@@ -69,7 +69,9 @@ def generate(
     ids = [policy.prompt_ids(p, request.system or None, raw=request.raw_prompts) for p in request.prompts]
     for i, p in enumerate(ids):
         if len(p) + max_tokens > max_model_len:
-            serving.invalid(context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {max_model_len}")
+            serving.invalid(
+                context, f"prompts[{i}]", f"{len(p)} tokens + max_tokens exceed max_model_len {max_model_len}"
+            )
     wanted = wanted_policy(request, context, policy, executor, store)
     with policy.lock:
         if wanted is not None and not same_policy(wanted, policy.loaded):

@@ -155,7 +155,8 @@ class JoinedTransport:
             if len(self._open) >= self.max_open_tasks:
                 raise ScoreError(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"reward client {self.name} already holds {len(self._open)} open tasks (at most {self.max_open_tasks})",
+                    f"reward client {self.name} already holds {len(self._open)} open tasks "
+                    f"(at most {self.max_open_tasks})",
                 )
             self._queued.append(task)
             self._open[task.task_id] = task
@@ -211,7 +212,9 @@ class JoinedTransport:
             while self._queued and len(tasks) < max_tasks:
                 task = self._queued.popleft()
                 tasks.append(
-                    fpb.ScoreTask(task_id=task.task_id, request=task.request, deadline_seconds=max(0.0, task.deadline - now))
+                    fpb.ScoreTask(
+                        task_id=task.task_id, request=task.request, deadline_seconds=max(0.0, task.deadline - now)
+                    )
                 )
             self.last_seen = time.monotonic()
             return tasks

@@ -86,7 +86,8 @@ def step_agreements(
     """Every expert's leave-one-out agreements over a step's questions (``experts[q][k]`` scored ``rows[q][k]``)."""
     result: dict[str, list[float]] = {}
     for names, question_rows, question_weights in zip(experts, rows, weights, strict=True):
-        for name, value in zip(names, leave_one_out_agreements(question_rows, question_weights, threshold), strict=True):
+        agreements = leave_one_out_agreements(question_rows, question_weights, threshold)
+        for name, value in zip(names, agreements, strict=True):
             if value is not None:
                 result.setdefault(name, []).append(value)
     return result
@@ -123,7 +124,8 @@ class RunConfidence:
         agreements = step_agreements(experts, rows, weights, threshold)
         self.values = updated_confidence(self.values, agreements, rate)
         return ", ".join(
-            f"{name} {self.values[name]:.3f} (agreed {statistics.fmean(a):.2f})" for name, a in sorted(agreements.items())
+            f"{name} {self.values[name]:.3f} (agreed {statistics.fmean(a):.2f})"
+            for name, a in sorted(agreements.items())
         )
 
     def of(self, names: Collection[str] = ()) -> dict[str, float]:

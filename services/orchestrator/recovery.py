@@ -63,7 +63,8 @@ def decide(code: grpc.StatusCode | None, live: bool, retried: bool) -> Action:
 
 @dataclass(frozen=True)
 class Ask:
-    """One call to make: expert slot ``slot`` of question ``question`` goes to ``target`` (consensus weight ``weight``)."""
+    """One call to make: expert slot ``slot`` of question ``question`` goes to ``target``
+    (consensus weight ``weight``)."""
 
     question: int
     slot: int

@@ -58,7 +58,9 @@ class RouterFit:
         """For each row of ``features`` [m, d]: client -> weight, over ``available[j]`` (default: every client)."""
         features = np.atleast_2d(np.asarray(features, dtype=np.float64))
         if features.ndim != 2 or features.shape[1] != self.W.shape[1]:
-            raise ValueError(f"features must have {self.W.shape[1]} columns (the fitted embedding), got {features.shape}")
+            raise ValueError(
+                f"features must have {self.W.shape[1]} columns (the fitted embedding), got {features.shape}"
+            )
         features = _unit_rows(features - self.centre, "features")
         logits = features @ self.W.T + self.b
         out = []

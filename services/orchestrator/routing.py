@@ -62,7 +62,13 @@ from .confidence_graph import ConfidenceGraph
 from .embedding import Embedder
 from .experts import exactness
 from .probes import (
-    DEFAULT_CANDIDATES, DESCRIPTION_CHANGED, LiveRun, description_signature, probe_candidates, probe_due, probe_run_id,
+    DEFAULT_CANDIDATES,
+    DESCRIPTION_CHANGED,
+    LiveRun,
+    description_signature,
+    probe_candidates,
+    probe_due,
+    probe_run_id,
 )
 from .reward_router import RouterFit, fit_router
 from .reward_scale import CORRECT_THRESHOLD, REWARD_MAX, REWARD_MIN

@@ -36,14 +36,15 @@ import grpc
 
 from fedgrpo import observability as obs
 from fedgrpo.advantage_bound import clamped
-from fedgrpo.serving import retry_backoff
 from fedgrpo.models import chat_prompt_ids
+from fedgrpo.serving import retry_backoff
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
+from . import recovery
 from .advantages import question_advantages
 from .batch import train_sequences
 from .clients import RewardClients
@@ -51,10 +52,9 @@ from .experts import ClientView, select_experts
 from .online_confidence import RunConfidence
 from .probes import LiveRun
 from .questions import QuestionBank
-from . import recovery
 from .reward_scale import CORRECT_THRESHOLD
-from .routing import ExpertRouter
 from .rollout import RolloutEngine, SamplingSettings
+from .routing import ExpertRouter
 from .runs import RunStore, now
 from .spec import RunConfig, optimizer_settings, stored_config
 from .trainer_link import TrainerLink
@@ -179,7 +179,9 @@ class RunExecutor:
                 )
             except Exception as err:  # a run must end with a state, whatever broke
                 log.exception("run %s failed", run_id)
-                self.store.update(run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}")
+                self.store.update(
+                    run_id, state=pb.RUN_STATE_FAILED, end_time=now(), error=f"{type(err).__name__}: {err}"
+                )
             finally:
                 self.active = None
                 if self.router is not None:
@@ -206,7 +208,9 @@ class RunExecutor:
         self.store.update(run_id, policy=version)
         if self.router is not None:
             last = self.store.last_step(run_id)  # a resumed run goes on with its own confidence
-            self.confidence = RunConfidence(self.router.probed_confidence(), last.confidence_by_client if last else None)
+            self.confidence = RunConfidence(
+                self.router.probed_confidence(), last.confidence_by_client if last else None
+            )
         done = self.store.completed_steps(run_id)
         last_done = done[-1] if done else 0
         if resume and (abandoned := self.store.ledger.forget_after(run_id, last_done)):
@@ -224,7 +228,8 @@ class RunExecutor:
             for phase in ("generate", "score", "train", "sync", "step"):
                 obs.STEP_PHASE_SECONDS.labels(phase).observe(getattr(metrics, f"{phase}_seconds"))
             log.info(
-                "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d (%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
+                "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d "
+                "(%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
                 run_id, step, cfg.steps, metrics.reward_mean, metrics.accuracy, metrics.loss, version.version,
                 metrics.step_seconds, metrics.generate_seconds, metrics.score_seconds,
                 metrics.train_seconds, metrics.sync_seconds,
@@ -471,7 +476,9 @@ class RunExecutor:
                 return views
             if self.store.cancel_requested(run_id):
                 raise RunCancelled()
-            log.info("run %s: waiting for %d live reward client(s) (%d live)", run_id, needed, sum(v.healthy for v in views))
+            log.info(
+                "run %s: waiting for %d live reward client(s) (%d live)", run_id, needed, sum(v.healthy for v in views)
+            )
             time.sleep(1.0)
 
     @staticmethod

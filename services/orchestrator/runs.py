@@ -37,11 +37,11 @@ from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fedgrpo.v1 import common_pb2
-from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.services.orchestrator.federation_state import FederationState
 from fedgrpo.services.orchestrator.reward_ledger import RewardLedger
 from fedgrpo.services.orchestrator.store_database import StoreDatabase
+from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import orchestrator_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,9 @@ class RunStore:
 
     # ---- steps -------------------------------------------------------------------
     def _completed(self, run_id: str, step: int) -> bool:
-        row = self.database.execute("SELECT completed FROM steps WHERE run_id = ? AND step = ?", (run_id, step)).fetchone()
+        row = self.database.execute(
+            "SELECT completed FROM steps WHERE run_id = ? AND step = ?", (run_id, step)
+        ).fetchone()
         return bool(row and row[0])
 
     def begin_step(self, run_id: str, step: int, batch: bytes | None, partial: pb.StepMetrics) -> None:

@@ -23,14 +23,14 @@ from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
+from . import dataset_api, generate_api
 from .clients import RewardClients
 from .config import OrchestratorSettings
-from . import dataset_api, generate_api
 from .datasets import DatasetLibrary, QuestionDataset
+from .paging import PageError, page
 from .questions import QuestionBank
 from .rollout import EngineLimitError, make_engine
 from .run_loop import Policy, RunExecutor
-from .paging import PageError, page
 from .runs import RunStore
 from .spec import SpecError, resolve_spec, to_message
 
@@ -124,14 +124,18 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     def WatchRun(self, request: pb.WatchRunRequest, context: grpc.ServicerContext):
         self._run(request.run_id, context)
         if request.after_step < 0:
-            serving.invalid(context, "after_step", f"got {request.after_step}, expected 0 (from the first event) or a step")
+            serving.invalid(
+                context, "after_step", f"got {request.after_step}, expected 0 (from the first event) or a step"
+            )
         yield from self.store.follow(request.run_id, context.is_active, request.after_step)
 
     def Generate(self, request: pb.GenerateRequest, context: grpc.ServicerContext) -> pb.GenerateResponse:
         return generate_api.generate(request, context, self.policy, self.executor, self.store,
                                      self.settings.max_model_len)
 
-    def ListRewardClients(self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext) -> pb.ListRewardClientsResponse:
+    def ListRewardClients(
+        self, request: pb.ListRewardClientsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRewardClientsResponse:
         try:
             chosen, token = page(list(self.clients.clients), lambda c: c.name, request.page_size, request.page_token)
         except PageError as err:
@@ -164,15 +168,21 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
     def GetDataset(self, request: pb.GetDatasetRequest, context: grpc.ServicerContext) -> pb.Dataset:
         return dataset_api.get_dataset(self.library, request.name, context)
 
-    def DeleteDataset(self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext) -> pb.DeleteDatasetResponse:
+    def DeleteDataset(
+        self, request: pb.DeleteDatasetRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteDatasetResponse:
         reply = dataset_api.delete_dataset(self.library, self.store, request.name, context)
         log.info("dataset %s deleted", request.name)
         return reply
 
-    def GetConfidenceGraph(self, request: pb.GetConfidenceGraphRequest, context: grpc.ServicerContext) -> pb.ConfidenceGraphView:
+    def GetConfidenceGraph(
+        self, request: pb.GetConfidenceGraphRequest, context: grpc.ServicerContext
+    ) -> pb.ConfidenceGraphView:
         router = self.executor.router
         if router is None:
-            serving.failed_precondition(context, "this orchestrator runs without a confidence graph (--confidence-graph)")
+            serving.failed_precondition(
+                context, "this orchestrator runs without a confidence graph (--confidence-graph)"
+            )
         router.probe_new_clients()
         confidence, clients = None, ()
         if request.run_id:  # the graph as that run sees it: its own online confidence, last completed step,

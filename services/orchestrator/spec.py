@@ -192,7 +192,8 @@ def resolve_spec(
             + (" among reward_clients" if config.reward_clients else ""),
         )
     if client_count == 0:
-        raise SpecError("reward_clients", "no live reward client" + (" among those named" if config.reward_clients else ""))
+        among = " among those named" if config.reward_clients else ""
+        raise SpecError("reward_clients", f"no live reward client{among}")
     if config.expert_selection is None:
         config = config.model_copy(update={"expert_selection": "confidence_graph" if graph_available else "domain"})
     if config.expert_selection == "confidence_graph" and not graph_available:

@@ -59,7 +59,9 @@ class TrainerLink:
             version = self.stub.Train(tpb.TrainBatch.FromString(blob), timeout=CALL_SECONDS).policy
             self.replayed += 1
             obs.STEPS.labels("replayed").inc()
-            log.warning("run %s: replayed step %d to the trainer (it had lost it) -> v%d", run_id, step, version.version)
+            log.warning(
+                "run %s: replayed step %d to the trainer (it had lost it) -> v%d", run_id, step, version.version
+            )
         return version
 
     def train(self, batch: tpb.TrainBatch) -> tpb.TrainResponse:

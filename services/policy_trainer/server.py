@@ -96,7 +96,9 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
             except CheckpointError as err:
                 serving.failed_precondition(context, f"run_id {request.run_id}: {err}")
 
-    def GetPolicyVersion(self, request: pb.GetPolicyVersionRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
+    def GetPolicyVersion(
+        self, request: pb.GetPolicyVersionRequest, context: grpc.ServicerContext
+    ) -> common_pb2.PolicyVersion:
         with self.lock:
             self._check_run(request.run_id, context)
             return version_message(self.trainer.current())
@@ -126,10 +128,13 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
                 serving.invalid(context, f"{where}.completion_token_ids", "must not be empty")
             if len(s.prompt_token_ids) + len(s.completion_token_ids) > MAX_SEQUENCE_TOKENS:
                 serving.invalid(context, where, f"longer than {MAX_SEQUENCE_TOKENS} tokens")
-            for name, ids in (("prompt_token_ids", s.prompt_token_ids), ("completion_token_ids", s.completion_token_ids)):
+            token_lists = (("prompt_token_ids", s.prompt_token_ids), ("completion_token_ids", s.completion_token_ids))
+            for name, ids in token_lists:
                 bad = next((t for t in ids if not 0 <= t < self.vocab_size), None)
                 if bad is not None:
-                    serving.invalid(context, f"{where}.{name}", f"token {bad} outside the vocabulary [0, {self.vocab_size})")
+                    serving.invalid(
+                        context, f"{where}.{name}", f"token {bad} outside the vocabulary [0, {self.vocab_size})"
+                    )
             if s.completion_logprobs:
                 if len(s.completion_logprobs) != len(s.completion_token_ids):
                     serving.invalid(
@@ -137,7 +142,9 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
                         f"{len(s.completion_logprobs)} values for {len(s.completion_token_ids)} completion tokens",
                     )
                 if not all(math.isfinite(x) and x <= 1e-3 for x in s.completion_logprobs):
-                    serving.invalid(context, f"{where}.completion_logprobs", "log-probabilities must be finite and <= 0")
+                    serving.invalid(
+                        context, f"{where}.completion_logprobs", "log-probabilities must be finite and <= 0"
+                    )
             if not math.isfinite(s.advantage):
                 serving.invalid(context, f"{where}.advantage", f"got {s.advantage}, expected a finite number")
             samples.append(

@@ -25,7 +25,6 @@ from pydantic_settings import SettingsConfigDict
 
 from fedgrpo.settings import CommaList, ServiceSettings
 
-
 EVALUATORS = ("labels", "reward_model", "judge")
 
 
@@ -205,12 +204,14 @@ class RewardClientSettings(ServiceSettings):
         ):
             raise ValueError(
                 "labelled data is set but evaluator_order leaves out labels: add labels to evaluator_order "
-                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop the data"
+                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), "
+                "or drop the data"
             )
         if self.judge_model and "judge" not in self.evaluator_order:
             raise ValueError(
                 "judge_model is set but evaluator_order leaves out judge: add judge to evaluator_order "
-                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), or drop judge_model"
+                "(--evaluator-order labels,reward_model,judge / FEDGRPO_REWARD_CLIENT_EVALUATOR_ORDER), "
+                "or drop judge_model"
             )
         if self.ground_truth_free and not self.judge_model and not self.reward_model:
             raise ValueError(

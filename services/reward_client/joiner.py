@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 class Joiner:
     def __init__(self, settings: RewardClientSettings, servicer: RewardClientServicer) -> None:
         self.settings, self.servicer = settings, servicer
-        self.channel = serving.channel(settings.orchestrator, settings.identity(), max_message_bytes=settings.max_message_bytes)
+        self.channel = serving.channel(
+            settings.orchestrator, settings.identity(), max_message_bytes=settings.max_message_bytes
+        )
         self.stub = fpb_grpc.FederationServiceStub(self.channel)
         self.pool = futures.ThreadPoolExecutor(settings.join_workers, thread_name_prefix="task")
         self.stopped = threading.Event()

@@ -177,7 +177,9 @@ def answer_based_evaluators(settings: RewardClientSettings) -> list[AnswerBasedE
         try:
             checker = load_checker(settings.checker, settings.checker_tolerance)
         except CheckerError as err:
-            raise ConfigError(f"fedgrpo reward-client: checker (--checker / FEDGRPO_REWARD_CLIENT_CHECKER): {err}") from None
+            raise ConfigError(
+                f"fedgrpo reward-client: checker (--checker / FEDGRPO_REWARD_CLIENT_CHECKER): {err}"
+            ) from None
         columns = Columns(
             question=settings.question_column, answer=settings.answer_column, domain=settings.domain_column
         )
@@ -185,7 +187,9 @@ def answer_based_evaluators(settings: RewardClientSettings) -> list[AnswerBasedE
         try:
             own = AnswerBasedEvaluator(read_rows(settings.labels, columns, labelled=True), checker)
         except DataFileError as err:
-            raise ConfigError(f"fedgrpo reward-client: labels (--labels / FEDGRPO_REWARD_CLIENT_LABELS): {err}") from None
+            raise ConfigError(
+                f"fedgrpo reward-client: labels (--labels / FEDGRPO_REWARD_CLIENT_LABELS): {err}"
+            ) from None
         log.info(
             "%s holds %d labelled questions from %s%s, checked by %s (%.1fs)",
             settings.name, len(own), settings.labels,
@@ -279,7 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     if not labelled and not settings.ground_truth_free:
         log.info("%s holds no labelled data: it judges with its own model only", settings.name)
     by_name: dict[str, list[Evaluator]] = {
-        "labels": list(labelled), "reward_model": [reward_model] if reward_model else [], "judge": [judge] if judge else [],
+        "labels": list(labelled),
+        "reward_model": [reward_model] if reward_model else [],
+        "judge": [judge] if judge else [],
     }
     evaluators: list[Evaluator] = [e for name in settings.evaluator_order for e in by_name[name]]
     log.info(

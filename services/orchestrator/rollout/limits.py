@@ -79,6 +79,7 @@ def resolve_max_model_len(
             raise EngineLimitError(
                 "--vllm-kv-cache-gib",
                 f"{kv_cache_gib:g} GiB of KV cache holds {tokens} tokens of this model ({per_token} bytes each), "
-                f"fewer than one sequence of max_model_len {length}: raise --vllm-kv-cache-gib or lower --max-model-len",
+                f"fewer than one sequence of max_model_len {length}: "
+                "raise --vllm-kv-cache-gib or lower --max-model-len",
             )
     return length
