@@ -15,7 +15,10 @@ given, and a call that timed out or found the server unavailable is retried
 with the same id, so it never creates a second run), ``get_run``,
 ``list_runs``, ``cancel_run``, ``watch`` (a run's events; a broken stream is
 resumed after the last step received), ``wait`` (to the run's end, with a
-callback per step), ``generate``, ``list_clients``, ``confidence_graph``.
+callback per step), ``generate``, ``list_clients``, ``confidence_graph``,
+``download`` (a run's files into a folder: every file written atomically
+after its size and SHA-256 matched what the server sent, else
+:class:`CorruptedDownload` and the file is not written).
 Results are the API's protobuf messages (typed; ``json_format`` turns them
 into dicts). A refused call raises :class:`FedgrpoError` (a subclass per
 status: :class:`InvalidArgument`, :class:`NotFound`, ...) carrying the gRPC
@@ -32,10 +35,12 @@ channel, requests, retries and errors with this module's shared pieces.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +51,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from fedgrpo import rpc_errors, serving, spec_enums
+from fedgrpo.atomic_file import atomic_writer
 from fedgrpo.security import Identity, with_token
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 
 __all__ = [
     "Client", "ClientSettings", "FedgrpoError", "InvalidArgument", "NotFound", "AlreadyExists", "Unauthenticated",
-    "PermissionDenied", "FailedPrecondition", "ResourceExhausted", "Unavailable", "RUN_ENDED",
+    "PermissionDenied", "FailedPrecondition", "ResourceExhausted", "Unavailable", "CorruptedDownload", "RUN_ENDED",
+    "write_artifacts", "verify_file",
 ]
 
 FieldViolation = BadRequest.FieldViolation  # .field, .description
@@ -115,6 +122,17 @@ class Unavailable(FedgrpoError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class CorruptedDownload(FedgrpoError):
+    """A downloaded file that is not what the server sent (its ``field``: ``size``, ``sha256``, ``offset``,
+    ``last`` or ``path`` disagrees): it is not written, and the destination keeps what it held."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+    def __init__(self, path: str, problem: str, field: str) -> None:
+        super().__init__(self.code, f"{path}: {problem}; the file was not written", field)
+        self.path = path
+
+
 _BY_CODE = {cls.code: cls for cls in (InvalidArgument, NotFound, AlreadyExists, Unauthenticated, PermissionDenied,
                                       FailedPrecondition, ResourceExhausted, Unavailable)}
 _FIELD_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS}
@@ -140,6 +158,70 @@ def error_of(err: grpc.RpcError) -> FedgrpoError:
         message = message[len(field) + 2:]
     reason = info.reason if info is not None else None
     return _BY_CODE.get(code, FedgrpoError)(code, message, field or None, reason, violations)
+
+
+def verify_file(path: str, received: int, sha256: str, last: pb.ArtifactChunk) -> None:
+    """Raise :class:`CorruptedDownload` unless ``received`` bytes hashing to ``sha256`` (hex) are the file
+    whose ``last`` chunk (with its size and SHA-256) the server sent."""
+    if received != last.size:
+        raise CorruptedDownload(path, f"{received} bytes received, the server sent {last.size}", "size")
+    if not hmac.compare_digest(sha256, last.sha256):
+        raise CorruptedDownload(path, f"SHA-256 {sha256} of the bytes received, the server sent {last.sha256!r}",
+                                "sha256")
+
+
+def _destination(dest_dir: Path, path: str) -> Path:
+    """Where the run's file ``path`` goes under ``dest_dir``; a path that would leave it is refused."""
+    names = path.split("/")
+    if not path or path.startswith("/") or "\\" in path or "\x00" in path or any(n in ("", ".", "..") for n in names):
+        raise CorruptedDownload(path or "''", "not a relative path of the run folder", "path")
+    target = dest_dir.joinpath(*names)
+    if not target.resolve().is_relative_to(dest_dir.resolve()):  # a link in dest_dir leading elsewhere
+        raise CorruptedDownload(path, f"would be written outside {dest_dir} (through a symbolic link there)", "path")
+    return target
+
+
+def write_artifacts(chunks: Iterable[pb.ArtifactChunk], dest_dir: Path | str,
+                    on_chunk: Callable[[pb.ArtifactChunk], None] | None = None) -> list[Path]:
+    """Write a DownloadRunArtifacts stream's files under ``dest_dir`` (made if missing); the written paths.
+
+    Each file goes to a temporary file beside its place and replaces it only once its chunks came in order
+    (offsets without gaps) and its size and SHA-256 are those of its last chunk (:func:`verify_file`);
+    otherwise :class:`CorruptedDownload`, and that file is not written. Files verified before a failure stay.
+    ``on_chunk`` sees every chunk (the first carries ``total_files`` and ``total_bytes``)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    seen: set[str] = set()
+    stream = iter(chunks)
+    for chunk in stream:  # the first chunk of a file
+        path = chunk.path
+        if path in seen:
+            raise CorruptedDownload(path, "sent twice in one stream", "path")
+        target = _destination(dest_dir, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest, received = hashlib.sha256(), 0
+        with atomic_writer(target, private=False) as f:
+            while True:
+                if chunk.path != path:
+                    raise CorruptedDownload(path, f"its last chunk never came ({chunk.path!r} began)", "last")
+                if chunk.offset != received:
+                    raise CorruptedDownload(path, f"a chunk at offset {chunk.offset} after {received} bytes", "offset")
+                f.write(chunk.data)
+                digest.update(chunk.data)
+                received += len(chunk.data)
+                if on_chunk is not None:
+                    on_chunk(chunk)
+                if chunk.last:
+                    break
+                following = next(stream, None)
+                if following is None:
+                    raise CorruptedDownload(path, "the stream ended before the file's last chunk", "last")
+                chunk = following
+            verify_file(path, received, digest.hexdigest(), chunk)
+        seen.add(path)
+        written.append(target)
+    return written
 
 
 class ClientSettings(BaseSettings):
@@ -369,6 +451,19 @@ class Client:
     def list_clients(self, page_size: int = 0) -> list[pb.RewardClientInfo]:
         """Every reward client, by name, page by page."""
         return self._every_page(self.stub.ListRewardClients, "clients", clients_page(page_size))
+
+    def download(self, run_id: str, dest_dir: Path | str, paths: Sequence[str] = (), *,
+                 on_chunk: Callable[[pb.ArtifactChunk], None] | None = None,
+                 timeout: float | None = None) -> list[Path]:
+        """A run's files under ``dest_dir``: every file, or those ``paths`` select (relative to the run folder, a
+        file such as "metrics.jsonl" or a folder such as "model/"); the written paths, in the server's order.
+        Each is written atomically once its size and SHA-256 match (:func:`write_artifacts`); a run still
+        training sends run.json and metrics.jsonl alone (any other path: :class:`FailedPrecondition`)."""
+        request = pb.DownloadRunArtifactsRequest(run_id=run_id, paths=list(paths))
+        try:
+            return write_artifacts(self.stub.DownloadRunArtifacts(request, timeout=timeout), dest_dir, on_chunk)
+        except grpc.RpcError as err:
+            raise error_of(err) from None
 
     def confidence_graph(self, run_id: str = "") -> pb.ConfidenceGraphView:
         """The probed graph; with ``run_id``, as that run sees it (its confidence, its router)."""

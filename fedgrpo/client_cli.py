@@ -2,6 +2,7 @@
 
     fedgrpo runs create --spec SPEC [--request-id ID] [--watch]
     fedgrpo runs list | get RUN | watch RUN [--after-step N] | cancel RUN
+    fedgrpo runs download RUN --out DIR [--path model/ ...]
     (watching: [--report-to tensorboard [--logdir DIR]])
     fedgrpo clients list
     fedgrpo graph show [--run RUN] | export [--run RUN] --out FILE.json
@@ -12,10 +13,11 @@ environment variables / ``~/.config/fedgrpo/client.toml`` of
 :class:`fedgrpo.client.ClientSettings`. ``--json`` prints the API's messages
 as JSON (one object, or one per line for a watch) instead of tables. A
 refused call prints its status, the field at fault and the server's message,
-and exits 1 (2 for a bad command line). A watch shows :func:`fedgrpo.progress.follow_run`'s
-bar; ``--report-to tensorboard`` also writes the steps as TensorBoard events
-to ``--logdir`` (default ``runs/<run id>/tensorboard`` here, on the watching
-machine).
+and exits 1 (2 for a bad command line), as does a download whose file does not
+match its checksum (DATA_LOSS) or that cannot be written to ``--out``. A watch
+shows :func:`fedgrpo.progress.follow_run`'s bar; ``--report-to tensorboard``
+also writes the steps as TensorBoard events to ``--logdir`` (default
+``runs/<run id>/tensorboard`` here, on the watching machine).
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from pathlib import Path
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from fedgrpo import spec_enums
@@ -123,8 +132,34 @@ def _watch(client: Client, run: pb.Run, after_step: int, args: argparse.Namespac
     return final
 
 
+def _download(client: Client, args: argparse.Namespace, console: Console) -> int:
+    columns = [TextColumn(f"[bold]{args.run_id}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TextColumn("{task.fields[file]}")]
+    # On a terminal only, and cleared at the end: the summary line below stays.
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("download", total=None, file="")
+
+        def advance(chunk: pb.ArtifactChunk) -> None:
+            if chunk.total_files:  # the stream's first chunk: what is coming
+                progress.update(task, total=chunk.total_bytes)
+            progress.update(task, advance=len(chunk.data), file=chunk.path)
+
+        try:
+            written = client.download(args.run_id, args.out, args.paths, on_chunk=advance)
+        except OSError as err:
+            raise SystemExit(f"fedgrpo runs download: --out {args.out}: {err}") from None
+    if args.json:
+        print(json.dumps([str(p) for p in written], indent=1))
+    else:
+        size = sum(p.stat().st_size for p in written)
+        console.print(f"run {args.run_id}: {len(written)} files, {size:,} bytes, in {args.out} "
+                      "(each checked against its SHA-256)", markup=False, soft_wrap=True)
+    return 0
+
+
 def _runs(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="fedgrpo runs", description="Create, list, follow and cancel runs.")
+    parser = argparse.ArgumentParser(prog="fedgrpo runs",
+                                     description="Create, list, follow, cancel and download runs.")
     sub = parser.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="create a run (retry-safe)")
     create.add_argument("--spec", required=True, help="RunSpec as a JSON or TOML file (a federation file's [run] "
@@ -143,6 +178,13 @@ def _runs(argv: list[str]) -> int:
         if name == "watch":
             one.add_argument("--after-step", type=int, default=0, help="leave out the steps up to this one")
             _reporting(one)
+    download = sub.add_parser("download", help="fetch a run's files (model/, metrics.jsonl, ...) into a folder")
+    download.add_argument("run_id")
+    download.add_argument("--out", type=Path, required=True,
+                          help="folder to write them into (made if missing; a file there of the same name is replaced)")
+    download.add_argument("--path", action="append", default=[], dest="paths", metavar="PATH",
+                          help="only this file or folder of the run's, such as model/ or metrics.jsonl (repeat for "
+                          "several; default: every file; while the run trains: run.json and metrics.jsonl)")
     for p in sub.choices.values():
         _connection(p)
     args = parser.parse_args(argv)
@@ -176,6 +218,8 @@ def _runs(argv: list[str]) -> int:
             run = _watch(client, client.get_run(args.run_id), args.after_step, args, console)
             console.print(f"run {run.run_id} {_state(run)}" + (f": {run.error}" if run.error else ""))
             return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
+        elif args.action == "download":
+            return _download(client, args, console)
     return 0
 
 

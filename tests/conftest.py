@@ -137,10 +137,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def call(channel: grpc.Channel, service: str, method: str, payload: bytes) -> grpc.StatusCode:
     """Status of one call with a raw (serialized) request: OK, or the code it ended with.
 
-    WatchRun, the one server-streaming method, is read to its end."""
+    The server-streaming methods (WatchRun, DownloadRunArtifacts) are read to their end."""
     path = f"/{service}/{method}"
     try:
-        if method == "WatchRun":
+        if method in ("WatchRun", "DownloadRunArtifacts"):
             for _ in channel.unary_stream(path)(payload, timeout=30):
                 pass
         else:

@@ -3,17 +3,19 @@
 An outside system's path: it holds the CA certificate and a token, nothing
 else (no client certificate); it creates a run (a retry after a lost reply
 returns the same run), follows it, gets typed errors naming the field, lists
-runs and clients, reads the graph; the asyncio client does the same; a
-followed run's steps land in TensorBoard event files with the values the
-watch delivered; and the `fedgrpo runs|clients|graph` commands do the same
-from a shell with FEDGRPO_* variables. A generic gRPC client (plain grpcio
-and grpcio-status, no fedgrpo code) reads a refusal's google.rpc details;
-the SDK takes the spec's choices by readable name.
+runs and clients, reads the graph, downloads a run's files (byte for byte,
+checked; refusals naming the field; a corrupted chunk refused); the asyncio
+client does the same; a followed run's steps land in TensorBoard event files
+with the values the watch delivered; and the `fedgrpo runs|clients|graph`
+commands do the same from a shell with FEDGRPO_* variables. A generic gRPC
+client (plain grpcio and grpcio-status, no fedgrpo code) reads a refusal's
+google.rpc details; the SDK takes the spec's choices by readable name.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import os
@@ -35,9 +37,13 @@ from fedgrpo.client import (
     AsyncClient,
     Client,
     ClientSettings,
+    CorruptedDownload,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unauthenticated,
+    write_artifacts,
 )
 from fedgrpo.progress import TAG_PREFIX, follow_run, step_scalars
 from fedgrpo.v1 import common_pb2
@@ -49,6 +55,8 @@ pytestmark = pytest.mark.integration
 
 SPEC = {"tasks": ["add1"], "steps": 2, "questions_per_step": 2, "candidates_per_question": 4,
         "experts_per_question": 1, "max_tokens": 8, "expert_selection": "domain"}
+# --max-download-bytes of the orchestrator: a tiny-policy run's folder is ~1.4 MB.
+DOWNLOAD_LIMIT = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +65,8 @@ def orchestrator(tmp_path_factory, model_cache):
     certs = tmp / "certs"
     init_federation(certs, clients=["client-0"], hosts=["127.0.0.1", "localhost"])
     with federation(tmp, model_cache, clients=[("add1", [])], certs=certs,
-                    orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1"]) as (_, _, services):
+                    orchestrator_args=["--auxiliary-size", "10", "--auxiliary-domains", "add1",
+                                       "--max-download-bytes", str(DOWNLOAD_LIMIT)]) as (_, _, services):
         yield services["orchestrator"].address, certs
 
 
@@ -217,6 +226,99 @@ def test_the_asyncio_client_creates_once_watches_to_the_end_and_names_the_field(
     asyncio.run(drive())
 
 
+def sha256s(folder: Path) -> dict[str, str]:
+    """SHA-256 of every regular file under ``folder`` by relative path, temporary files (.name, *.tmp) left out."""
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file() and not p.is_symlink()
+            and not any(n.startswith(".") or n.endswith(".tmp") for n in p.relative_to(folder).parts)}
+
+
+def test_download_brings_a_run_folder_back_byte_for_byte_and_refuses_what_it_must(orchestrator, tmp_path):
+    address, certs = orchestrator
+    settings = ClientSettings(address=address, ca=certs / "ca.crt", token_file=certs / "api-token")
+    with Client.from_settings(settings) as client:
+        # While a run trains (a tiny one takes ~0.5 s a step: this one is asked long before its end) its model/
+        # is not final: refused; the run record and the metrics so far are sent.
+        long = client.create_run({**SPEC, "steps": 1000})
+        try:
+            with pytest.raises(FailedPrecondition) as err:
+                client.download(long.run_id, tmp_path / "early", ["model/"])
+            assert err.value.message.startswith("paths[0]: 'model/'") and "can be downloaded" in err.value.message
+            early = client.download(long.run_id, tmp_path / "early")
+            assert "run.json" in [p.name for p in early] and {p.name for p in early} <= {"run.json", "metrics.jsonl"}
+        finally:
+            client.cancel_run(long.run_id)
+        assert client.wait(long.run_id)[0].state == pb.RUN_STATE_CANCELLED
+        with pytest.raises(NotFound):  # a cancelled run exported no policy
+            client.download(long.run_id, tmp_path / "cancelled", ["model/"])
+
+        run = client.create_run(SPEC)
+        final, _ = client.wait(run.run_id)
+        assert final.state == pb.RUN_STATE_SUCCEEDED, final.error
+
+        run_dir = Path(final.artifacts_path)  # the orchestrator's folder (this test runs on its machine)
+        on_server = sha256s(run_dir)
+        assert {"metrics.jsonl", "run.json", "model/config.json", "model/model.safetensors",
+                "confidence_graph.json"} <= set(on_server)
+        seen: list[pb.ArtifactChunk] = []
+        written = client.download(final.run_id, tmp_path / "all", on_chunk=seen.append)
+        assert sha256s(tmp_path / "all") == on_server  # every file, byte for byte
+        assert [p.relative_to(tmp_path / "all").as_posix() for p in written] == sorted(on_server)
+        assert seen[0].total_files == len(on_server) and seen[0].total_bytes == sum(
+            p.stat().st_size for p in written)
+        assert all(len(c.data) <= 1024 * 1024 for c in seen) and sum(c.last for c in seen) == len(on_server)
+        steps = [json.loads(line) for line in (tmp_path / "all" / "metrics.jsonl").read_text().splitlines()]
+        assert [m["step"] for m in steps] == [1, 2]
+        model = client.download(final.run_id, tmp_path / "model", ["model/"])
+        assert {p.relative_to(tmp_path / "model").as_posix() for p in model} == \
+            {k for k in on_server if k.startswith("model/")}
+
+        with pytest.raises(NotFound) as err:
+            client.download("19990101-000000-000000", tmp_path / "x")
+        assert "run_id" in err.value.message
+        with pytest.raises(InvalidArgument) as err:
+            client.download(final.run_id, tmp_path / "x", ["../x"])
+        assert err.value.field == "paths[0]"
+        with pytest.raises(InvalidArgument) as err:
+            client.download(final.run_id, tmp_path / "x", ["model/", "/etc/passwd"])
+        assert err.value.field == "paths[1]"
+        with pytest.raises(InvalidArgument) as err:
+            client.download("../runs", tmp_path / "x")
+        assert err.value.field == "run_id"
+        with pytest.raises(NotFound) as err:
+            client.download(final.run_id, tmp_path / "x", ["modle/"])
+        assert err.value.message.startswith("paths[0]: 'modle/' matches no file")
+        assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+        # A folder holding more than the orchestrator sends in one call: refused before any byte; a part of it
+        # still comes.
+        big = run_dir / "big.bin"
+        with open(big, "wb") as f:
+            f.truncate(DOWNLOAD_LIMIT)  # sparse: no disk used
+        try:
+            with pytest.raises(ResourceExhausted) as err:
+                client.download(final.run_id, tmp_path / "big")
+            assert "--max-download-bytes" in err.value.message and err.value.message.startswith("paths: ")
+            assert not (tmp_path / "big").exists() or not any((tmp_path / "big").rglob("*"))
+            assert [p.name for p in client.download(final.run_id, tmp_path / "big", ["metrics.jsonl"])] == \
+                ["metrics.jsonl"]
+        finally:
+            big.unlink()
+
+        # A chunk corrupted on the way: the SDK refuses the file and leaves what was there.
+        chunks = list(client.stub.DownloadRunArtifacts(pb.DownloadRunArtifactsRequest(
+            run_id=final.run_id, paths=["model/model.safetensors"])))
+        assert chunks[-1].last and chunks[-1].sha256 == on_server["model/model.safetensors"]
+        chunks[0].data = chunks[0].data[:-1] + bytes([chunks[0].data[-1] ^ 0x80])  # one bit flipped
+        with pytest.raises(CorruptedDownload) as err:
+            write_artifacts(chunks, tmp_path / "model")
+        assert err.value.field == "sha256" and err.value.path == "model/model.safetensors"
+        assert sha256s(tmp_path / "model")["model/model.safetensors"] == on_server["model/model.safetensors"]
+    with Client(address, ca=certs / "ca.crt") as stranger, pytest.raises(Unauthenticated):  # no token
+        stranger.download(final.run_id, tmp_path / "stranger")
+    assert not (tmp_path / "stranger").exists() or not any((tmp_path / "stranger").iterdir())
+
+
 def fedgrpo(*args: str, env: dict) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FEDGRPO_")}
     return subprocess.run([sys.executable, "-m", "fedgrpo.cli", *args], capture_output=True, text=True,
@@ -254,6 +356,15 @@ def test_the_commands_drive_the_orchestrator_from_a_shell(orchestrator, tmp_path
     assert exported.returncode == 0, exported.stderr
     nodes = json.loads((tmp_path / "graph.json").read_text())["graph"]["nodes"]
     assert {n["name"] for n in nodes if n["kind"] == "client"} == {"client-0"}
+    # The run's final policy, fetched into a folder: the same bytes as the orchestrator's.
+    out = tmp_path / "downloaded"
+    downloaded = fedgrpo("runs", "download", run_id, "--out", str(out), "--path", "model/", env=env)
+    assert downloaded.returncode == 0, downloaded.stderr
+    model = Path(next(r for r in json.loads(listed.stdout) if r["run_id"] == run_id)["artifacts_path"]) / "model"
+    assert sha256s(out / "model") == sha256s(model) and "model.safetensors" in sha256s(model)
+    assert f"run {run_id}: {len(sha256s(model))} files" in downloaded.stdout
+    escaping = fedgrpo("runs", "download", run_id, "--out", str(out), "--path", "../x", env=env)
+    assert escaping.returncode == 1 and "INVALID_ARGUMENT (field paths[0])" in escaping.stderr
     # A refused call: the status, the field and the server's message; exit 1.
     bad = fedgrpo("runs", "create", "--spec", json.dumps({**SPEC, "steps": 0}), env=env)
     assert bad.returncode == 1 and "INVALID_ARGUMENT (field spec.steps)" in bad.stderr

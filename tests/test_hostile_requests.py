@@ -126,7 +126,8 @@ RPCS = {
         for m, req in [("CreateRun", "CreateRunRequest"), ("GetRun", "GetRunRequest"), ("ListRuns", "ListRunsRequest"),
                        ("CancelRun", "CancelRunRequest"), ("WatchRun", "WatchRunRequest"),
                        ("Generate", "GenerateRequest"), ("ListRewardClients", "ListRewardClientsRequest"),
-                       ("GetConfidenceGraph", "GetConfidenceGraphRequest")]
+                       ("GetConfidenceGraph", "GetConfidenceGraphRequest"),
+                       ("DownloadRunArtifacts", "DownloadRunArtifactsRequest")]
     ],
     "federation": [
         ("fedgrpo.v1.FederationService", m, federation_pb2.__dict__[req])

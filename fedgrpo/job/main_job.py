@@ -10,6 +10,12 @@ override the file's ``[policy]``, ``[run]`` and ``[evaluation]``. The run
 spec's defaults are the orchestrator's (``RunConfig``): the file states
 what it changes. ``--report-to tensorboard`` also writes the steps' metrics
 as TensorBoard events (``runs/<run id>/tensorboard/``, or ``--logdir``).
+
+The results land in ``runs/<run id>/`` on this machine. A run on an
+orchestrator elsewhere (a long-lived deployment, docker compose) is fetched
+from any machine with its CA and an API token: ``fedgrpo runs download RUN
+--out DIR [--path model/]`` (``Client.download``; the API's
+DownloadRunArtifacts streams the same files, each checked by its SHA-256).
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Artifacts of a finished main job: summary.json, the reward-curve PNG, the table."""
+"""Artifacts of a finished main job: summary.json, the reward-curve PNG, the table.
+
+The two files go into the run's folder, which DownloadRunArtifacts may be
+reading: each is written atomically (``fedgrpo.atomic_file``), so a download
+gets the whole file or none of it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import json
 from pathlib import Path
 
 from rich.table import Table
+
+from fedgrpo.atomic_file import atomic_writer, replace_file
 
 from .evaluate import Accuracy
 
@@ -60,7 +67,7 @@ def write_summary(
         "seconds_per_step": sum(s.get("step_seconds", 0.0) for s in steps) / max(1, len(steps)),
         **(extra or {}),
     }
-    path.write_text(json.dumps(summary, indent=2))
+    replace_file(path, json.dumps(summary, indent=2), private=False)
     return summary
 
 
@@ -86,7 +93,8 @@ def plot_rewards(path: Path, steps: list[dict], title: str) -> None:
     ax.legend(loc="upper left")
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_writer(path, private=False) as f:
+        fig.savefig(f, dpi=120, format="png")
     plt.close(fig)
 
 

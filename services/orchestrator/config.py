@@ -133,6 +133,18 @@ class OrchestratorSettings(ServiceSettings):
     max_dataset_question_chars: int = Field(
         8_192, ge=1, description="Longest question an imported dataset may hold, in characters."
     )
+    max_download_bytes: int = Field(
+        8 * 1024**3, ge=1,
+        description="Most bytes one DownloadRunArtifacts call sends (a run's files: its model/ is the policy's "
+        "weights, ~0.5 GiB for SmolLM2-135M in float32); a larger selection is refused with RESOURCE_EXHAUSTED "
+        "before any byte is sent, and the caller selects less with paths.",
+    )
+    max_concurrent_downloads: int = Field(
+        4, ge=1, le=16,
+        description="DownloadRunArtifacts calls streaming at once (each holds one of the API's 32 worker threads "
+        "until it ends); one more is refused at once with RESOURCE_EXHAUSTED. At most 16, so downloads never take "
+        "the threads other calls need.",
+    )
     dataset_instruction: NamedValues = Field(
         default_factory=dict,
         description="NAME=TEXT: what follows each question of dataset NAME in the policy's prompt (default: "

@@ -24,6 +24,7 @@ from fedgrpo.v1 import orchestrator_pb2_grpc as pb_grpc
 from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
 
 from . import dataset_api, generate_api
+from .artifacts import ArtifactServer, chunk_size
 from .clients import RewardClients
 from .config import OrchestratorSettings
 from .datasets import DatasetLibrary, QuestionDataset
@@ -54,6 +55,8 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         self.clients, self.policy, self.served_model = clients, policy, served_model
         self.library = library if library is not None else DatasetLibrary(settings.runs_dir / "datasets")
         self.create_lock = threading.Lock()  # a run is created and queued once, even by racing retries
+        self.artifacts = ArtifactServer(store, settings.max_download_bytes, settings.max_concurrent_downloads,
+                                        chunk_size(settings.max_message_bytes))
 
     def _run(self, run_id: str, context: grpc.ServicerContext) -> pb.Run:
         if not run_id:
@@ -174,6 +177,9 @@ class OrchestratorServicer(pb_grpc.OrchestratorServiceServicer):
         reply = dataset_api.delete_dataset(self.library, self.store, request.name, context)
         log.info("dataset %s deleted", request.name)
         return reply
+
+    def DownloadRunArtifacts(self, request: pb.DownloadRunArtifactsRequest, context: grpc.ServicerContext):
+        yield from self.artifacts.download(request, context)
 
     def GetConfidenceGraph(
         self, request: pb.GetConfidenceGraphRequest, context: grpc.ServicerContext
