@@ -108,14 +108,15 @@ print(json.dumps({
 def test_the_installed_wheel_alone_drives_an_orchestrator(wheels, orchestrator, tmp_path):  # noqa: F811
     address, certs = orchestrator
     venv = tmp_path / "venv"
+    # Without PYTHONPATH: a checkout on it (its fedgrpo.egg-info) would make pip call fedgrpo installed already.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     run(sys.executable, "-m", "venv", "--without-pip", str(venv))
     python = venv / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheels[0]))
+    run(sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheels[0]), env=env)
     # This venv's dependencies, by a path line: the .pth files there (the editable fedgrpo's finder) are not run.
     site = Path(run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").stdout.strip())
     shared = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (site / "shared-venv.pth").write_text("".join(f"{path}\n" for path in shared))
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     args = {"address": address, "ca": str(certs / "ca.crt"), "token": (certs / "api-token").read_text().strip(),
             "spec": SPEC}
     # cwd outside the checkout: `python -c` puts the working directory on the path.

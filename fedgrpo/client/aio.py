@@ -26,7 +26,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from fedgrpo.client import (
+from fedgrpo.client.shared import (
     CHANNEL_OPTIONS,
     GENERATE_TIMEOUT,
     ClientSettings,
