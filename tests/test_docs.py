@@ -54,3 +54,21 @@ def test_every_relative_link_of_the_readme_and_docs_reaches_a_file_and_heading()
             elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text()):
                 broken.append(f"{page.name}: {target} (no such heading)")
     assert not broken, broken
+
+
+def test_every_flag_the_configuration_page_names_is_one_the_service_has():
+    """docs/configuration.md's table is written by hand; each flag it names must be in that service's --help."""
+    commands = (ROOT / "docs" / "commands.md").read_text()
+    services = {"orchestrator": ["orchestrator"], "trainer": ["trainer"], "reward client": ["reward-client"],
+                "every service": ["orchestrator", "trainer", "reward-client"]}
+    missing = []
+    for line in (ROOT / "docs" / "configuration.md").read_text().splitlines():
+        row = [cell.strip() for cell in line.strip("|").split("|")]
+        if not line.startswith("| ") or row[0] not in services:
+            continue
+        for flag in set(re.findall(r"`(--[a-z][a-z0-9-]*)", row[2]) + re.findall(r"/`(--[a-z][a-z0-9-]*)`", row[2])):
+            for name in services[row[0]]:
+                section = commands.split(f"\n## fedgrpo {name}\n", 1)[1].split("\n## ", 1)[0]
+                if not re.search(rf"{re.escape(flag)}\b", section):
+                    missing.append(f"{row[0]}: {flag} is not an option of fedgrpo {name}")
+    assert not missing, missing
