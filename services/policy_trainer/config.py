@@ -66,6 +66,12 @@ class TrainerSettings(ServiceSettings):
         ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory on large models.")
+    micro_batch_sequences: int = Field(
+        0, ge=0,
+        description="Train a batch in slices of at most this many sequences, adding up their gradients before "
+        "the one optimizer step (gradient accumulation): the same update as the batch in one piece, for every "
+        "loss type, in the memory of one slice. 0: the whole batch at once.",
+    )
     share_prompts: bool = Field(
         True,
         description="Compute each distinct prompt once for its group of completions (its key/value cache repeated "

@@ -26,6 +26,12 @@ Aggregations (``loss_type``), as in TRL's ``GRPOTrainer._compute_loss``:
 Gradients flow to the new log-probabilities only: old and reference
 log-probabilities and the advantages are treated as constants. Every
 denominator is clamped to >= 1, so an empty completion yields no NaN.
+
+Micro-batches: given ``whole`` (:class:`BatchTotals` of the batch a slice
+belongs to), the slice's loss and stats are its share of the whole batch's,
+normalised by the whole batch's sequences and tokens, so the sum over the
+slices is exactly the loss (and the gradient, and the stats) of the batch
+in one piece, for every ``loss_type``.
 """
 
 from __future__ import annotations
@@ -60,6 +66,14 @@ class LossSettings:
 
 
 @dataclass(frozen=True)
+class BatchTotals:
+    """The whole batch a micro-batch belongs to: what each aggregation divides by."""
+
+    sequences: int
+    tokens: int
+
+
+@dataclass(frozen=True)
 class LossStats:
     """Diagnostics of one loss evaluation (plain floats, safe to log)."""
 
@@ -86,8 +100,9 @@ def policy_loss(
     settings: LossSettings,
     max_completion_length: int,
     ref_logprobs: Tensor | None = None,
+    whole: BatchTotals | None = None,
 ) -> tuple[Tensor, LossStats]:
-    """Scalar GRPO loss of a batch, and its diagnostics.
+    """Scalar GRPO loss of a batch, and its diagnostics; with ``whole``, this micro-batch's share of them.
 
     Shapes: ``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``completion_mask``
     are [B, T]; ``advantages`` is [B]. The mask is 1 (or True) on real
@@ -114,14 +129,16 @@ def policy_loss(
 
     masked_loss = _real_tokens(valid, per_token_loss)
     tokens = mask.sum()
+    sequences = logprobs.size(0) if whole is None else whole.sequences
+    all_tokens = tokens if whole is None else torch.tensor(float(whole.tokens), dtype=tokens.dtype)
     if settings.loss_type == "grpo":
-        loss = (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+        loss = (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / sequences
     elif settings.loss_type in ("bnpo", "dapo"):
         # TRL's dapo divides by the token count of the global batch across
         # processes; with a single process that is this batch, i.e. bnpo.
-        loss = masked_loss.sum() / tokens.clamp(min=1.0)
+        loss = masked_loss.sum() / all_tokens.clamp(min=1.0)
     else:  # dr_grpo: a constant normaliser, so long and short completions weigh alike per token
-        loss = masked_loss.sum() / (logprobs.size(0) * max_completion_length)
+        loss = masked_loss.sum() / (sequences * max_completion_length)
 
     with torch.no_grad():
         # The min picks the clipped term (and the token's gradient vanishes) only
@@ -130,7 +147,7 @@ def policy_loss(
         is_low_clipped = (ratio < 1 - settings.epsilon_low) & (advantages < 0)
         is_high_clipped = (ratio > 1 + settings.epsilon_high) & (advantages > 0)
         clipped = is_low_clipped | is_high_clipped
-        denominator = tokens.clamp(min=1.0)
+        denominator = all_tokens.clamp(min=1.0)
         stats = LossStats(
             kl=0.0 if per_token_kl is None else float(per_token_kl.sum() / denominator),
             clip_ratio=float((clipped & valid).sum() / denominator),

@@ -77,9 +77,20 @@ def optimizer_step(
 
     The (unscaled, clipped) gradients stay on the parameters until the next call.
     """
-    parameters = list(parameters)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    return apply_gradients(parameters, optimizer, scaler, max_grad_norm)
+
+
+def apply_gradients(
+    parameters: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    max_grad_norm: float,
+) -> StepOutcome:
+    """Clip the gradients already accumulated (through ``scaler``: each micro-batch's ``scaler.scale(loss)
+    .backward()``) to ``max_grad_norm`` (0: no clipping) and step."""
+    parameters = list(parameters)
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
     norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))

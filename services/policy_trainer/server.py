@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = PolicyTrainer(
         base_dir, settings.state_dir, settings.device, settings.dtype,
         settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing, settings.share_prompts,
+        settings.micro_batch_sequences,
     )
     serving.serve(
         settings,

@@ -40,9 +40,9 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from fedgrpo.models import prune_snapshots, save_snapshot
 
 from .batching import PackedBatch, Sample, pack
-from .loss import LossSettings, policy_loss, token_logprobs
-from .precision import Precision, optimizer_step
-from .shared_prompt import shared_prompt_logprobs
+from .loss import BatchTotals, LossSettings, policy_loss, token_logprobs
+from .precision import Precision, apply_gradients
+from .shared_prompt import prompt_groups, shared_prompt_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ class PolicyTrainer:
         checkpoint_every: int = 5,
         gradient_checkpointing: bool = False,
         share_prompts: bool = True,
+        micro_batch_sequences: int = 0,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.state_dir = Path(state_dir)
@@ -115,6 +116,7 @@ class PolicyTrainer:
         self.checkpoint_every = checkpoint_every
         self.gradient_checkpointing = gradient_checkpointing
         self.share_prompts = share_prompts
+        self.micro_batch_sequences = micro_batch_sequences
         self.run_id: str | None = None
         self.config = OptimizerConfig()
         self.model: PreTrainedModel | None = None
@@ -234,6 +236,21 @@ class PolicyTrainer:
             )
         return self.completion_logprobs(model, batch)
 
+    def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
+        """The batch in slices of at most ``micro_batch_sequences`` (0: one slice, the batch as it came), a
+        prompt's completions kept together where they fit, so each slice still computes its prompts once."""
+        m = self.micro_batch_sequences
+        if m <= 0 or len(samples) <= m:
+            return [samples]
+        slices: list[list[Sample]] = [[]]
+        for group in prompt_groups(samples):
+            for k in range(0, len(group), m):  # a group larger than a slice fills slices of its own
+                part = [samples[i] for i in group[k:k + m]]
+                if len(slices[-1]) + len(part) > m:
+                    slices.append([])
+                slices[-1].extend(part)
+        return slices
+
     def train(self, step: int, policy_version: int, samples: list[Sample], max_completion_tokens: int) -> StepResult:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
         if step in self.results:
@@ -246,33 +263,41 @@ class PolicyTrainer:
                 f"policy_version: batch sampled by version {policy_version}, policy is at {self.version}"
             )
         started = time.monotonic()
-        batch = pack(samples, self.pad_id).to(self.device)
-        max_len = max(max_completion_tokens, batch.completion_width)
+        chunks = self.micro_batches(samples)
+        packed = [pack(chunk, self.pad_id).to(self.device) for chunk in chunks]
+        whole = BatchTotals(sequences=len(samples), tokens=sum(len(s.completion_ids) for s in samples))
+        max_len = max(max_completion_tokens, *(p.completion_width for p in packed))
         with torch.no_grad():
-            old = batch.old_logprobs
-            if old is None and self.config.updates_per_batch > 1:
-                old = self.sequence_logprobs(self.model, batch, samples)
-            ref = self.sequence_logprobs(self.reference, batch, samples) if self.reference is not None else None
+            # Trained once, the batch's old policy is the current one: its log-probabilities are those of the
+            # update's own forward pass (detached, below), not a second pass over the same weights (as TRL does).
+            olds = [
+                p.old_logprobs if p.old_logprobs is not None
+                else self.sequence_logprobs(self.model, p, c) if self.config.updates_per_batch > 1 else None
+                for c, p in zip(chunks, packed)
+            ]
+            refs = [self.sequence_logprobs(self.reference, p, c) if self.reference is not None else None
+                    for c, p in zip(chunks, packed)]
         losses, kls, clips, norms = [], [], [], []
         for update in range(self.config.updates_per_batch):
-            logprobs = self.sequence_logprobs(self.model, batch, samples)
-            # Trained once, the batch's old policy is the current one: its log-probabilities are the ones
-            # just computed (detached), not a second forward pass over the same weights (as TRL does).
-            loss, stats = policy_loss(
-                logprobs, logprobs.detach() if old is None else old, batch.advantages, batch.completion_mask,
-                self.config.loss, max_len, ref,
-            )
-            outcome = optimizer_step(
-                loss, self.model.parameters(), self.optimizer, self.scaler, self.config.max_grad_norm
-            )
+            self.optimizer.zero_grad(set_to_none=True)
+            loss_sum = kl = clip = 0.0
+            for chunk, p, old, ref in zip(chunks, packed, olds, refs):
+                logprobs = self.sequence_logprobs(self.model, p, chunk)
+                loss, stats = policy_loss(
+                    logprobs, logprobs.detach() if old is None else old, p.advantages, p.completion_mask,
+                    self.config.loss, max_len, ref, whole,
+                )
+                self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
+                loss_sum, kl, clip = loss_sum + loss.item(), kl + stats.kl, clip + stats.clip_ratio
+            outcome = apply_gradients(self.model.parameters(), self.optimizer, self.scaler, self.config.max_grad_norm)
             if not outcome.applied:
                 log.warning(
                     "step %d update %d skipped: gradient norm %s is not finite (%s loss scale now %g)",
                     step, update + 1, outcome.grad_norm, self.precision.dtype, outcome.loss_scale,
                 )
-            losses.append(loss.item())
-            kls.append(stats.kl)
-            clips.append(stats.clip_ratio)
+            losses.append(loss_sum)
+            kls.append(kl)
+            clips.append(clip)
             if outcome.applied:
                 norms.append(outcome.grad_norm)
         train_seconds = time.monotonic() - started
@@ -294,7 +319,7 @@ class PolicyTrainer:
             # Over the applied updates: a float16 overflow skip is the scaler's protocol, logged above.
             grad_norm=sum(norms) / len(norms) if norms else float("nan"),
             sequences=len(samples),
-            tokens=int(batch.completion_mask.sum().item()),
+            tokens=whole.tokens,
             train_seconds=train_seconds,
             snapshot_seconds=time.monotonic() - started,
         )
