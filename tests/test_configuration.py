@@ -23,6 +23,8 @@ def start(*args: str) -> subprocess.CompletedProcess:
          ["no reward client can reach", "--reward-clients", "--federation-port"]),
         (["orchestrator", P, "--federation-port", "50051"], ["federation_port 50051", "public API's port"]),
         (["orchestrator", "--vllm-kv-cache-gib", "0.5"], ["vllm_kv_cache_gib"]),
+        (["orchestrator", P, "--reward-clients", "127.0.0.1:1", "--vllm-tensor-parallel-size", "2"],
+         ["vllm_tensor_parallel_size 2", "--backend vllm --device cuda", "--device cpu"]),
         # Transport security: TLS or an explicit plaintext on loopback, nothing in between.
         (["trainer"], ["no transport security", "--tls-cert", "--tls-ca", "make certs", "--plaintext"]),
         (["trainer", P, "--host", "0.0.0.0"], ["plaintext is for development on loopback only", "--tls-cert"]),

@@ -10,6 +10,7 @@ real comparison is `make experiment` with SmolLM2.
 import json
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedgrpo.job.experiment import ExperimentSettings, run_experiment
 
@@ -22,7 +23,7 @@ def test_experiment_runs_every_method_and_writes_the_report(tmp_path, model_cach
         domains=["add2", "chain3", "letter_counting"], clients=3, alpha=0.1, seeds=[0], steps=2,
         questions_per_step=2, candidates_per_question=4, max_tokens=8, judge_max_tokens=4, eval_questions=90,
         backend="transformers", learning_rate=1e-3, start_timeout=240, reward_model_questions=8,
-        reward_model_samples=2,
+        reward_model_samples=2, report_to="tensorboard",
     )
     report_path = run_experiment(settings)
     out = report_path.parent
@@ -78,6 +79,11 @@ def test_experiment_runs_every_method_and_writes_the_report(tmp_path, model_cach
     text = report_path.read_text()
     assert "| zero-shot |" in text and "## Claims" in text and "270 evaluation questions" in text
     assert "## Client reward models (MoR)" in text and "## The reward router (mor arm)" in text
+    # --report-to tensorboard: one TensorBoard run per method and seed, its steps' rewards as scalars
+    for method in ("fedgrpo", "mor"):
+        events = EventAccumulator(str(out / "tensorboard" / f"{method}-s0"))
+        events.Reload()
+        assert [e.step for e in events.Scalars("train/reward_mean")] == [1, 2]
     for png in ("accuracy_by_method.png", "reward_curves.png", "confidence_graph.png", "confidence_graph_gt_free.png",
                 "router_weights.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"

@@ -104,3 +104,17 @@ def test_impossible_limits_name_the_flag():
         resolve_max_model_len(2 * 1024**2, big, kv_cache_gib=1)
     assert err.value.flag == "--vllm-kv-cache-gib"
     assert resolve_max_model_len(1024**2, big, kv_cache_gib=1) == 1024**2
+
+
+def test_the_engine_arguments_differ_between_cpu_and_gpu_only_where_they_must():
+    from pathlib import Path
+
+    from fedgrpo.services.orchestrator.rollout.vllm_engine import engine_arguments
+
+    cpu = engine_arguments(Path("m"), "cpu", "float32", 2048, 7)
+    assert cpu == {"model": "m", "dtype": "float32", "max_model_len": 2048, "seed": 7, "enforce_eager": True}
+    gpu = engine_arguments(Path("m"), "cuda", "bfloat16", 2048, 7, gpu_memory_utilization=0.4, tensor_parallel_size=4)
+    assert gpu == {"model": "m", "dtype": "bfloat16", "max_model_len": 2048, "seed": 7, "enforce_eager": False,
+                   "gpu_memory_utilization": 0.4, "tensor_parallel_size": 4}
+    with pytest.raises(ValueError, match="tensor_parallel_size 2 needs device cuda"):
+        engine_arguments(Path("m"), "cpu", "float32", 2048, 7, tensor_parallel_size=2)

@@ -148,6 +148,10 @@ class ExperimentSettings(BaseSettings):
         "float32", description="Weights dtype (bfloat16 on a GPU)."
     )
     out_dir: Path = Field(Path("runs/experiments"), description="Where <experiment id>/report.md and the rest go.")
+    report_to: Literal["none", "tensorboard"] = Field(
+        "none", description="Also write each run's step metrics as TensorBoard events, one TensorBoard run per "
+        "method and seed (<experiment>/tensorboard/<method>-s<seed>): `tensorboard --logdir <experiment>/tensorboard` "
+        "shows the methods' curves side by side.")
     resume: Path | None = Field(
         None, description="An earlier experiment's folder: runs recorded in its records.jsonl are kept, the rest "
         "are run (same settings), and the report covers all.",
@@ -305,7 +309,8 @@ class _Experiment:
         before, started = self.wire(), time.monotonic()
         run = self.client.create_run(spec)
         self.console.log(f"{method} seed {seed}: run {run.run_id}")
-        run, steps = follow_run(self.client, run, self.console, label=f"{method} s{seed}")
+        events = self.out / "tensorboard" / f"{method}-s{seed}" if s.report_to == "tensorboard" else None
+        run, steps = follow_run(self.client, run, self.console, label=f"{method} s{seed}", logdir=events)
         if run.state != pb.RUN_STATE_SUCCEEDED:
             raise SystemExit(f"{method} seed {seed}: run {run.run_id} ended {pb.RunState.Name(run.state)}: {run.error}")
         train_seconds = time.monotonic() - started

@@ -110,6 +110,12 @@ class OrchestratorSettings(ServiceSettings):
     vllm_gpu_memory_utilization: float = Field(
         0.5, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may take (the trainer shares it)."
     )
+    vllm_tensor_parallel_size: int = Field(
+        1, ge=1, le=64,
+        description="GPU only: GPUs the rollout engine shards the policy across (vLLM's tensor_parallel_size); "
+        "a policy too large for one GPU. Data parallelism (vLLM's data_parallel_size) is not offered: vLLM "
+        "serves it only across processes, not inside the orchestrator's one engine.",
+    )
     vllm_cpu_threads_bind: str = Field(
         "all",
         description="CPU only: cores for vLLM's OpenMP threads (VLLM_CPU_OMP_THREADS_BIND): "
@@ -225,6 +231,11 @@ class OrchestratorSettings(ServiceSettings):
             raise ValueError(
                 "no reward client can reach this orchestrator: give --reward-clients host:port,... or a "
                 "--federation-port for clients to join"
+            )
+        if self.vllm_tensor_parallel_size > 1 and (self.device != "cuda" or self.backend != "vllm"):
+            raise ValueError(
+                f"vllm_tensor_parallel_size {self.vllm_tensor_parallel_size} shards the policy across GPUs: it needs "
+                f"--backend vllm --device cuda (got --backend {self.backend} --device {self.device})"
             )
         if self.federation_port and self.federation_port == self.port:
             raise ValueError(f"federation_port {self.federation_port} is the public API's port; choose another")

@@ -39,6 +39,21 @@ def all_cores() -> str:
     return "auto"
 
 
+def engine_arguments(model_dir: Path, device: str, dtype: str, max_model_len: int, seed: int,
+                     gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1) -> dict:
+    """vLLM's ``LLM(...)`` arguments for this engine (the worker extension is added by the caller): the
+    GPU-only ones (memory share, tensor parallelism) only with ``device == "cuda"``, the CPU backend's eager
+    mode only on a CPU. The one place where CPU and GPU deployments differ for the engine."""
+    kwargs: dict = dict(model=str(model_dir), dtype=dtype, max_model_len=max_model_len, seed=seed,
+                        enforce_eager=device == "cpu")
+    if device == "cuda":
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs["tensor_parallel_size"] = tensor_parallel_size
+    elif tensor_parallel_size != 1:
+        raise ValueError(f"tensor_parallel_size {tensor_parallel_size} needs device cuda, got {device}")
+    return kwargs
+
+
 class VllmEngine:
     name = "vllm"
 
@@ -52,6 +67,7 @@ class VllmEngine:
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.5,
         cpu_threads_bind: str = "all",
+        tensor_parallel_size: int = 1,
         **_: object,
     ) -> None:
         # None: derived from the model (see limits.py); raises EngineLimitError naming the flag.
@@ -73,19 +89,11 @@ class VllmEngine:
         from fedgrpo.models.vllm_ext import WORKER_EXTENSION
 
         started = time.monotonic()
-        kwargs: dict = dict(
-            model=str(model_dir),
-            dtype=dtype,
-            max_model_len=self.max_model_len,
-            seed=seed,
-            enforce_eager=device == "cpu",
-            # Adds reload_policy_weights (reload_weights plus the re-packing of
-            # a tied LM head that the CPU backend otherwise misses),
-            # use_tempered_logprobs and allow_request_seeds.
-            worker_extension_cls=WORKER_EXTENSION,
-        )
-        if device == "cuda":
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kwargs = engine_arguments(model_dir, device, dtype, self.max_model_len, seed, gpu_memory_utilization,
+                                  tensor_parallel_size)
+        # Adds reload_policy_weights (reload_weights plus the re-packing of a tied LM head that the CPU
+        # backend otherwise misses), use_tempered_logprobs and allow_request_seeds.
+        kwargs["worker_extension_cls"] = WORKER_EXTENSION
         self.llm = LLM(**kwargs)
         try:
             self.llm.collective_rpc("use_tempered_logprobs")
