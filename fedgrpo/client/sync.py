@@ -60,10 +60,10 @@ class Client:
         self.close()
 
     # ---- calls -------------------------------------------------------------------
-    def _call(self, method: Callable, request: Any, retries: int = 0) -> Any:
+    def _call(self, method: Callable, request: Any, retries: int = 0, timeout: float | None = None) -> Any:
         for attempt in range(retries + 1):
             try:
-                return method(request, timeout=self.timeout)
+                return method(request, timeout=timeout or self.timeout)
             except grpc.RpcError as err:
                 time.sleep(retry_delay(err, attempt, retries))
         raise AssertionError("unreachable")
@@ -133,10 +133,7 @@ class Client:
         model); the response's ``policy`` names the version that answered."""
         request = generate_request(prompts, n, temperature, top_p, max_tokens, system, raw_prompts, run_id,
                                    policy_version)
-        try:
-            return self.stub.Generate(request, timeout=timeout or max(self.timeout, GENERATE_TIMEOUT))
-        except grpc.RpcError as err:
-            raise error_of(err) from None
+        return self._call(self.stub.Generate, request, timeout=timeout or max(self.timeout, GENERATE_TIMEOUT))
 
     def list_clients(self, page_size: int = 0) -> list[pb.RewardClientInfo]:
         """Every reward client, by name, page by page."""

@@ -130,7 +130,7 @@ def policy_loss(
     masked_loss = _real_tokens(valid, per_token_loss)
     tokens = mask.sum()
     sequences = logprobs.size(0) if whole is None else whole.sequences
-    all_tokens = tokens if whole is None else torch.tensor(float(whole.tokens), dtype=tokens.dtype)
+    all_tokens = tokens if whole is None else tokens.new_tensor(float(whole.tokens))
     if settings.loss_type == "grpo":
         loss = (masked_loss.sum(-1) / mask.sum(-1).clamp(min=1.0)).sum() / sequences
     elif settings.loss_type in ("bnpo", "dapo"):

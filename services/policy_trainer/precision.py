@@ -16,8 +16,10 @@ trainer's ``--dtype`` and is also the serving dtype of its snapshots.
 - ``grad_scaler()`` scales the loss for float16, whose narrow range flushes
   small gradients to zero; bfloat16 and float32 share float32's range and
   get a pass-through scaler.
-- ``optimizer_step`` applies one update and skips it, leaving the weights
-  untouched, when the gradients are not finite: under float16 that is the
+- ``apply_gradients`` applies one update from the gradients accumulated
+  through the scaler (one backward per micro-batch; ``optimizer_step`` is
+  the one-batch case: backward, then ``apply_gradients``) and skips it,
+  leaving the weights untouched, when the gradients are not finite: under float16 that is the
   loss scaler's overflow protocol (the scale is lowered and the next step
   retries); in any dtype a non-finite gradient must never reach the master
   weights, where it would stay forever.
