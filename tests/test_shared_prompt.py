@@ -1,6 +1,7 @@
-"""Each prompt computed once for its group gives the packed batch's log-probabilities and gradients
-(up to float rounding), in the packed layout, whatever the order and lengths of the samples; and a
-trainer step with and without sharing moves the weights the same way."""
+"""Each group as one unpadded row, its prompt computed once, gives the packed batch's log-probabilities and
+gradients (up to float rounding), in the packed layout, whatever the order and lengths of the samples, with
+sdpa and eager attention and with gradient checkpointing; and a trainer step with and without sharing
+moves the weights the same way."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ from transformers import AutoModelForCausalLM
 from fedgrpo.models import build_tiny_model
 from fedgrpo.services.policy_trainer.batching import Sample, pack
 from fedgrpo.services.policy_trainer.loss import LossSettings, token_logprobs
-from fedgrpo.services.policy_trainer.shared_prompt import prompt_groups, prompt_share, shared_prompt_logprobs
+from fedgrpo.services.policy_trainer.shared_prompt import (
+    group_rows,
+    padding_share,
+    prompt_groups,
+    prompt_share,
+    shared_prompt_logprobs,
+)
 from fedgrpo.services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
 
 
@@ -43,10 +50,43 @@ def test_groups_and_share_by_hand():
     assert prompt_share(batch) == pytest.approx(3 / 14)
 
 
-@pytest.mark.parametrize("seed, temperature", [(0, 1.0), (1, 0.7)])
-def test_shared_prompt_logprobs_and_gradients_equal_the_packed_ones(tiny, seed, temperature):
+def test_group_rows_by_hand():
+    a, b = [1, 2, 3], [4, 5]
+    batch = [Sample(a, [7], None, 0.0), Sample(b, [8, 8], None, 0.0), Sample(a, [9, 9, 9], None, 0.0)]
+    layout = group_rows(batch, pad_id=0)
+    assert layout.input_ids.tolist() == [[1, 2, 3, 7, 9, 9, 9], [4, 5, 8, 8, 0, 0, 0]]
+    assert layout.position_ids.tolist() == [[0, 1, 2, 3, 3, 4, 5], [0, 1, 2, 3, 0, 0, 0]]
+    assert layout.rows == [0, 1, 0]
+    # a's last prompt token (column 2) predicts both completions' first tokens; 9 9 predict the next 9s
+    assert layout.predictors == [[2], [1, 2], [2, 4, 5]]
+    assert layout.first_predictor == 1
+    allowed = layout.allowed[0, 0].int().tolist()
+    assert allowed == [
+        [1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0],  # completion 7: the prompt and itself
+        [1, 1, 1, 0, 1, 0, 0],  # completion 9 9 9: the prompt and itself, never 7
+        [1, 1, 1, 0, 1, 1, 0],
+        [1, 1, 1, 0, 1, 1, 1],
+    ]
+    padded = layout.allowed[1, 0].int().tolist()
+    assert padded[3] == [1, 1, 1, 1, 0, 0, 0]
+    assert padded[5] == [0, 0, 0, 0, 0, 1, 0]  # padding sees only itself
+    # the packed batch: 3 rows x (3 + 3) positions, 14 real tokens
+    assert padding_share(batch) == pytest.approx(1 - 14 / 18)
+
+
+@pytest.mark.parametrize("seed, temperature, attention, checkpointing", [
+    (0, 1.0, "sdpa", False), (1, 0.7, "sdpa", False), (2, 1.0, "eager", False), (3, 1.0, "sdpa", True),
+])
+def test_shared_prompt_logprobs_and_gradients_equal_the_packed_ones(tiny, seed, temperature, attention,
+                                                                    checkpointing):
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32, attn_implementation=attention)
+    if checkpointing:
+        model.gradient_checkpointing_enable()
+        model.train()
     batch = samples(seed)
     packed = pack(batch, 0)
     out = model(input_ids=packed.input_ids, attention_mask=packed.attention_mask, position_ids=packed.position_ids,

@@ -74,9 +74,10 @@ class TrainerSettings(ServiceSettings):
     )
     share_prompts: bool = Field(
         True,
-        description="Compute each distinct prompt once for its group of completions (its key/value cache repeated "
-        "for them) instead of once per completion: the same log-probabilities and gradients, fewer tokens. Off "
-        "with --gradient-checkpointing (which turns the cache off) or for a model whose cache cannot be repeated.",
+        description="Train each prompt's group of completions as one unpadded row, the prompt computed once for "
+        "all of them (a mask keeps the completions apart) instead of every completion padded with its own copy "
+        "of the prompt: the same log-probabilities and gradients, fewer tokens. Needs attention that takes a "
+        "custom mask (sdpa, eager); with another (flash attention) the trainer falls back to the padded batch.",
     )
     max_advantage: float = Field(
         DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6,

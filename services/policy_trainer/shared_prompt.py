@@ -1,33 +1,52 @@
-"""Completion log-probabilities with each prompt computed once for its whole group.
+"""Completion log-probabilities with each prompt computed once for its group, and no padding.
 
 GRPO samples G completions per prompt, and on short answers the prompt is
 most of every sequence (the main job: ~53 prompt tokens, ~6-20 completion
 tokens), so the packed batch (``batching.pack``) spends most of its forward
-and backward on G identical copies of each prompt. Here each distinct prompt
-goes through the model once, its key/value cache is repeated for its
-completions (``repeat_interleave``: gradients from every completion flow back
-into the one prompt pass), and the completions run on top of it, right-padded.
-The result equals the packed path's up to float rounding (tested), in the
-packed layout: ``[B, C]`` float32, row i the i-th sample, column t its t-th
-completion token (0 past its end), C the longest completion.
+and backward on G identical copies of each prompt, and on padding every
+completion to the longest one. Here each group is one row: its prompt once,
+then its completions back to back, no padding between them::
+
+    [ prompt (P) | completion 1 (L1) | completion 2 (L2) | ... ]
+
+An attention mask keeps them apart: a prompt token sees the prompt before
+it; a completion token sees the whole prompt and its own completion so far,
+never another completion. Position ids restart at P for every completion,
+as the sampler saw it. Gradients from every completion flow into the one
+prompt. Rows of different groups are right-padded to the longest row (pad
+tokens attend to themselves only and are never read). The result equals the
+packed path's up to float rounding (tested), in the packed layout: ``[B, C]``
+float32, row i the i-th sample, column t its t-th completion token (0 past
+its end), C the longest completion.
+
+The mask is a custom 4D one, which transformers passes to the attention
+as given for its ``sdpa`` and ``eager`` implementations (``supports_tree_mask``);
+kernels that take no mask (flash attention) cannot keep completions apart, so
+the trainer uses the packed path for them. No key/value cache is used, so
+this works with gradient checkpointing too.
 
 ``prompt_groups(samples)`` lists the samples of each distinct prompt, in
-order of first appearance. ``shared_prompt_logprobs(model, samples, ...)`` is
-the computation. The model must keep a key/value cache through its forward
-(transformers decoder models do; gradient checkpointing turns the cache off,
-so the trainer uses the packed path then).
+order of first appearance; ``group_rows`` lays a batch out as above;
+``shared_prompt_logprobs(model, samples, ...)`` is the computation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .batching import Sample
 from .loss import token_logprobs
 
-__all__ = ["prompt_groups", "shared_prompt_logprobs", "prompt_share"]
+__all__ = [
+    "prompt_groups", "prompt_share", "padding_share", "group_rows", "GroupRows", "shared_prompt_logprobs",
+    "supports_tree_mask", "TREE_MASK_ATTENTION",
+]
+
+# Attention implementations that apply a caller's 4D mask as given.
+TREE_MASK_ATTENTION = ("sdpa", "eager")
 
 
 def prompt_groups(samples: Sequence[Sample]) -> list[list[int]]:
@@ -46,37 +65,97 @@ def prompt_share(samples: Sequence[Sample]) -> float:
     return 1.0 - once / total if total else 0.0
 
 
+def padding_share(samples: Sequence[Sample]) -> float:
+    """Fraction of the packed batch's positions (``pack``: B x (longest prompt + longest completion)) that
+    are padding."""
+    if not samples:
+        return 0.0
+    width = max(len(s.prompt_ids) for s in samples) + max(len(s.completion_ids) for s in samples)
+    real = sum(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    return 1.0 - real / (len(samples) * width)
+
+
+def supports_tree_mask(model) -> bool:
+    """Whether ``model``'s attention applies a caller's 4D mask (its ``_attn_implementation``)."""
+    return getattr(model.config, "_attn_implementation", None) in TREE_MASK_ATTENTION
+
+
+@dataclass(frozen=True)
+class GroupRows:
+    """A batch laid out one group per row (module docstring)."""
+
+    input_ids: torch.Tensor  # [R, T]
+    position_ids: torch.Tensor  # [R, T]
+    allowed: torch.Tensor  # [R, 1, T, T] bool: query t may attend to key s
+    rows: list[int]  # sample i's row
+    predictors: list[list[int]]  # sample i: the columns whose logits predict its completion tokens, in order
+    first_predictor: int  # the smallest column in any of predictors (logits before it are not needed)
+
+
+def group_rows(samples: Sequence[Sample], pad_id: int) -> GroupRows:
+    """Lay ``samples`` out one prompt group per row (module docstring); raises ``ValueError`` on an empty
+    batch or an empty prompt. An empty completion has no predictors."""
+    if not samples:
+        raise ValueError("samples: at least one sample is needed")
+    groups = prompt_groups(samples)
+    widths = []
+    for group in groups:
+        if not samples[group[0]].prompt_ids:
+            raise ValueError(f"sample {group[0]}: an empty prompt (at least one token is needed)")
+        widths.append(len(samples[group[0]].prompt_ids) + sum(len(samples[i].completion_ids) for i in group))
+    r, t = len(groups), max(widths)
+    ids = torch.full((r, t), pad_id, dtype=torch.long)
+    positions = torch.zeros((r, t), dtype=torch.long)
+    segment = torch.full((r, t), -1, dtype=torch.long)  # -1 padding, 0 prompt, k the row's k-th completion
+    rows, predictors = [0] * len(samples), [[] for _ in samples]
+    for row, group in enumerate(groups):
+        prompt = list(samples[group[0]].prompt_ids)
+        p = len(prompt)
+        ids[row, :p] = torch.tensor(prompt, dtype=torch.long)
+        positions[row, :p] = torch.arange(p)
+        segment[row, :p] = 0
+        col = p
+        for k, i in enumerate(group, start=1):
+            completion = list(samples[i].completion_ids)
+            n = len(completion)
+            ids[row, col : col + n] = torch.tensor(completion, dtype=torch.long)
+            positions[row, col : col + n] = torch.arange(p, p + n)
+            segment[row, col : col + n] = k
+            rows[i] = row
+            # The prompt's last token predicts the completion's first; its token j predicts token j + 1.
+            predictors[i] = [p - 1, *range(col, col + n - 1)] if n else []
+            col += n
+    query, key = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones((t, t), dtype=torch.bool).tril()
+    allowed = causal & (key >= 0) & (query >= 0) & ((key == 0) | (key == query))
+    allowed |= torch.eye(t, dtype=torch.bool)  # a padding row attends to itself (an empty row gives NaN)
+    first = min((p[0] for p in predictors if p), default=0)
+    return GroupRows(ids, positions, allowed[:, None], rows, predictors, first)
+
+
 def shared_prompt_logprobs(
     model, samples: Sequence[Sample], pad_id: int, temperature: float, device: torch.device, autocast,
 ) -> torch.Tensor:
     """[B, C] float32 log-probabilities of each sample's completion tokens (see module docstring)."""
+    layout = group_rows(samples, pad_id)
+    mask = layout.allowed.to(device)
+    if getattr(model.config, "_attn_implementation", None) == "eager":
+        # eager attention adds the mask to the scores: 0 where allowed, the dtype's lowest elsewhere.
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)
+    keep = layout.input_ids.shape[1] - layout.first_predictor
+    with autocast():
+        out = model(
+            input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
+            attention_mask=mask, use_cache=False, logits_to_keep=keep,
+        )
+    logits = out.logits  # [R, keep, V]: column c of the row is logits[:, c - first_predictor]
     width = max(len(s.completion_ids) for s in samples)
-    out = torch.zeros((len(samples), width), dtype=torch.float32, device=device)
-    for group in prompt_groups(samples):
-        prompt = list(samples[group[0]].prompt_ids)
-        if not prompt:
-            raise ValueError(f"sample {group[0]}: an empty prompt (at least one token is needed)")
-        g, p = len(group), len(prompt)
-        c = max(len(samples[i].completion_ids) for i in group)
-        ids = torch.full((g, c), pad_id, dtype=torch.long)
-        mask = torch.zeros((g, p + c), dtype=torch.long)
-        mask[:, :p] = 1
-        for row, i in enumerate(group):
-            completion = list(samples[i].completion_ids)
-            ids[row, : len(completion)] = torch.tensor(completion, dtype=torch.long)
-            mask[row, p : p + len(completion)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        with autocast():
-            head = model(input_ids=torch.tensor([prompt], device=device), use_cache=True, logits_to_keep=1)
-            cache = head.past_key_values
-            cache.batch_repeat_interleave(g)
-            positions = torch.arange(p, p + c, device=device).expand(g, c)
-            tail = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=c)
-        # The prompt's last position predicts completion token 0; completion position t predicts t + 1.
-        logits = torch.cat([head.logits[:, -1:, :].expand(g, 1, -1), tail.logits[:, :-1, :]], dim=1)
-        logprobs = token_logprobs(logits, ids, temperature)
-        for row, i in enumerate(group):
-            n = len(samples[i].completion_ids)
-            out[i, :n] = logprobs[row, :n]
-    return out
+    result = torch.zeros((len(samples), width), dtype=torch.float32, device=device)
+    for i, s in enumerate(samples):
+        if not s.completion_ids:
+            continue
+        columns = torch.tensor(layout.predictors[i], device=device) - layout.first_predictor
+        ids = torch.tensor([list(s.completion_ids)], dtype=torch.long, device=device)
+        result[i, : len(s.completion_ids)] = token_logprobs(logits[layout.rows[i], columns][None], ids, temperature)[0]
+    return result

@@ -15,9 +15,10 @@ reference (beta > 0) is kept in ``dtype``: it is never updated.
 
 Log-probabilities (policy, recomputed old, reference) are those of
 ``softmax(logits / temperature)``, the run's sampling temperature. With
-``share_prompts`` (the default) each distinct prompt of a batch is computed
-once for its whole group (``shared_prompt.py``), else every sequence in full
-over the packed batch (``batching.py``): the same numbers either way.
+``share_prompts`` (the default) each group is one unpadded row, its prompt
+computed once (``shared_prompt.py``; for models whose attention takes a
+custom mask, else and without sharing every sequence in full over the packed
+batch, ``batching.py``): the same numbers either way.
 
 ``applied_steps`` is the lineage of the weights: the steps whose updates they
 contain, in order. It is checkpointed with them, so after a crash it says
@@ -42,7 +43,7 @@ from fedgrpo.models import prune_snapshots, save_snapshot
 from .batching import PackedBatch, Sample, pack
 from .loss import BatchTotals, LossSettings, policy_loss, token_logprobs
 from .precision import Precision, apply_gradients
-from .shared_prompt import prompt_groups, shared_prompt_logprobs
+from .shared_prompt import prompt_groups, shared_prompt_logprobs, supports_tree_mask
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,9 @@ class PolicyTrainer:
         if self.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.model.train()
+        if self.share_prompts and not supports_tree_mask(self.model):
+            log.warning("share_prompts: the model's %s attention takes no custom mask; batches are trained padded "
+                        "with every prompt repeated", self.model.config._attn_implementation)
         self.reference = None
         if config.loss.beta > 0:
             self.reference = copy.deepcopy(self.model).to(self.precision.dtype).eval().requires_grad_(False)
@@ -228,9 +232,10 @@ class PolicyTrainer:
         return pad_id
 
     def sequence_logprobs(self, model: PreTrainedModel, batch: PackedBatch, samples: list[Sample]) -> torch.Tensor:
-        """[B, C] completion log-probabilities, each prompt computed once per group when ``share_prompts``
-        (``shared_prompt.py``; the same numbers, fewer tokens), else over the packed batch."""
-        if self.share_prompts and not self.gradient_checkpointing:
+        """[B, C] completion log-probabilities, each group one unpadded row with its prompt once when
+        ``share_prompts`` and the model's attention takes the mask (``shared_prompt.py``; the same numbers,
+        fewer tokens), else over the packed batch."""
+        if self.share_prompts and supports_tree_mask(model):
             return shared_prompt_logprobs(
                 model, samples, self.pad_id, self.config.temperature, self.device, self.precision.autocast
             )
