@@ -45,6 +45,8 @@ __all__ = [
     "supports_tree_mask", "TREE_MASK_ATTENTION",
 ]
 
+# Completion tokens whose float32 log-softmax is taken at once (bounds the [tokens, vocabulary] temporary).
+LOGPROB_SLICE = 1024
 # Attention implementations that apply a caller's 4D mask as given.
 TREE_MASK_ATTENTION = ("sdpa", "eager")
 
@@ -149,13 +151,25 @@ def shared_prompt_logprobs(
             input_ids=layout.input_ids.to(device), position_ids=layout.position_ids.to(device),
             attention_mask=mask, use_cache=False, logits_to_keep=keep,
         )
-    logits = out.logits  # [R, keep, V]: column c of the row is logits[:, c - first_predictor]
+    logits = out.logits  # [R, keep, V]: column c of row r is row r * keep + c - first_predictor of the flat view
+    flat, targets, rows, columns = [], [], [], []
+    for i, s in enumerate(samples):
+        n = len(s.completion_ids)
+        flat.extend(layout.rows[i] * keep + c - layout.first_predictor for c in layout.predictors[i])
+        targets.extend(s.completion_ids)
+        rows.extend([i] * n)
+        columns.extend(range(n))
     width = max(len(s.completion_ids) for s in samples)
     result = torch.zeros((len(samples), width), dtype=torch.float32, device=device)
-    for i, s in enumerate(samples):
-        if not s.completion_ids:
-            continue
-        columns = torch.tensor(layout.predictors[i], device=device) - layout.first_predictor
-        ids = torch.tensor([list(s.completion_ids)], dtype=torch.long, device=device)
-        result[i, : len(s.completion_ids)] = token_logprobs(logits[layout.rows[i], columns][None], ids, temperature)[0]
+    if not flat:
+        return result
+    # One gather of every predicting position (one gradient scatter back, not one full-size gradient per
+    # sample), then the float32 log-softmax a slice at a time so at most one [slice, V] float32 temporary.
+    chosen = logits.reshape(-1, logits.shape[-1]).index_select(0, torch.tensor(flat, device=device))
+    ids = torch.tensor(targets, dtype=torch.long, device=device)
+    values = torch.cat([
+        token_logprobs(part[None], part_ids[None], temperature)[0]
+        for part, part_ids in zip(chosen.split(LOGPROB_SLICE), ids.split(LOGPROB_SLICE))
+    ])
+    result[torch.tensor(rows, device=device), torch.tensor(columns, device=device)] = values
     return result
