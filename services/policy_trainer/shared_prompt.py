@@ -42,7 +42,7 @@ from .loss import token_logprobs
 
 __all__ = [
     "prompt_groups", "prompt_share", "padding_share", "group_rows", "GroupRows", "shared_prompt_logprobs",
-    "supports_tree_mask", "TREE_MASK_ATTENTION",
+    "attention_of", "supports_tree_mask", "TREE_MASK_ATTENTION",
 ]
 
 # Completion tokens whose float32 log-softmax is taken at once (bounds the [tokens, vocabulary] temporary).
@@ -77,9 +77,14 @@ def padding_share(samples: Sequence[Sample]) -> float:
     return 1.0 - real / (len(samples) * width)
 
 
+def attention_of(model) -> str | None:
+    """The attention implementation transformers runs ``model`` with (``sdpa``, ``eager``, ...)."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
 def supports_tree_mask(model) -> bool:
-    """Whether ``model``'s attention applies a caller's 4D mask (its ``_attn_implementation``)."""
-    return getattr(model.config, "_attn_implementation", None) in TREE_MASK_ATTENTION
+    """Whether ``model``'s attention applies a caller's 4D mask."""
+    return attention_of(model) in TREE_MASK_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ def shared_prompt_logprobs(
     """[B, C] float32 log-probabilities of each sample's completion tokens (see module docstring)."""
     layout = group_rows(samples, pad_id)
     mask = layout.allowed.to(device)
-    if getattr(model.config, "_attn_implementation", None) == "eager":
+    if attention_of(model) == "eager":
         # eager attention adds the mask to the scores: 0 where allowed, the dtype's lowest elsewhere.
         dtype = next(model.parameters()).dtype
         mask = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, torch.finfo(dtype).min)

@@ -15,10 +15,10 @@ reference (beta > 0) is kept in ``dtype``: it is never updated.
 
 Log-probabilities (policy, recomputed old, reference) are those of
 ``softmax(logits / temperature)``, the run's sampling temperature. With
-``share_prompts`` (the default) each group is one unpadded row, its prompt
-computed once (``shared_prompt.py``; for models whose attention takes a
-custom mask, else and without sharing every sequence in full over the packed
-batch, ``batching.py``): the same numbers either way.
+``share_prompts`` (the default) and attention that takes a custom mask, each
+group is one unpadded row with its prompt computed once (``shared_prompt.py``);
+otherwise every sequence is computed in full over the padded batch
+(``batching.py``). The numbers are the same either way.
 
 ``applied_steps`` is the lineage of the weights: the steps whose updates they
 contain, in order. It is checkpointed with them, so after a crash it says
@@ -43,7 +43,7 @@ from fedgrpo.models import prune_snapshots, save_snapshot
 from .batching import PackedBatch, Sample, pack
 from .loss import BatchTotals, LossSettings, policy_loss, token_logprobs
 from .precision import Precision, apply_gradients
-from .shared_prompt import prompt_groups, shared_prompt_logprobs, supports_tree_mask
+from .shared_prompt import attention_of, prompt_groups, shared_prompt_logprobs, supports_tree_mask
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class PolicyTrainer:
         self.model.train()
         if self.share_prompts and not supports_tree_mask(self.model):
             log.warning("share_prompts: the model's %s attention takes no custom mask; batches are trained padded "
-                        "with every prompt repeated", self.model.config._attn_implementation)
+                        "with every prompt repeated", attention_of(self.model))
         self.reference = None
         if config.loss.beta > 0:
             self.reference = copy.deepcopy(self.model).to(self.precision.dtype).eval().requires_grad_(False)
