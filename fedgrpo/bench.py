@@ -2,7 +2,8 @@
 
 1. One training step, split into generate, score, train and weight sync: a
    short real run of the whole federation (services as processes), read back
-   from its metrics.
+   from its metrics, once synchronous (``max_async_level`` 0) and once with
+   the next rollouts made while a step trains (1), and their ratio.
 2. The trainer's step time in float32 and in bfloat16 (float32 master
    weights, bf16 autocast compute; see services/policy_trainer/precision.py)
    on the same batch, in process, and their ratio.
@@ -38,7 +39,10 @@ class BenchSettings(BaseSettings):
     n: int = Field(8, ge=1, description="Completions per prompt.")
     max_tokens: int = Field(48, ge=1, description="Tokens per completion.")
     repeats: int = Field(2, ge=1, description="Timed generation calls per engine (after one warm-up).")
-    step_runs: int = Field(3, ge=0, description="Training steps of the federation run (0 skips it).")
+    step_runs: int = Field(6, ge=0, description="Training steps of each federation run (0 skips them).")
+    async_levels: list[int] = Field(
+        [0, 1], description="The run spec's max_async_level of each federation run: 0 generates, scores and "
+        "trains in turn; 1 generates step n+1 while step n trains.")
     train_steps: int = Field(
         1, ge=0,
         description="Timed trainer steps per dtype, float32 then bfloat16, after a 2-sequence warm-up (0 skips).",
@@ -76,32 +80,45 @@ def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tu
 
 
 def _step_times(settings: BenchSettings) -> None:
+    """The main job's federation for ``step_runs`` steps at each asynchrony level; mean phase times of each."""
+    import json
     import time
 
     from fedgrpo.job.federation_file import DEFAULT_FEDERATION, load_federation
     from fedgrpo.job.federation_run import run_federation
     from fedgrpo.job.main_job import JobSettings
 
-    job = JobSettings(
-        model=settings.model, device=settings.device, dtype=settings.dtype,
-        spec={"steps": str(settings.step_runs)}, eval_questions=4,
-    )
-    federation = job.apply(load_federation(DEFAULT_FEDERATION))
-    work = settings.runs_dir / "_federations" / time.strftime("%Y%m%d-%H%M%S")
-    summary = run_federation(federation, settings.runs_dir, work, settings.cache_dir)
-    import json
-
-    run_dir = settings.runs_dir / summary["run_id"]
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    spec = summary["spec"]
-    print(f"\n== one training step: {settings.model}, {spec['questions_per_step']} questions x "
-          f"{spec['candidates_per_question']} candidates, mean of {len(steps)} steps ==")
-    total = statistics.fmean(s["step_seconds"] for s in steps)
-    for phase in ("generate", "score", "train", "sync", "step"):
-        values = [s[f"{phase}_seconds"] for s in steps]
-        mean = statistics.fmean(values)
-        print(f"{phase + ' seconds':18s} {mean:8.2f}  {100 * mean / total:5.1f}% of a step  "
-              f"(per step: {', '.join(f'{v:.2f}' for v in values)})")
+    step_seconds: dict[int, float] = {}
+    for k in settings.async_levels:
+        job = JobSettings(
+            model=settings.model, device=settings.device, dtype=settings.dtype,
+            spec={"steps": str(settings.step_runs), "max_async_level": str(k)}, eval_questions=4,
+        )
+        federation = job.apply(load_federation(DEFAULT_FEDERATION))
+        work = settings.runs_dir / "_federations" / time.strftime("%Y%m%d-%H%M%S")
+        summary = run_federation(federation, settings.runs_dir, work, settings.cache_dir)
+        run_dir = settings.runs_dir / summary["run_id"]
+        steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        spec = summary["spec"]
+        # A step's seconds run from the previous step's record to its own, so their mean over every step is
+        # the run's wall time per step, whatever overlapped (the first step has nothing to overlap with, and
+        # with overlap the last trains alone).
+        print(f"\n== one training step, max_async_level {k}: {settings.model}, {spec['questions_per_step']} "
+              f"questions x {spec['candidates_per_question']} candidates, mean of {len(steps)} steps ==")
+        total = step_seconds[k] = statistics.fmean(s["step_seconds"] for s in steps)
+        for phase in ("generate", "score", "train", "sync", "step"):
+            values = [s[f"{phase}_seconds"] for s in steps]
+            mean = statistics.fmean(values)
+            print(f"{phase + ' seconds':18s} {mean:8.2f}  {100 * mean / total:5.1f}% of a step  "
+                  f"(per step: {', '.join(f'{v:.2f}' for v in values)})")
+        print(f"policy lag         {max(int(s.get('policy_lag', 0)) for s in steps):8d}  (most, over the run)")
+        # How close a step comes to the longer of generation and training (1.0: they overlap perfectly).
+        longest = max(statistics.fmean(s["generate_seconds"] for s in steps),
+                      statistics.fmean(s["train_seconds"] for s in steps))
+        print(f"step / max(generate, train): {total / longest:.2f}")
+    if 0 in step_seconds:
+        for k in (k for k in step_seconds if k):
+            print(f"step speedup max_async_level {k}/0: {step_seconds[0] / step_seconds[k]:.2f}")
 
 
 def _train_step_seconds(settings: BenchSettings, model_dir: Path, prompts: list[list[int]], dtype: str) -> float:

@@ -38,6 +38,8 @@ def test_a_run_trains_over_mutual_tls_with_dialed_and_joined_clients(tmp_path, m
     # Both clients scored every candidate of every step, over TLS.
     for s in steps:
         assert s["rewards_by_client"] == {"client-0": 2 * 4, "joined-0": 2 * 4}
-    # The trainer applied both steps: step 2 sampled from the first update, and the run ends on the second.
-    assert [int(s["policy_version"]) for s in steps] == [0, 1]
+    # The trainer applied both steps; step 2 was sampled while step 1 trained (max_async_level 1 by default),
+    # so from the base policy, and the run ends on the second update.
+    assert [int(s["policy_version"]) for s in steps] == [0, 0]
+    assert [int(s.get("policy_lag", 0)) for s in steps] == [0, 1]
     assert run.policy.version == 2

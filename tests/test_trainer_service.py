@@ -233,3 +233,35 @@ def test_checkpoint_lineage_is_read_or_derived_and_checked(tmp_path):
     ):
         with pytest.raises(CheckpointError, match="state.json"):
             checkpoint_lineage(state, tmp_path)
+
+
+def test_batches_sampled_behind_need_the_run_lag_and_the_sampler_logprobs(trainer):
+    stub, _, _ = trainer
+    lagged = pb.OptimizerSettings()
+    lagged.CopyFrom(OPTIMIZER)
+    lagged.max_policy_lag = 1
+    stub.StartPolicy(pb.StartPolicyRequest(run_id="r-lag", optimizer=lagged, restart=True))
+    stub.Train(batch(1, 0, run_id="r-lag"))
+    # Sampled by v0 while v1 trains it: fine within the lag, but only with the sampler's log-probabilities.
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Train(batch(2, 0, run_id="r-lag"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("sequences[0].completion_logprobs: required")
+    behind = batch(2, 0, run_id="r-lag")
+    for s in behind.sequences:
+        s.completion_logprobs.extend([-1.0] * len(s.completion_token_ids))
+    assert stub.Train(behind).policy.version == 2
+    behind.step = 3  # two versions behind
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Train(behind)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "policy_version" in err.value.details()
+    # A lag the trainer's snapshots cannot cover (it keeps 2), and one out of range.
+    lagged.max_policy_lag = 2
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartPolicy(pb.StartPolicyRequest(run_id="r-lag2", optimizer=lagged, restart=True))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--keep-snapshots" in err.value.details()
+    lagged.max_policy_lag = 17
+    with pytest.raises(grpc.RpcError) as err:
+        stub.StartPolicy(pb.StartPolicyRequest(run_id="r-lag2", optimizer=lagged, restart=True))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("optimizer.max_policy_lag")

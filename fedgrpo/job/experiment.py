@@ -133,6 +133,10 @@ class ExperimentSettings(BaseSettings):
     embedding: Literal["policy", "minilm"] = Field("policy", description="phi of the confidence graph.")
     learning_rate: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("bnpo", description="Loss aggregation.")
+    max_async_level: int = Field(
+        0, ge=0, le=4, description="Steps rollouts may run ahead of training (the run spec's; 1 on a GPU host "
+        "where engine and trainer have devices of their own). 0: on a 2-core CPU overlapping made a step 1.4x "
+        "slower.")
     max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
     judge_max_tokens: int = Field(
         32, ge=1, description="Longest reply of a client's judge model (cut shorter, its last number is often a "
@@ -215,6 +219,7 @@ def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, 
         reward_reading=s.reward_reading if selection != "all" else "consensus",
         confidence_update_rate=s.confidence_update_rate if selection == "confidence_graph" else 0.0,
         reward_timeout_seconds=120.0, preset="mor" if method == "mor" else "fedgrpo",
+        max_async_level=s.max_async_level,
     ))
 
 

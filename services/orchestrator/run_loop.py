@@ -6,6 +6,15 @@ policy version) -> experts (``select``) -> rewards (parallel scoring calls)
 -> new weights (engine reloads the snapshot). ``RunExecutor`` runs queued
 runs one at a time on a worker thread and records every step in the store.
 
+Generation and training overlap (the run's ``max_async_level`` k): a step's
+rollouts are collected (``_collect``) on the run's thread while the steps
+before it train on the training lane (``training_lane``), in order. Before
+collecting step n the loop waits until every step up to n - 1 - k is
+recorded, so the rollouts come from a policy at most k versions behind the
+one trained on them (``StepMetrics.policy_lag``; the trainer refuses more,
+and its ratio uses the sampler's log-probabilities). k = 0 is synchronous:
+collect, train, in turn.
+
 Nothing is lost to a crash. Before a batch goes to the trainer it is written
 to the store (write-ahead), and every accepted reward to the ledger. A
 trainer that restarted from an older checkpoint is brought back by replaying
@@ -58,6 +67,7 @@ from .routing import ExpertRouter
 from .runs import RunStore, now
 from .spec import RunConfig, optimizer_settings, stored_config
 from .trainer_link import TrainerLink
+from .training_lane import TrainingLane
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +206,10 @@ class RunExecutor:
             metrics = pb.StepMetrics()
             metrics.CopyFrom(pending.partial)
             if pending.batch is not None:
-                reply = self.link.train(tpb.TrainBatch.FromString(pending.batch))
+                batch = tpb.TrainBatch.FromString(pending.batch)
+                reply = self.link.train(batch)
                 self._train_figures(metrics, reply)
+                metrics.policy_lag = reply.policy.version - 1 - batch.policy_version
                 version = reply.policy
             metrics.steps_replayed += self.link.take_replayed()
             self.store.add_step(run_id, metrics, version)
@@ -214,42 +226,36 @@ class RunExecutor:
         done = self.store.completed_steps(run_id)
         last_done = done[-1] if done else 0
         if resume and (abandoned := self.store.ledger.forget_after(run_id, last_done)):
-            log.warning("run %s: %d rewards of step %d came from a scoring the restart abandoned: "
-                        "dropped from the ledger, the step is scored again", run_id, abandoned, last_done + 1)
+            log.warning("run %s: %d rewards of steps after %d came from a scoring the restart abandoned: "
+                        "dropped from the ledger, those steps are scored again", run_id, abandoned, last_done)
         self.resuming.discard(run_id)
-        for step in range(last_done + 1, cfg.steps + 1):
-            if self.store.cancel_requested(run_id):
-                raise RunCancelled()
-            metrics, version = self._step(run_id, cfg, step, version)
-            metrics.queued_runs = self.queue.qsize()
-            self.store.add_step(run_id, metrics, version)
-            obs.STEPS.labels("completed").inc()
-            obs.POLICY_VERSION.set(version.version)
-            for phase in ("generate", "score", "train", "sync", "step"):
-                obs.STEP_PHASE_SECONDS.labels(phase).observe(getattr(metrics, f"{phase}_seconds"))
-            log.info(
-                "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d "
-                "(%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
-                run_id, step, cfg.steps, metrics.reward_mean, metrics.accuracy, metrics.loss, version.version,
-                metrics.step_seconds, metrics.generate_seconds, metrics.score_seconds,
-                metrics.train_seconds, metrics.sync_seconds,
-                extra={  # the step's figures as fields of a --log-format json line
-                    "run_id": run_id, "step": step, "policy_version": version.version,
-                    "reward_mean": metrics.reward_mean, "rewards_received": metrics.rewards_received,
-                    "rewards_dropped": metrics.rewards_dropped, "experts_replaced": metrics.experts_replaced,
-                    "steps_replayed": metrics.steps_replayed, "step_seconds": metrics.step_seconds,
-                    "rewards_by_client": dict(metrics.rewards_by_client),
-                },
-            )
+        lane = TrainingLane(
+            lambda m, batch, current, since: self._train_and_record(run_id, cfg, m, batch, current, since), version
+        )
+        try:
+            for step in range(last_done + 1, cfg.steps + 1):
+                if self.store.cancel_requested(run_id):
+                    raise RunCancelled()
+                # The rollouts of this step may come from a policy at most max_async_level versions behind
+                # the one that trains on them: every step up to step - 1 - max_async_level is trained first.
+                version = lane.wait_through(step - 1 - cfg.max_async_level)
+                metrics, batch = self._collect(run_id, cfg, step, version)
+                lane.submit(metrics, batch)
+            version = lane.wait_through(cfg.steps)
+        finally:
+            lane.close()  # a cancelled or failed run still records the steps it already sent to the trainer
+        with self.policy.lock:  # the engine serves the run's final policy (Generate, evaluation)
+            self.policy.load(version)
         self._export_model(run_id, version)
         if self.router is not None:
             self.router.export(self.store.run_dir(run_id), self.confidence.values,
                                with_router=cfg.reward_fusion == "router", clients=cfg.reward_clients)
 
-    def _step(
+    def _collect(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
-    ) -> tuple[pb.StepMetrics, common_pb2.PolicyVersion]:
-        started = time.monotonic()
+    ) -> tuple[pb.StepMetrics, tpb.TrainBatch | None]:
+        """One step up to its batch: questions, rollouts from ``version``, experts, rewards, advantages.
+        Returns the step's metrics so far and its batch (None when nothing is left to train on)."""
         m = pb.StepMetrics(step=step, policy_version=version.version)
 
         # question -> rollout
@@ -326,29 +332,54 @@ class RunExecutor:
         m.reward_std = statistics.pstdev(rewards) if rewards else math.nan
         m.accuracy = correct / len(rewards) if rewards else math.nan
 
-        # -> update -> new weights
         batch = tpb.TrainBatch(
             run_id=run_id, step=step, policy_version=version.version, sequences=sequences,
             max_completion_tokens=cfg.max_tokens,
         ) if sequences else None
         m.open_tasks = sum(c.transport.pending() for c in self.clients.clients if c.joined)  # type: ignore[union-attr]
         obs.QUEUE_DEPTH.labels("tasks").set(m.open_tasks)
+        return m, batch
+
+    def _train_and_record(
+        self, run_id: str, cfg: RunConfig, m: pb.StepMetrics, batch: tpb.TrainBatch | None,
+        version: common_pb2.PolicyVersion, since: float,
+    ) -> common_pb2.PolicyVersion:
+        """Log the step's batch (write-ahead), train it, record the step; returns the policy it produced.
+        ``since``: when the previous step was recorded (a step's wall time runs from there)."""
+        step = m.step
         self.store.begin_step(run_id, step, batch.SerializeToString() if batch else None, m)
         if batch is not None:
             t = time.monotonic()
             reply = self.link.train(batch)
             m.train_seconds = time.monotonic() - t
             self._train_figures(m, reply)
+            m.policy_lag = reply.policy.version - 1 - batch.policy_version
             version = reply.policy
-            t = time.monotonic()
-            with self.policy.lock:
-                m.sync_seconds += self.policy.load(version)
         else:
             log.info("run %s step %d: nothing to train on (no judged candidate, or zero_signal_groups=drop "
                      "and no group had signal); policy unchanged", run_id, step)
         m.steps_replayed = self.link.take_replayed()
-        m.step_seconds = time.monotonic() - started
-        return m, version
+        m.step_seconds = time.monotonic() - since
+        m.queued_runs = self.queue.qsize()
+        self.store.add_step(run_id, m, version)
+        obs.STEPS.labels("completed").inc()
+        obs.POLICY_VERSION.set(version.version)
+        for phase in ("generate", "score", "train", "sync", "step"):
+            obs.STEP_PHASE_SECONDS.labels(phase).observe(getattr(m, f"{phase}_seconds"))
+        log.info(
+            "run %s step %d/%d: reward %.3f acc %.3f loss %.4f v%d lag %d "
+            "(%.1fs: gen %.1f score %.1f train %.1f sync %.1f)",
+            run_id, step, cfg.steps, m.reward_mean, m.accuracy, m.loss, version.version, m.policy_lag,
+            m.step_seconds, m.generate_seconds, m.score_seconds, m.train_seconds, m.sync_seconds,
+            extra={  # the step's figures as fields of a --log-format json line
+                "run_id": run_id, "step": step, "policy_version": version.version, "policy_lag": m.policy_lag,
+                "reward_mean": m.reward_mean, "rewards_received": m.rewards_received,
+                "rewards_dropped": m.rewards_dropped, "experts_replaced": m.experts_replaced,
+                "steps_replayed": m.steps_replayed, "step_seconds": m.step_seconds,
+                "rewards_by_client": dict(m.rewards_by_client),
+            },
+        )
+        return version
 
     @staticmethod
     def _train_figures(m: pb.StepMetrics, reply: tpb.TrainResponse) -> None:

@@ -97,6 +97,10 @@ class RunConfig(BaseModel):
     weights; equal when not graph-routed), ``mean``, or ``router`` (MoR, ``reward_router.py``)."""
     preset: Preset = "fedgrpo"
     """Defaults for the fields a spec leaves unset (``PRESETS``); fields it sets win."""
+    max_async_level: int = Field(1, ge=0, le=4)
+    """Steps the rollouts may run ahead of training: the rollouts of step n+1 are generated and scored
+    while step n trains, from a policy at most this many versions behind the one trained on them (the
+    trainer's ratio uses the sampler's log-probabilities). 0: synchronous (``run_loop``)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -235,5 +239,5 @@ def optimizer_settings(config: RunConfig) -> tpb.OptimizerSettings:
                                     config.loss_type, "loss_type"),
         beta=config.beta, epsilon_low=config.epsilon_low, epsilon_high=config.epsilon_high,
         updates_per_batch=config.updates_per_batch, max_grad_norm=config.max_grad_norm,
-        temperature=config.temperature,
+        temperature=config.temperature, max_policy_lag=config.max_async_level,
     )

@@ -28,13 +28,14 @@ from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
 from .batching import Sample
 from .config import TrainerSettings
 from .loss import LossSettings
-from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, StaleBatch, Version
+from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, SamplerLogprobsNeeded, StaleBatch, Version
 
 log = logging.getLogger(__name__)
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # fullmatch: "$" would allow a trailing newline
 MAX_BATCH_SEQUENCES = 4096
 MAX_SEQUENCE_TOKENS = 32_768
+MAX_POLICY_LAG = 16
 
 
 def version_message(v: Version) -> common_pb2.PolicyVersion:
@@ -63,6 +64,7 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
     # Unset (older callers) is 1.0; an explicit 0 (greedy) has no log-probabilities to train on.
     temperature = msg.temperature if msg.HasField("temperature") else 1.0
     check("temperature", math.isfinite(temperature) and temperature > 0, "a finite number > 0 (unset: 1.0)")
+    check("max_policy_lag", 0 <= msg.max_policy_lag <= MAX_POLICY_LAG, f"in [0, {MAX_POLICY_LAG}]")
     return OptimizerConfig(
         learning_rate=msg.learning_rate,
         loss=LossSettings(loss_type, msg.beta, msg.epsilon_low, msg.epsilon_high),
@@ -70,6 +72,7 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
         max_grad_norm=msg.max_grad_norm,
         weight_decay=msg.weight_decay,
         temperature=temperature,
+        max_policy_lag=msg.max_policy_lag,
     )
 
 
@@ -90,6 +93,13 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         if not RUN_ID.fullmatch(request.run_id):
             serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
         config = optimizer_config(request.optimizer, context)
+        if config.max_policy_lag >= self.trainer.keep_snapshots:
+            # The engine may still be loading a snapshot that many versions old when a newer one is written.
+            serving.failed_precondition(
+                context, f"optimizer.max_policy_lag: {config.max_policy_lag} needs a trainer keeping at least "
+                f"{config.max_policy_lag + 1} policy snapshots; this one keeps {self.trainer.keep_snapshots} "
+                "(--keep-snapshots, FEDGRPO_TRAINER_KEEP_SNAPSHOTS)", reason="TOO_FEW_SNAPSHOTS",
+            )
         with self.lock:
             try:
                 return version_message(self.trainer.start(request.run_id, config, request.restart))
@@ -171,6 +181,8 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
                 r = self.trainer.train(request.step, request.policy_version, samples, request.max_completion_tokens)
             except StaleBatch as err:
                 serving.failed_precondition(context, str(err))
+            except SamplerLogprobsNeeded as err:
+                serving.invalid(context, f"sequences[{err.index}].completion_logprobs", str(err))
         TRAIN_SECONDS.observe(r.train_seconds)
         POLICY_VERSION.set(r.version.version)
         log.info(

@@ -57,6 +57,8 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     # The rollouts' sampling temperature: log-probabilities are of logits / temperature.
     temperature: float = 1.0
+    # Versions a batch's sampling policy may be behind the current one (an asynchronous run).
+    max_policy_lag: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,17 @@ class StepResult:
     tokens: int
     train_seconds: float
     snapshot_seconds: float
+
+
+class SamplerLogprobsNeeded(ValueError):
+    """A batch sampled behind the current policy lacks the sampler's log-probabilities (sample ``index``)."""
+
+    def __init__(self, index: int, sampled_by: int, current: int) -> None:
+        super().__init__(
+            f"required: the batch was sampled by version {sampled_by}, behind the current version {current}, "
+            "so only the sampler's log-probabilities give the importance ratio"
+        )
+        self.index = index
 
 
 class StaleBatch(Exception):
@@ -263,10 +276,16 @@ class PolicyTrainer:
             return self.results[step]
         if step <= self.last_step:
             raise StaleBatch(f"step: got {step}, run {self.run_id} is already past step {self.last_step}")
-        if policy_version != self.version:
+        lag = self.version - policy_version
+        if not 0 <= lag <= self.config.max_policy_lag:
             raise StaleBatch(
-                f"policy_version: batch sampled by version {policy_version}, policy is at {self.version}"
+                f"policy_version: batch sampled by version {policy_version}, policy is at {self.version} "
+                f"(the run allows batches up to {self.config.max_policy_lag} versions behind)"
             )
+        if lag:  # the policy that sampled is gone: the ratio needs the sampler's own log-probabilities
+            missing = next((i for i, s in enumerate(samples) if s.old_logprobs is None), None)
+            if missing is not None:
+                raise SamplerLogprobsNeeded(missing, policy_version, self.version)
         started = time.monotonic()
         chunks = self.micro_batches(samples)
         packed = [pack(chunk, self.pad_id).to(self.device) for chunk in chunks]
