@@ -1,7 +1,7 @@
 # fedgrpo: every target installs what is missing first.
 #   make run        the main job: examples/reasoning/federation.toml (CPU, SmolLM2-135M, whole federation here)
 #   make test       every test
-#   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free, MoR (3 seeds, ~107 min on 2 CPU cores)
+#   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free, MoR (3 seeds, ~59 min on 2 CPU cores)
 #   make bench      generation and training-step benchmark
 #   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
 #   make lint       buf lint and buf breaking (against main) of protos/, ruff of the Python code

@@ -78,8 +78,8 @@ METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralise
 # can be new ones (add1/sub1/mul1/leg_counting have ~110-121 texts: the bank holds them all).
 # SmolLM2-135M zero-shot greedy accuracy, 100 held-out questions each (measured here):
 # add2 0.07, chain3 0.07, letter_counting 0.61, sub2 0.02, leg_counting2 0.01.
-# default: 12 steps and 3 domains x 100 questions; measured on 2 CPU cores (commit 1d713f0): reward models
-# 10 min, start and probes 6 min, each run 4.5-5.5 min with its 64 s evaluation: ~107 min for all 7 methods.
+# default: 12 steps and 3 domains x 100 questions; measured alone on 2 CPU cores (commit d3c451a): reward
+# models 7.1 min, start and probes 3.7 min, each run 2.1-3.2 min with its evaluation: 58.7 min for all 7 methods.
 SCALES: dict[str, dict] = {
     "default": dict(clients=5, steps=12, eval_questions=100, domains=["add2", "chain3", "letter_counting"]),
     "large": dict(clients=10, steps=40, eval_questions=200,
@@ -88,7 +88,7 @@ SCALES: dict[str, dict] = {
 
 
 class ExperimentSettings(BaseSettings):
-    """The experiment; defaults (``--scale default``, every method, 3 seeds) take ~107 minutes on a 2-core CPU."""
+    """The experiment; defaults (``--scale default``, every method, 3 seeds) take ~59 minutes on a 2-core CPU."""
 
     model_config = SettingsConfigDict(
         env_prefix="FEDGRPO_EXPERIMENT_", cli_prog_name="fedgrpo experiment", cli_kebab_case=True,
@@ -96,7 +96,7 @@ class ExperimentSettings(BaseSettings):
     )
 
     scale: Literal["default", "large"] = Field(
-        "default", description="Preset of clients, steps, eval questions and domains: default (~107 min on "
+        "default", description="Preset of clients, steps, eval questions and domains: default (~59 min on "
         "2 CPU cores) or large (10 clients, 5 domains, 40 steps: hours on a CPU, minutes on a GPU).",
     )
     methods: list[Method] = Field(list(METHODS), description="Methods to run (JSON list or comma-separated).")
