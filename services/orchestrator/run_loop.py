@@ -208,8 +208,7 @@ class RunExecutor:
             if pending.batch is not None:
                 batch = tpb.TrainBatch.FromString(pending.batch)
                 reply = self.link.train(batch)
-                self._train_figures(metrics, reply)
-                metrics.policy_lag = reply.policy.version - 1 - batch.policy_version
+                self._train_figures(metrics, batch, reply)
                 version = reply.policy
             metrics.steps_replayed += self.link.take_replayed()
             self.store.add_step(run_id, metrics, version)
@@ -352,8 +351,7 @@ class RunExecutor:
             t = time.monotonic()
             reply = self.link.train(batch)
             m.train_seconds = time.monotonic() - t
-            self._train_figures(m, reply)
-            m.policy_lag = reply.policy.version - 1 - batch.policy_version
+            self._train_figures(m, batch, reply)
             version = reply.policy
         else:
             log.info("run %s step %d: nothing to train on (no judged candidate, or zero_signal_groups=drop "
@@ -382,9 +380,11 @@ class RunExecutor:
         return version
 
     @staticmethod
-    def _train_figures(m: pb.StepMetrics, reply: tpb.TrainResponse) -> None:
+    def _train_figures(m: pb.StepMetrics, batch: tpb.TrainBatch, reply: tpb.TrainResponse) -> None:
         m.loss, m.kl, m.clip_ratio = reply.metrics.loss, reply.metrics.kl, reply.metrics.clip_ratio
         m.grad_norm = reply.metrics.grad_norm
+        # Versions between the policy that sampled the batch and the one it was applied to.
+        m.policy_lag = reply.policy.version - 1 - batch.policy_version
 
     def _experts(
         self, cfg: RunConfig, step: int, questions: Sequence[Question], views: Sequence[ClientView],

@@ -18,7 +18,6 @@ it never raises.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections import deque
@@ -27,8 +26,6 @@ from collections.abc import Callable
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import orchestrator_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
-
-log = logging.getLogger(__name__)
 
 TrainAndRecord = Callable[
     [pb.StepMetrics, "tpb.TrainBatch | None", common_pb2.PolicyVersion, float], common_pb2.PolicyVersion
