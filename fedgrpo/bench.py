@@ -7,7 +7,9 @@
 2. The trainer's step time in float32 and in bfloat16 (float32 master
    weights, bf16 autocast compute; see services/policy_trainer/precision.py)
    on the same batch, in process, and their ratio.
-3. Generation throughput for the same model and prompts with the vLLM engine
+3. One policy version streamed over gRPC (``--weights-transfer grpc``: no
+   storage shared by trainer and orchestrator), in seconds and MB/s.
+4. Generation throughput for the same model and prompts with the vLLM engine
    and with the transformers engine, and their ratio. The last line reads
    ``generation speedup vllm/transformers: <ratio>``.
 """
@@ -160,6 +162,57 @@ def _train_dtypes(settings: BenchSettings, model_dir: Path, prompts: list[list[i
     print(f"train step speedup bfloat16/float32: {seconds['float32'] / seconds['bfloat16']:.2f}")
 
 
+def _weights_stream(settings: BenchSettings, model_dir: Path) -> None:
+    """A policy version over gRPC (DownloadPolicyWeights, ``--weights-transfer grpc``): the model's folder
+    streamed by the trainer's WeightsServer to the orchestrator's StreamedWeights through a real gRPC server
+    on loopback (plaintext: TLS adds its own cost), checked and written; the median of three."""
+    import shutil
+    import tempfile
+    from concurrent import futures
+    from types import SimpleNamespace
+
+    import grpc
+
+    from fedgrpo import serving
+    from fedgrpo.services.orchestrator.policy_weights import StreamedWeights
+    from fedgrpo.services.policy_trainer.weights_download import WeightsServer
+    from fedgrpo.v1 import common_pb2
+    from fedgrpo.v1 import policy_trainer_pb2_grpc as tpb_grpc
+
+    # The trainer's side of the call needs its run, version and snapshot folder: here, the base model's.
+    trainer = SimpleNamespace(run_id="bench", version=1, keep_snapshots=1, snapshot_path=lambda run, v: model_dir)
+    weights = WeightsServer(trainer)  # type: ignore[arg-type]
+
+    class Trainer(tpb_grpc.PolicyTrainerServiceServicer):
+        def DownloadPolicyWeights(self, request, context):  # noqa: ANN001, N802
+            yield from weights.download(request, context)
+
+    server = grpc.server(futures.ThreadPoolExecutor(2), options=serving.message_options())
+    tpb_grpc.add_PolicyTrainerServiceServicer_to_server(Trainer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    seconds, size = [], 0
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}", options=serving.message_options()) as channel:
+            stub = tpb_grpc.PolicyTrainerServiceStub(channel)
+            for _ in range(3):
+                folder = Path(tempfile.mkdtemp(prefix="fedgrpo-bench-weights-"))
+                try:
+                    fetch = StreamedWeights(stub, folder, model_dir)
+                    started = time.monotonic()
+                    fetch(common_pb2.PolicyVersion(run_id="bench", version=1))
+                    seconds.append(time.monotonic() - started)
+                    size = fetch.bytes_received
+                finally:
+                    shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        server.stop(None)
+    median = statistics.median(seconds)
+    print(f"\n== weights over gRPC: {settings.model}, one version's folder ==")
+    print(f"weights download seconds {median:8.2f}  ({size / 1e6:.0f} MB, {size / 1e6 / median:.0f} MB/s; "
+          f"runs: {', '.join(f'{s:.2f}' for s in seconds)}); the engine's reload is the sync line above")
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoTokenizer
 
@@ -179,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = _prompts(settings, AutoTokenizer.from_pretrained(model_dir))
     if settings.train_steps:
         _train_dtypes(settings, model_dir, prompts)
+    _weights_stream(settings, model_dir)
     print(f"\n== generation: {settings.model}, {len(prompts)} prompts x {settings.n} completions, "
           f"up to {settings.max_tokens} tokens, temperature 1.0 ==")
     engine = make_engine("transformers", model_dir, device=settings.device, dtype=settings.dtype)

@@ -119,7 +119,8 @@ RPCS = {
     "trainer": [
         ("fedgrpo.v1.PolicyTrainerService", m, policy_trainer_pb2.__dict__[req])
         for m, req in [("StartPolicy", "StartPolicyRequest"), ("Train", "TrainBatch"),
-                       ("GetPolicyVersion", "GetPolicyVersionRequest"), ("GetLineage", "GetPolicyVersionRequest")]
+                       ("GetPolicyVersion", "GetPolicyVersionRequest"), ("GetLineage", "GetPolicyVersionRequest"),
+                       ("DownloadPolicyWeights", "DownloadPolicyWeightsRequest")]
     ],
     "orchestrator": [
         ("fedgrpo.v1.OrchestratorService", m, orchestrator_pb2.__dict__[req])

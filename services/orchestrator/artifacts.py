@@ -189,11 +189,13 @@ def open_beneath(root: int, path: str) -> int:
 
 @dataclass
 class Planned:
-    """A file to send: its path, its size when planned and, for a live run, its content read then."""
+    """A file to send: its path, its size when planned and, for a live run, its content read then; or a
+    descriptor opened when planned (read from there, whatever happens to the path meanwhile: taken over)."""
 
     path: str
     size: int
     data: bytes | None = None
+    fd: int | None = None
 
 
 def plan(root: int, run: pb.Run, entries: list[str], max_bytes: int) -> list[Planned]:
@@ -300,6 +302,9 @@ def _reader(root: int, item: Planned) -> BinaryIO:
     """The content to send: read when planned (a live run), else the file as it is now."""
     if item.data is not None:
         return io.BytesIO(item.data)
+    if item.fd is not None:
+        fd, item.fd = item.fd, None
+        return os.fdopen(fd, "rb")
     try:
         return os.fdopen(open_beneath(root, item.path), "rb")
     except OSError as err:

@@ -86,6 +86,17 @@ class OrchestratorSettings(ServiceSettings):
     cache_dir: Path = Field(Path(".cache/models"), description="Where prepared base models are cached.")
     runs_dir: Path = Field(Path("runs"), description="Run state and artifacts: runs/<run id>/.")
     trainer: str = Field("127.0.0.1:50052", description="host:port of the policy trainer.")
+    weights_transfer: Literal["shared", "grpc"] = Field(
+        "shared",
+        description="How each new policy version reaches the engine: shared (read from the folder the trainer "
+        "wrote: one machine, or one volume mounted in both) or grpc (streamed from the trainer with "
+        "DownloadPolicyWeights into --weights-dir, SHA-256 checked: no shared storage, trainer and "
+        "orchestrator on different machines).",
+    )
+    weights_dir: Path | None = Field(
+        None, description="grpc weights transfer: where downloaded versions are kept (the newest two); default "
+        "<runs_dir>/_weights.",
+    )
     reward_clients: CommaList = Field(
         default_factory=list,
         description="host:port of each reward client the orchestrator dials (comma-separated); clients on other "

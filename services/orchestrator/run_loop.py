@@ -59,6 +59,7 @@ from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
 from .online_confidence import RunConfidence
+from .policy_weights import shared_weights
 from .probes import LiveRun
 from .questions import QuestionBank
 from .reward_scale import CORRECT_THRESHOLD
@@ -97,6 +98,8 @@ class Policy:
     base_dir: Path
     lock: threading.Lock
     loaded: common_pb2.PolicyVersion
+    # A version's local folder: the trainer's own (shared storage) or a copy streamed from it (policy_weights).
+    weights: Callable[[common_pb2.PolicyVersion], Path] = shared_weights
 
     def prompt_ids(self, text: str, system: str | None = None, raw: bool = False) -> list[int]:
         if raw:
@@ -111,7 +114,7 @@ class Policy:
             self.loaded.CopyFrom(version)
             return 0.0
         started = time.monotonic()
-        self.engine.load_weights(Path(version.weights_path))
+        self.engine.load_weights(self.weights(version))
         self.loaded.CopyFrom(version)
         return time.monotonic() - started
 
@@ -533,7 +536,7 @@ class RunExecutor:
         target = self.store.run_dir(run_id) / "model"
         tmp = target.with_name("model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(version.weights_path, tmp, ignore=shutil.ignore_patterns("*.gguf", ".*"))
+        shutil.copytree(self.policy.weights(version), tmp, ignore=shutil.ignore_patterns("*.gguf", ".*"))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         log.info("run %s: final policy v%d exported to %s", run_id, version.version, target)

@@ -29,6 +29,7 @@ from .clients import RewardClients
 from .config import OrchestratorSettings
 from .datasets import DatasetLibrary, QuestionDataset
 from .paging import PageError, page
+from .policy_weights import StreamedWeights, shared_weights
 from .questions import QuestionBank
 from .rollout import EngineLimitError, make_engine
 from .run_loop import Policy, RunExecutor
@@ -293,9 +294,15 @@ def main(argv: list[str] | None = None) -> None:
     # From here on max_model_len is the engine's (derived from the model when not given).
     settings = settings.model_copy(update={"max_model_len": engine.max_model_len})
     log.info("%s engine up in %.1fs", engine.name, time.monotonic() - started)
+    trainer = tpb_grpc.PolicyTrainerServiceStub(
+        serving.channel(settings.trainer, identity, max_message_bytes=settings.max_message_bytes)
+    )
+    weights = shared_weights if settings.weights_transfer == "shared" else StreamedWeights(
+        trainer, settings.weights_dir or settings.runs_dir / "_weights", Path(model_dir)
+    )
     policy = Policy(
         engine, AutoTokenizer.from_pretrained(model_dir), Path(model_dir), threading.Lock(),
-        common_pb2.PolicyVersion(version=0, weights_path=str(model_dir)),
+        common_pb2.PolicyVersion(version=0, weights_path=str(model_dir)), weights,
     )
     clients = RewardClients(
         settings.reward_clients, identity, heartbeat_timeout=settings.heartbeat_seconds * settings.heartbeat_misses,
@@ -311,9 +318,6 @@ def main(argv: list[str] | None = None) -> None:
     store = RunStore(settings.runs_dir, settings.database)
     clients.known_joined(store.federation.load_clients())
     clients.on_join.append(lambda client: store.federation.save_client(client.name, clients.member_record(client)))
-    trainer = tpb_grpc.PolicyTrainerServiceStub(
-        serving.channel(settings.trainer, identity, max_message_bytes=settings.max_message_bytes)
-    )
     router = None
     if settings.confidence_graph:
         from .auxiliary import auxiliary_items

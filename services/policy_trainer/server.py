@@ -4,7 +4,9 @@ Validates every request (naming the field on INVALID_ARGUMENT; a non-finite
 advantage is refused, one beyond ``max_advantage`` clamped and counted in
 ``TrainMetrics.advantages_clamped``), serialises access to the single active
 policy, and maps a batch that does not follow the current step or version, or
-a checkpoint that cannot be resumed, to FAILED_PRECONDITION.
+a checkpoint that cannot be resumed, to FAILED_PRECONDITION. DownloadPolicyWeights
+streams a kept snapshot without taking that lock (``weights_download``), so an
+orchestrator on another machine fetches a version while the next step trains.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 import math
 import re
 import threading
+from collections.abc import Iterator
 
 import grpc
 import torch
@@ -21,7 +24,9 @@ import torch
 from fedgrpo import serving, spec_enums
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE, clamped
 from fedgrpo.observability import POLICY_VERSION, TRAIN_SECONDS
+from fedgrpo.services.orchestrator.artifacts import chunk_size
 from fedgrpo.v1 import common_pb2
+from fedgrpo.v1 import orchestrator_pb2 as opb
 from fedgrpo.v1 import policy_trainer_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
 
@@ -29,6 +34,7 @@ from .batching import Sample
 from .config import TrainerSettings
 from .loss import LossSettings
 from .trainer import CheckpointError, OptimizerConfig, PolicyTrainer, SamplerLogprobsNeeded, StaleBatch, Version
+from .weights_download import WeightsServer
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +83,15 @@ def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -
 
 
 class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
-    def __init__(self, trainer: PolicyTrainer, vocab_size: int, max_advantage: float = DEFAULT_MAX_ADVANTAGE) -> None:
+    def __init__(
+        self, trainer: PolicyTrainer, vocab_size: int, max_advantage: float = DEFAULT_MAX_ADVANTAGE,
+        max_message_bytes: int = serving.MAX_MESSAGE_BYTES,
+    ) -> None:
         self.trainer = trainer
         self.vocab_size = vocab_size
         self.max_advantage = max_advantage
         self.lock = threading.Lock()
+        self.weights = WeightsServer(trainer, chunk_bytes=chunk_size(max_message_bytes))
 
     def _check_run(self, run_id: str, context: grpc.ServicerContext) -> None:
         if not RUN_ID.fullmatch(run_id):
@@ -120,6 +130,13 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         return pb.PolicyLineage(
             run_id=lineage.run_id, applied_steps=lineage.applied_steps, checkpoint_step=lineage.checkpoint_step
         )
+
+    def DownloadPolicyWeights(
+        self, request: pb.DownloadPolicyWeightsRequest, context: grpc.ServicerContext
+    ) -> Iterator[opb.ArtifactChunk]:
+        if not RUN_ID.fullmatch(request.run_id):
+            serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        yield from self.weights.download(request, context)
 
     def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> tuple[list[Sample], int]:
         """The batch's samples, advantages clamped to ``max_advantage``, and how many were clamped."""
@@ -226,7 +243,8 @@ def main(argv: list[str] | None = None) -> None:
         settings,
         [serving.Endpoint(
             [(pb_grpc.add_PolicyTrainerServiceServicer_to_server,
-              PolicyTrainerServicer(trainer, vocab_size, settings.max_advantage), "fedgrpo.v1.PolicyTrainerService")],
+              PolicyTrainerServicer(trainer, vocab_size, settings.max_advantage, settings.max_message_bytes),
+              "fedgrpo.v1.PolicyTrainerService")],
             settings.port, allowed_peers=settings.allowed_callers, allowed_roles=["orchestrator"],
         )],
         max_workers=4,
