@@ -9,9 +9,14 @@
    on the same batch, in process, and their ratio.
 3. One policy version streamed over gRPC (``--weights-transfer grpc``: no
    storage shared by trainer and orchestrator), in seconds and MB/s.
-4. Generation throughput for the same model and prompts with the vLLM engine
-   and with the transformers engine, and their ratio. The last line reads
+4. The scoring phase with 1, 8 and 32 reward clients (``bench_fanout``).
+5. Generation throughput for the same model and prompts with the vLLM engine
+   and with the transformers engine, and their ratio:
    ``generation speedup vllm/transformers: <ratio>``.
+6. The same workload as 1 through TRL's ``GRPOTrainer`` (``bench_trl``), for
+   as many steps from the base policy, in completions per second. The last
+   line reads ``step throughput fedgrpo/trl: <ratio>`` (TRL's seconds per
+   step over fedgrpo's faster asynchrony level).
 """
 
 from __future__ import annotations
@@ -54,6 +59,11 @@ class BenchSettings(BaseSettings):
         description="Sequences per timed trainer step (make run trains 32; bf16 on a CPU without bf16 "
         "instructions is ~15x slower, hence the small default).",
     )
+    trl: bool = Field(True, description="Run the main job's workload through TRL's GRPOTrainer too (as many "
+                      "steps as step_runs) and print `step throughput fedgrpo/trl: <ratio>` last.")
+    fan_out: list[int] = Field(
+        [1, 8, 32], description="Reward-client counts whose scoring phase is timed (real processes, built-in "
+        "checker); empty skips it.")
     cache_dir: Path = Field(Path(".cache/models"), description="Prepared base models.")
     runs_dir: Path = Field(Path("runs/bench"), description="Where the benchmark's run is written.")
 
@@ -81,7 +91,7 @@ def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tu
     return statistics.fmean(rates), statistics.fmean(seconds)
 
 
-def _step_times(settings: BenchSettings) -> None:
+def _step_times(settings: BenchSettings) -> dict[int, float]:
     """The main job's federation for ``step_runs`` steps at each asynchrony level; mean phase times of each."""
     import json
     import time
@@ -121,6 +131,7 @@ def _step_times(settings: BenchSettings) -> None:
     if 0 in step_seconds:
         for k in (k for k in step_seconds if k):
             print(f"step speedup max_async_level {k}/0: {step_seconds[0] / step_seconds[k]:.2f}")
+    return step_seconds
 
 
 def _train_step_seconds(settings: BenchSettings, model_dir: Path, prompts: list[list[int]], dtype: str) -> float:
@@ -226,13 +237,16 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # figures, not engine chatter
     model_dir = resolve_model(settings.model, settings.cache_dir)
-    if settings.step_runs:
-        _step_times(settings)
+    step_seconds = _step_times(settings) if settings.step_runs else {}
 
     prompts = _prompts(settings, AutoTokenizer.from_pretrained(model_dir))
     if settings.train_steps:
         _train_dtypes(settings, model_dir, prompts)
     _weights_stream(settings, model_dir)
+    if settings.fan_out:
+        from fedgrpo.bench_fanout import fan_out
+
+        fan_out(settings.fan_out, settings.runs_dir / "fan-out" / time.strftime("%Y%m%d-%H%M%S"), settings.cache_dir)
     print(f"\n== generation: {settings.model}, {len(prompts)} prompts x {settings.n} completions, "
           f"up to {settings.max_tokens} tokens, temperature 1.0 ==")
     engine = make_engine("transformers", model_dir, device=settings.device, dtype=settings.dtype)
@@ -246,6 +260,29 @@ def main(argv: list[str] | None = None) -> None:
           f"CPU threads bound to {os.environ.get('VLLM_CPU_OMP_THREADS_BIND', '-')})")
     engine.close()
     print(f"generation speedup vllm/transformers: {vllm_rate / hf_rate:.2f}")
+    if settings.trl and step_seconds:
+        _side_by_side(settings, model_dir, step_seconds)
+
+
+def _side_by_side(settings: BenchSettings, model_dir: Path, step_seconds: dict[int, float]) -> None:
+    """TRL's GRPOTrainer on the main job's workload for as many steps as fedgrpo's runs (``bench_trl``)."""
+    from fedgrpo.bench_trl import GENERATIONS, QUESTIONS_PER_STEP, trl_step_seconds
+    from fedgrpo.job.federation_file import DEFAULT_FEDERATION, load_federation
+
+    run = load_federation(DEFAULT_FEDERATION).run
+    completions = QUESTIONS_PER_STEP * GENERATIONS
+    print(f"\n== side by side with TRL's GRPOTrainer: {settings.model}, {QUESTIONS_PER_STEP} questions x "
+          f"{GENERATIONS} completions of up to {run['max_tokens']} tokens, lr {run['learning_rate']}, "
+          f"{settings.step_runs} steps each from the base policy ==")
+    trl = trl_step_seconds(model_dir, settings.step_runs, int(run["max_tokens"]), float(run["learning_rate"]))
+    trl_mean = statistics.fmean(trl)
+    print(f"trl step seconds      {trl_mean:8.2f}  (per step: {', '.join(f'{s:.2f}' for s in trl)}; "
+          f"transformers generation, float32, one process)")
+    print(f"trl completions/s     {completions / trl_mean:8.2f}")
+    k, fedgrpo_mean = min(step_seconds.items(), key=lambda item: item[1])
+    print(f"fedgrpo completions/s {completions / fedgrpo_mean:8.2f}  (max_async_level {k}, the faster here; "
+          f"{fedgrpo_mean:.2f} s per step)")
+    print(f"step throughput fedgrpo/trl: {trl_mean / fedgrpo_mean:.2f}")
 
 
 if __name__ == "__main__":
