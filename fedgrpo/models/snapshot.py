@@ -58,7 +58,7 @@ TOKENIZER_FILES = (
 _VERSION_RE = re.compile(r"v(\d+)")
 
 
-def snapshot_state_dict(model, dtype=None) -> dict:
+def snapshot_state_dict(model, dtype=None, state: dict | None = None) -> dict:
     """The tensors :func:`save_snapshot` writes: name -> contiguous CPU tensor.
 
     With ``dtype``, floating-point tensors are cast to it (others are kept).
@@ -66,12 +66,13 @@ def snapshot_state_dict(model, dtype=None) -> dict:
     ``lm_head.weight`` is omitted when the config ties word embeddings.  A
     ``torch.compile`` wrapper prefix (``_orig_mod.``) is stripped.  Tensors
     sharing storage with an earlier tensor are cloned (safetensors refuses
-    shared storage).
+    shared storage). ``state`` replaces ``model.state_dict()`` (a sharded
+    model's, gathered whole).
     """
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     out: dict = {}
     seen_ptrs: set[int] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in (model.state_dict() if state is None else state).items():
         name = name.replace("_orig_mod.", "")
         if tied and name == "lm_head.weight":
             continue
@@ -97,17 +98,18 @@ def _weights_dtype(state: dict):
     return torch.float32
 
 
-def save_snapshot(model, source_dir: Path, out_dir: Path, dtype=None) -> Path:
+def save_snapshot(model, source_dir: Path, out_dir: Path, dtype=None, state: dict | None = None) -> Path:
     """Write ``model`` as a loadable HF folder at ``out_dir``; return ``out_dir``.
 
     ``source_dir`` is the folder the policy was originally loaded from (the
     tokenizer and generation config are copied from it).  See the module
-    docstring for the full contract.
+    docstring for the full contract. ``state``: the weights to write instead
+    of ``model.state_dict()`` (a sharded model's, gathered whole).
     """
     from safetensors.torch import save_file
 
     source_dir, out_dir = Path(source_dir), Path(out_dir)
-    state = snapshot_state_dict(model, dtype)
+    state = snapshot_state_dict(model, dtype, state)
 
     staged = staging_dir(out_dir)
     try:
@@ -118,7 +120,7 @@ def save_snapshot(model, source_dir: Path, out_dir: Path, dtype=None) -> Path:
             delattr(cfg, "quantization_config")
         cfg.dtype = _weights_dtype(state)
         if not getattr(cfg, "architectures", None):
-            cfg.architectures = [type(model).__name__]
+            cfg.architectures = [type(model).__name__.removeprefix("FSDP")]  # FSDP2 renames the class
         # Same content as config.save_pretrained (only non-default values).
         cfg_dict = json.loads(cfg.to_json_string(use_diff=True))
         cfg_dict.pop("quantization_config", None)

@@ -95,7 +95,13 @@ def apply_gradients(
     parameters = list(parameters)
     scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     max_norm = max_grad_norm if max_grad_norm > 0 else float("inf")
-    norm = float(torch.nn.utils.clip_grad_norm_(parameters, max_norm))
+    # clip_grad_norm_ in its two halves, so that a norm over sharded (FSDP2 DTensor) gradients is made whole
+    # before it scales them.
+    total = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if hasattr(total, "full_tensor"):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    norm = float(total)
     applied = math.isfinite(norm)
     if scaler.is_enabled():
         scaler.step(optimizer)  # skips the update itself when unscale_ found inf/nan

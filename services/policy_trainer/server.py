@@ -7,6 +7,9 @@ policy, and maps a batch that does not follow the current step or version, or
 a checkpoint that cannot be resumed, to FAILED_PRECONDITION. DownloadPolicyWeights
 streams a kept snapshot without taking that lock (``weights_download``), so an
 orchestrator on another machine fetches a version while the next step trains.
+
+Under torchrun (``WORLD_SIZE`` > 1) rank 0 serves and the other ranks follow
+it (``distributed.py``): the same service, its policy sharded across them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -30,6 +34,7 @@ from fedgrpo.v1 import orchestrator_pb2 as opb
 from fedgrpo.v1 import policy_trainer_pb2 as pb
 from fedgrpo.v1 import policy_trainer_pb2_grpc as pb_grpc
 
+from . import distributed
 from .batching import Sample
 from .config import TrainerSettings
 from .loss import LossSettings
@@ -234,16 +239,25 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise ConfigError(f"fedgrpo trainer: model: {err}") from None
     vocab_size = AutoConfig.from_pretrained(base_dir).vocab_size
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and settings.dtype == "float16":
+        raise ConfigError("fedgrpo trainer: dtype float16 across several ranks (torchrun) is not supported; "
+                          "set --dtype bfloat16")
+    ranks = distributed.join(settings.device)  # None unless started by torchrun with several processes
     trainer = PolicyTrainer(
-        base_dir, settings.state_dir, settings.device, settings.dtype,
+        base_dir, settings.state_dir, ranks.device(settings.device) if ranks else settings.device, settings.dtype,
         settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing, settings.share_prompts,
-        settings.micro_batch_sequences,
+        settings.micro_batch_sequences, ranks,
     )
+    if ranks is not None and not ranks.leader:
+        log.info("rank %d of %d: following rank 0 (which serves port %d)", ranks.rank, ranks.world, settings.port)
+        distributed.follow(trainer)
+        return
+    policy = distributed.Lockstep(trainer) if ranks is not None else trainer
     serving.serve(
         settings,
         [serving.Endpoint(
             [(pb_grpc.add_PolicyTrainerServiceServicer_to_server,
-              PolicyTrainerServicer(trainer, vocab_size, settings.max_advantage, settings.max_message_bytes),
+              PolicyTrainerServicer(policy, vocab_size, settings.max_advantage, settings.max_message_bytes),
               "fedgrpo.v1.PolicyTrainerService")],
             settings.port, allowed_peers=settings.allowed_callers, allowed_roles=["orchestrator"],
         )],

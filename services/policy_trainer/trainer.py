@@ -23,6 +23,12 @@ otherwise every sequence is computed in full over the padded batch
 ``applied_steps`` is the lineage of the weights: the steps whose updates they
 contain, in order. It is checkpointed with them, so after a crash it says
 exactly which steps the caller must replay (those after ``checkpoint_step``).
+
+With ``ranks`` (torchrun; ``distributed.py``) the policy is sharded with FSDP2
+and every rank runs ``start`` and ``train`` in lockstep, each on its share of
+the batch; rank 0 alone writes snapshots and checkpoints, gathered whole. A
+checkpoint resumes under the kind of launch that wrote it: one process, or
+torchrun with any number of ranks (their optimizer states are keyed apart).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from fedgrpo.models import prune_snapshots, save_snapshot
 
+from . import distributed
 from .batching import PackedBatch, Sample, pack
 from .loss import BatchTotals, LossSettings, policy_loss, token_logprobs
 from .precision import Precision, apply_gradients
@@ -121,6 +128,7 @@ class PolicyTrainer:
         gradient_checkpointing: bool = False,
         share_prompts: bool = True,
         micro_batch_sequences: int = 0,
+        ranks: distributed.Ranks | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.state_dir = Path(state_dir)
@@ -131,6 +139,9 @@ class PolicyTrainer:
         self.gradient_checkpointing = gradient_checkpointing
         self.share_prompts = share_prompts
         self.micro_batch_sequences = micro_batch_sequences
+        self.ranks = ranks
+        if ranks is not None and self.precision.dtype == torch.float16:
+            raise ValueError("dtype float16 with several ranks needs a sharded loss scaler; use bfloat16")
         self.run_id: str | None = None
         self.config = OptimizerConfig()
         self.model: PreTrainedModel | None = None
@@ -163,10 +174,18 @@ class PolicyTrainer:
         return Lineage(self.run_id, tuple(self.applied_steps), self.checkpoint_step)
 
     # ---- lifecycle ---------------------------------------------------------
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes snapshots and checkpoints (one process, or rank 0)."""
+        return self.ranks is None or self.ranks.leader
+
     def _load_base(self) -> PreTrainedModel:
         # float32 master weights whatever the compute dtype (module docstring).
         model = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)
         return model.to(self.device)
+
+    def _placed(self, model: PreTrainedModel) -> PreTrainedModel:
+        return distributed.shard(model) if self.ranks else model
 
     def start(self, run_id: str, config: OptimizerConfig, restart: bool = False) -> Version:
         """Make ``run_id`` the active run, resuming its checkpoint unless ``restart``.
@@ -199,16 +218,18 @@ class PolicyTrainer:
 
     def _load(self, run_id: str, config: OptimizerConfig, restart: bool) -> None:
         self.run_id, self.config = run_id, config
-        self.model = self._load_base()
+        model = self._load_base()
         if self.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            model.gradient_checkpointing_enable()
+        self.model = self._placed(model)
         self.model.train()
         if self.share_prompts and not supports_tree_mask(self.model):
             log.warning("share_prompts: the model's %s attention takes no custom mask; batches are trained padded "
                         "with every prompt repeated", attention_of(self.model))
         self.reference = None
         if config.loss.beta > 0:
-            self.reference = copy.deepcopy(self.model).to(self.precision.dtype).eval().requires_grad_(False)
+            base = self._load_base() if self.ranks else copy.deepcopy(self.model)  # a sharded model is not copied
+            self.reference = self._placed(base.to(self.precision.dtype)).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -216,10 +237,15 @@ class PolicyTrainer:
         self.version, self.applied_steps, self.checkpoint_step = 0, [], 0
         self.results = {}
         ckpt = self.run_dir(run_id) / "checkpoint"
-        if restart and self.run_dir(run_id).exists():
-            shutil.rmtree(self.run_dir(run_id))
-        elif (ckpt / "state.json").exists():
+        if restart:
+            if self.writes and self.run_dir(run_id).exists():
+                shutil.rmtree(self.run_dir(run_id))
+        elif self._shared((ckpt / "state.json").exists()):
             self._load_checkpoint(ckpt)
+
+    def _shared(self, value: object) -> object:
+        """``value`` as rank 0 sees it (its files), on every rank; itself in one process."""
+        return distributed.broadcast(value) if self.ranks else value
 
     # ---- one step ----------------------------------------------------------
     def completion_logprobs(self, model: PreTrainedModel, batch: PackedBatch) -> torch.Tensor:
@@ -288,9 +314,12 @@ class PolicyTrainer:
                 raise SamplerLogprobsNeeded(missing, policy_version, self.version)
         started = time.monotonic()
         chunks = self.micro_batches(samples)
+        weights = [1.0] * len(chunks)
+        if self.ranks:  # this rank's share of each micro-batch (distributed.py)
+            chunks, weights = map(list, zip(*(distributed.rank_share(c, self.ranks) for c in chunks)))
         packed = [pack(chunk, self.pad_id).to(self.device) for chunk in chunks]
         whole = BatchTotals(sequences=len(samples), tokens=sum(len(s.completion_ids) for s in samples))
-        max_len = max(max_completion_tokens, *(p.completion_width for p in packed))
+        max_len = max(max_completion_tokens, *(len(s.completion_ids) for s in samples))  # the whole batch's
         with torch.no_grad():
             # Trained once, the batch's old policy is the current one: its log-probabilities are those of the
             # update's own forward pass (detached, below), not a second pass over the same weights (as TRL does).
@@ -305,14 +334,18 @@ class PolicyTrainer:
         for update in range(self.config.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
             loss_sum = kl = clip = 0.0
-            for chunk, p, old, ref in zip(chunks, packed, olds, refs):
+            for chunk, p, old, ref, weight in zip(chunks, packed, olds, refs, weights):
                 logprobs = self.sequence_logprobs(self.model, p, chunk)
                 loss, stats = policy_loss(
                     logprobs, logprobs.detach() if old is None else old, p.advantages, p.completion_mask,
                     self.config.loss, max_len, ref, whole,
                 )
-                self.scaler.scale(loss).backward()  # gradients add up over the micro-batches
-                loss_sum, kl, clip = loss_sum + loss.item(), kl + stats.kl, clip + stats.clip_ratio
+                # Gradients add up over the micro-batches (and the ranks); weight 0: a rank's placeholder.
+                self.scaler.scale(loss * weight).backward()
+                loss_sum += weight * loss.item()
+                kl, clip = kl + weight * stats.kl, clip + weight * stats.clip_ratio
+            if self.ranks:
+                loss_sum, kl, clip = distributed.all_sum([loss_sum, kl, clip])
             outcome = apply_gradients(self.model.parameters(), self.optimizer, self.scaler, self.config.max_grad_norm)
             if not outcome.applied:
                 log.warning(
@@ -330,8 +363,9 @@ class PolicyTrainer:
         self.version += 1
         self.applied_steps.append(step)
         path = self.snapshot_path(self.run_id, self.version)
-        save_snapshot(self.model, self.base_dir, path, dtype=self.precision.dtype)
-        prune_snapshots(path.parent, self.keep_snapshots)
+        self._publish(path)
+        if self.writes:
+            prune_snapshots(path.parent, self.keep_snapshots)
         if step % self.checkpoint_every == 0:
             self._save_checkpoint(self.run_dir(self.run_id) / "checkpoint")
         result = StepResult(
@@ -350,16 +384,31 @@ class PolicyTrainer:
         self.results = {step: result}  # only the latest step can be retried
         return result
 
+    def _publish(self, path: Path) -> None:
+        """Write the policy as snapshot ``path`` (sharded: gathered whole on rank 0, which writes it)."""
+        assert self.model is not None
+        whole = distributed.full_model_state(self.model) if self.ranks else None
+        if self.writes:
+            save_snapshot(self.model, self.base_dir, path, dtype=self.precision.dtype, state=whole)
+
     # ---- checkpoints -------------------------------------------------------
     def _save_checkpoint(self, path: Path) -> None:
         assert self.model is not None and self.optimizer is not None
+        if self.ranks:  # every rank gathers; rank 0 writes (sharded optimizer state has names, not indices)
+            model_state = distributed.full_model_state(self.model)
+            optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        else:
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        if not self.writes:
+            self.checkpoint_step = self.last_step
+            return
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save(
             {
-                "model": self.model.state_dict(),  # the float32 master weights
-                "optimizer": self.optimizer.state_dict(),
+                "model": model_state,  # the float32 master weights
+                "optimizer": optimizer_state,
                 "scaler": self.scaler.state_dict(),  # empty unless float16
             },
             tmp / "weights.pt",
@@ -376,11 +425,24 @@ class PolicyTrainer:
 
     def _load_checkpoint(self, path: Path) -> None:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
-        state = json.loads((path / "state.json").read_text())
-        applied_steps = checkpoint_lineage(state, path)
-        blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
-        self.model.load_state_dict(blobs["model"])
-        self.optimizer.load_state_dict(blobs["optimizer"])
+        try:
+            read: tuple[dict, list[int]] | CheckpointError | None = None
+            if self.writes:
+                state = json.loads((path / "state.json").read_text())
+                read = state, checkpoint_lineage(state, path)
+        except CheckpointError as err:
+            read = err
+        read = self._shared(read)  # every rank resumes, or refuses, alike
+        if isinstance(read, CheckpointError):
+            raise read
+        state, applied_steps = read
+        if self.ranks:
+            blobs = torch.load(path / "weights.pt", map_location="cpu", weights_only=True) if self.writes else {}
+            distributed.load_full_state(self.model, self.optimizer, blobs.get("model", {}), blobs.get("optimizer", {}))
+        else:
+            blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
+            self.model.load_state_dict(blobs["model"])
+            self.optimizer.load_state_dict(blobs["optimizer"])
         if blobs.get("scaler"):
             self.scaler.load_state_dict(blobs["scaler"])
         self.version, self.applied_steps = state["version"], applied_steps
@@ -388,9 +450,7 @@ class PolicyTrainer:
         # Snapshots newer than the checkpoint were never confirmed: republish
         # the checkpoint's weights so the version number means one thing.
         if self.version > 0:
-            save_snapshot(
-                self.model, self.base_dir, self.snapshot_path(self.run_id, self.version), dtype=self.precision.dtype
-            )
+            self._publish(self.snapshot_path(self.run_id, self.version))
 
 
 def checkpoint_lineage(state: dict, path: Path) -> list[int]:
