@@ -91,8 +91,9 @@ def _throughput(engine, prompts: list[list[int]], settings: BenchSettings) -> tu
     return statistics.fmean(rates), statistics.fmean(seconds)
 
 
-def _step_times(settings: BenchSettings) -> dict[int, float]:
-    """The main job's federation for ``step_runs`` steps at each asynchrony level; mean phase times of each."""
+def _step_times(settings: BenchSettings) -> dict[int, list[float]]:
+    """The main job's federation for ``step_runs`` steps at each asynchrony level: prints the mean phase times
+    of each; returns each level's step seconds."""
     import json
     import time
 
@@ -100,7 +101,7 @@ def _step_times(settings: BenchSettings) -> dict[int, float]:
     from fedgrpo.job.federation_run import run_federation
     from fedgrpo.job.main_job import JobSettings
 
-    step_seconds: dict[int, float] = {}
+    step_seconds: dict[int, list[float]] = {}
     for k in settings.async_levels:
         job = JobSettings(
             model=settings.model, device=settings.device, dtype=settings.dtype,
@@ -117,7 +118,8 @@ def _step_times(settings: BenchSettings) -> dict[int, float]:
         # with overlap the last trains alone).
         print(f"\n== one training step, max_async_level {k}: {settings.model}, {spec['questions_per_step']} "
               f"questions x {spec['candidates_per_question']} candidates, mean of {len(steps)} steps ==")
-        total = step_seconds[k] = statistics.fmean(s["step_seconds"] for s in steps)
+        step_seconds[k] = [s["step_seconds"] for s in steps]
+        total = statistics.fmean(step_seconds[k])
         for phase in ("generate", "score", "train", "sync", "step"):
             values = [s[f"{phase}_seconds"] for s in steps]
             mean = statistics.fmean(values)
@@ -130,7 +132,8 @@ def _step_times(settings: BenchSettings) -> dict[int, float]:
         print(f"step / max(generate, train): {total / longest:.2f}")
     if 0 in step_seconds:
         for k in (k for k in step_seconds if k):
-            print(f"step speedup max_async_level {k}/0: {step_seconds[0] / step_seconds[k]:.2f}")
+            print(f"step speedup max_async_level {k}/0: "
+                  f"{statistics.fmean(step_seconds[0]) / statistics.fmean(step_seconds[k]):.2f}")
     return step_seconds
 
 
@@ -173,7 +176,7 @@ def _train_dtypes(settings: BenchSettings, model_dir: Path, prompts: list[list[i
     print(f"train step speedup bfloat16/float32: {seconds['float32'] / seconds['bfloat16']:.2f}")
 
 
-def _weights_stream(settings: BenchSettings, model_dir: Path) -> None:
+def _weights_stream(settings: BenchSettings, model_dir: Path, what: str = "one version's folder") -> None:
     """A policy version over gRPC (DownloadPolicyWeights, ``--weights-transfer grpc``): the model's folder
     streamed by the trainer's WeightsServer to the orchestrator's StreamedWeights through a real gRPC server
     on loopback (plaintext: TLS adds its own cost), checked and written; the median of three."""
@@ -219,9 +222,24 @@ def _weights_stream(settings: BenchSettings, model_dir: Path) -> None:
     finally:
         server.stop(None)
     median = statistics.median(seconds)
-    print(f"\n== weights over gRPC: {settings.model}, one version's folder ==")
+    print(f"\n== weights over gRPC: {settings.model}, {what} ==")
     print(f"weights download seconds {median:8.2f}  ({size / 1e6:.0f} MB, {size / 1e6 / median:.0f} MB/s; "
           f"runs: {', '.join(f'{s:.2f}' for s in seconds)}); the engine's reload is the sync line above")
+
+
+def _lora_stream(settings: BenchSettings, model_dir: Path, rank: int = 16) -> None:
+    """The same, for a version that is a LoRA adapter (``--lora-rank``) of the model, on every linear layer."""
+    import tempfile
+
+    from transformers import AutoModelForCausalLM
+
+    from fedgrpo.models.adapters import LoraSettings, lora_model, save_adapter
+
+    with tempfile.TemporaryDirectory(prefix="fedgrpo-bench-lora-") as scratch:
+        model = lora_model(AutoModelForCausalLM.from_pretrained(model_dir), LoraSettings(rank, 2.0 * rank))
+        adapter = save_adapter(model, Path(scratch) / "v1")
+        del model
+        _weights_stream(settings, adapter, f"one version as a LoRA adapter (--lora-rank {rank}, every linear layer)")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,6 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.train_steps:
         _train_dtypes(settings, model_dir, prompts)
     _weights_stream(settings, model_dir)
+    _lora_stream(settings, model_dir)
     if settings.fan_out:
         from fedgrpo.bench_fanout import fan_out
 
@@ -264,7 +283,17 @@ def main(argv: list[str] | None = None) -> None:
         _side_by_side(settings, model_dir, step_seconds)
 
 
-def _side_by_side(settings: BenchSettings, model_dir: Path, step_seconds: dict[int, float]) -> None:
+def ratio_interval(slow: list[float], fast: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of mean(slow) / mean(fast), the two sides' steps resampled independently."""
+    import random
+
+    rng = random.Random(seed)
+    ratios = sorted(statistics.fmean(rng.choices(slow, k=len(slow))) / statistics.fmean(rng.choices(fast, k=len(fast)))
+                    for _ in range(draws))
+    return ratios[int(0.025 * draws)], ratios[int(0.975 * draws) - 1]
+
+
+def _side_by_side(settings: BenchSettings, model_dir: Path, step_seconds: dict[int, list[float]]) -> None:
     """TRL's GRPOTrainer on the main job's workload for as many steps as fedgrpo's runs (``bench_trl``)."""
     from fedgrpo.bench_trl import GENERATIONS, QUESTIONS_PER_STEP, trl_step_seconds
     from fedgrpo.job.federation_file import DEFAULT_FEDERATION, load_federation
@@ -279,10 +308,13 @@ def _side_by_side(settings: BenchSettings, model_dir: Path, step_seconds: dict[i
     print(f"trl step seconds      {trl_mean:8.2f}  (per step: {', '.join(f'{s:.2f}' for s in trl)}; "
           f"transformers generation, float32, one process)")
     print(f"trl completions/s     {completions / trl_mean:8.2f}")
-    k, fedgrpo_mean = min(step_seconds.items(), key=lambda item: item[1])
+    k = min(step_seconds, key=lambda level: statistics.fmean(step_seconds[level]))
+    fedgrpo_mean = statistics.fmean(step_seconds[k])
     print(f"fedgrpo completions/s {completions / fedgrpo_mean:8.2f}  (max_async_level {k}, the faster here; "
           f"{fedgrpo_mean:.2f} s per step)")
-    print(f"step throughput fedgrpo/trl: {trl_mean / fedgrpo_mean:.2f}")
+    low, high = ratio_interval(trl, step_seconds[k])
+    print(f"step throughput fedgrpo/trl: {trl_mean / fedgrpo_mean:.2f} (95% bootstrap interval over the steps "
+          f"[{low:.2f}, {high:.2f}])")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from fedgrpo.models.adapters import LORA_RANKS
 from fedgrpo.models.registry import KNOWN_MODELS
 from fedgrpo.settings import NAME, CommaList, NamedValues, ServiceSettings, rate_limit_notation
 
@@ -126,6 +127,13 @@ class OrchestratorSettings(ServiceSettings):
         description="GPU only: GPUs the rollout engine shards the policy across (vLLM's tensor_parallel_size); "
         "a policy too large for one GPU. Data parallelism (vLLM's data_parallel_size) is not offered: vLLM "
         "serves it only across processes, not inside the orchestrator's one engine.",
+    )
+    max_lora_rank: int = Field(
+        0,
+        description="vllm backend: serve policy versions that are LoRA adapters (a trainer with --lora-rank) "
+        "up to this rank, as LoRA requests on the base instead of reloading weights; one of 1, 8, 16, 32, 64, "
+        "128, 256, 320, 512 (vLLM's choices). 0: off (a LoRA version then fails the run, naming this flag). "
+        "The transformers backend merges adapters whatever this is.",
     )
     vllm_cpu_threads_bind: str = Field(
         "all",
@@ -243,6 +251,8 @@ class OrchestratorSettings(ServiceSettings):
                 "no reward client can reach this orchestrator: give --reward-clients host:port,... or a "
                 "--federation-port for clients to join"
             )
+        if self.max_lora_rank not in LORA_RANKS:
+            raise ValueError(f"max_lora_rank {self.max_lora_rank}: expected one of {', '.join(map(str, LORA_RANKS))}")
         if self.vllm_tensor_parallel_size > 1 and (self.device != "cuda" or self.backend != "vllm"):
             raise ValueError(
                 f"vllm_tensor_parallel_size {self.vllm_tensor_parallel_size} shards the policy across GPUs: it needs "

@@ -1,7 +1,7 @@
 """Where the engine reads a policy version's weights: the trainer's own folder, or a copy streamed from it.
 
 A weights source is called with a ``PolicyVersion`` and returns a local
-Hugging Face folder holding it:
+Hugging Face folder holding it (a model, or a LoRA adapter: fedgrpo.models.adapters):
 
 * ``shared_weights``: the trainer's ``weights_path`` itself; the trainer and
   the orchestrator share storage (one machine, or one volume mounted in both).
@@ -29,6 +29,7 @@ import grpc
 from fedgrpo.client.downloads import write_artifacts
 from fedgrpo.client.errors import CorruptedDownload
 from fedgrpo.models import prune_snapshots
+from fedgrpo.models.adapters import ADAPTER_CONFIG, is_adapter
 from fedgrpo.serving import RETRYABLE_CODES, retry_backoff
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import policy_trainer_pb2 as tpb
@@ -44,6 +45,11 @@ def shared_weights(version: common_pb2.PolicyVersion) -> Path:
     return Path(version.weights_path)
 
 
+def policy_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole policy version: a model (config.json) or a LoRA adapter."""
+    return (folder / "config.json").is_file() or is_adapter(folder)
+
+
 class StreamedWeights:
     def __init__(self, stub: tpb_grpc.PolicyTrainerServiceStub, folder: Path, base_dir: Path, keep: int = 2,
                  attempts: int = 5) -> None:
@@ -56,7 +62,7 @@ class StreamedWeights:
             return self.base_dir
         runs = self.folder / version.run_id
         target = runs / f"v{version.version}"
-        if (target / "config.json").is_file():
+        if policy_folder(target):
             return target
         for attempt in range(self.attempts):
             try:
@@ -92,10 +98,10 @@ class StreamedWeights:
                 timeout=DOWNLOAD_SECONDS,
             )
             files = write_artifacts(stream, staged, on_chunk=count)
-            if not (staged / "config.json").is_file():
-                raise CorruptedDownload("config.json", "the trainer sent no config.json: not a model folder",
-                                        "path")
-            shutil.rmtree(target, ignore_errors=True)  # a folder left without its config.json
+            if not policy_folder(staged):
+                raise CorruptedDownload("config.json", "the trainer sent neither config.json nor "
+                                        f"{ADAPTER_CONFIG}: not a model or adapter folder", "path")
+            shutil.rmtree(target, ignore_errors=True)  # a folder left without its config
             staged.rename(target)
         finally:
             shutil.rmtree(staged, ignore_errors=True)

@@ -45,7 +45,8 @@ import grpc
 
 from fedgrpo import observability as obs
 from fedgrpo.advantage_bound import clamped
-from fedgrpo.models import chat_prompt_ids
+from fedgrpo.models import chat_prompt_ids, save_snapshot
+from fedgrpo.models.adapters import is_adapter, merged
 from fedgrpo.serving import retry_backoff
 from fedgrpo.tasks import Question
 from fedgrpo.v1 import common_pb2
@@ -536,7 +537,11 @@ class RunExecutor:
         target = self.store.run_dir(run_id) / "model"
         tmp = target.with_name("model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(self.policy.weights(version), tmp, ignore=shutil.ignore_patterns("*.gguf", ".*"))
+        source = self.policy.weights(version)
+        if is_adapter(source):  # a LoRA version: the base with the adapter merged, a model users can load as is
+            save_snapshot(merged(self.policy.base_dir, source), self.policy.base_dir, tmp)
+        else:
+            shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("*.gguf", ".*"))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         log.info("run %s: final policy v%d exported to %s", run_id, version.version, target)

@@ -221,7 +221,7 @@ def start_engine(settings: OrchestratorSettings, model_dir: Path):
             max_model_len=settings.max_model_len, seed=settings.seed, kv_cache_gib=settings.vllm_kv_cache_gib,
             gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
             cpu_threads_bind=settings.vllm_cpu_threads_bind,
-            tensor_parallel_size=settings.vllm_tensor_parallel_size,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size, max_lora_rank=settings.max_lora_rank,
         )
     except EngineLimitError as err:
         raise ConfigError(f"{prog}: {err}") from None

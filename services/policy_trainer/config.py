@@ -79,6 +79,20 @@ class TrainerSettings(ServiceSettings):
         "of the prompt: the same log-probabilities and gradients, fewer tokens. Needs attention that takes a "
         "custom mask (sdpa, eager); with another (flash attention) the trainer falls back to the padded batch.",
     )
+    lora_rank: int = Field(
+        0, ge=0, le=1024,
+        description="Train a LoRA adapter of this rank on the frozen base policy (peft) instead of every weight, "
+        "and publish each version as the adapter alone (megabytes, not the model): for policies whose full "
+        "weights are too large to move each step. The orchestrator then needs --max-lora-rank >= this with the "
+        "vllm backend. 0: full fine-tuning.",
+    )
+    lora_alpha: float = Field(0, ge=0, description="LoRA scale numerator (the update is scaled by alpha / rank); "
+                              "0: twice the rank.")
+    lora_target_modules: CommaList = Field(
+        default_factory=lambda: ["all-linear"],
+        description="Modules that get an adapter, comma-separated peft names (q_proj,v_proj, ...); all-linear: "
+        "every linear layer but the output head.",
+    )
     max_advantage: float = Field(
         DEFAULT_MAX_ADVANTAGE, gt=0, le=1e6,
         description="Largest |advantage| trained on: larger ones in a batch are clamped to it (counted in "

@@ -27,6 +27,7 @@ import torch
 
 from fedgrpo import serving, spec_enums
 from fedgrpo.advantage_bound import DEFAULT_MAX_ADVANTAGE, clamped
+from fedgrpo.models.adapters import LoraSettings
 from fedgrpo.observability import POLICY_VERSION, TRAIN_SECONDS
 from fedgrpo.services.orchestrator.artifacts import chunk_size
 from fedgrpo.v1 import common_pb2
@@ -222,6 +223,25 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         )
 
 
+def check_lora(base_dir, settings: TrainerSettings) -> None:  # noqa: ANN001
+    """Refuse LoRA settings the model cannot take at start (an empty model on the meta device: no weights read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fedgrpo.models.adapters import lora_model
+    from fedgrpo.settings import ConfigError
+
+    if not settings.lora_target_modules:
+        raise ConfigError("fedgrpo trainer: lora_target_modules is empty; name the modules (q_proj,v_proj) or "
+                          "all-linear")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    try:
+        lora_model(model, LoraSettings(settings.lora_rank, settings.lora_alpha or 1.0,
+                                       tuple(settings.lora_target_modules)))
+    except ValueError as err:
+        raise ConfigError(f"fedgrpo trainer: lora_target_modules: {' '.join(str(err).split())[:300]}") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     from transformers import AutoConfig
 
@@ -242,11 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and settings.dtype == "float16":
         raise ConfigError("fedgrpo trainer: dtype float16 across several ranks (torchrun) is not supported; "
                           "set --dtype bfloat16")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and settings.lora_rank:
+        raise ConfigError("fedgrpo trainer: --lora-rank across several ranks (torchrun) is not supported; "
+                          "train the adapter in one process (--lora-rank 0 for a sharded full model)")
+    if settings.lora_rank:
+        check_lora(base_dir, settings)
+    lora = LoraSettings(settings.lora_rank, settings.lora_alpha or 2.0 * settings.lora_rank,
+                        tuple(settings.lora_target_modules)) if settings.lora_rank else None
     ranks = distributed.join(settings.device)  # None unless started by torchrun with several processes
     trainer = PolicyTrainer(
         base_dir, settings.state_dir, ranks.device(settings.device) if ranks else settings.device, settings.dtype,
         settings.keep_snapshots, settings.checkpoint_every, settings.gradient_checkpointing, settings.share_prompts,
-        settings.micro_batch_sequences, ranks,
+        settings.micro_batch_sequences, ranks, lora,
     )
     if ranks is not None and not ranks.leader:
         log.info("rank %d of %d: following rank 0 (which serves port %d)", ranks.rank, ranks.world, settings.port)

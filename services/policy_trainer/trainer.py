@@ -29,6 +29,11 @@ and every rank runs ``start`` and ``train`` in lockstep, each on its share of
 the batch; rank 0 alone writes snapshots and checkpoints, gathered whole. A
 checkpoint resumes under the kind of launch that wrote it: one process, or
 torchrun with any number of ranks (their optimizer states are keyed apart).
+
+With ``lora`` (``fedgrpo.models.adapters``) the base weights stay frozen and
+a LoRA adapter is trained instead: AdamW holds the adapter alone, snapshots
+and checkpoints are the adapter alone, and the frozen reference (beta > 0)
+is the same model with its adapter switched off, not a copy.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from fedgrpo.models import prune_snapshots, save_snapshot
+from fedgrpo.models.adapters import LoraSettings, adapter_state, load_adapter_state, lora_model, save_adapter
 
 from . import distributed
 from .batching import PackedBatch, Sample, pack
@@ -129,6 +135,7 @@ class PolicyTrainer:
         share_prompts: bool = True,
         micro_batch_sequences: int = 0,
         ranks: distributed.Ranks | None = None,
+        lora: LoraSettings | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
         self.state_dir = Path(state_dir)
@@ -140,6 +147,9 @@ class PolicyTrainer:
         self.share_prompts = share_prompts
         self.micro_batch_sequences = micro_batch_sequences
         self.ranks = ranks
+        self.lora = lora
+        if ranks is not None and lora is not None:
+            raise ValueError("LoRA across several ranks is not supported: train the adapter in one process")
         if ranks is not None and self.precision.dtype == torch.float16:
             raise ValueError("dtype float16 with several ranks needs a sharded loss scaler; use bfloat16")
         self.run_id: str | None = None
@@ -221,17 +231,20 @@ class PolicyTrainer:
         model = self._load_base()
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if self.lora is not None:
+            model = lora_model(model, self.lora)
         self.model = self._placed(model)
         self.model.train()
         if self.share_prompts and not supports_tree_mask(self.model):
             log.warning("share_prompts: the model's %s attention takes no custom mask; batches are trained padded "
                         "with every prompt repeated", attention_of(self.model))
         self.reference = None
-        if config.loss.beta > 0:
+        if config.loss.beta > 0 and self.lora is None:
             base = self._load_base() if self.ranks else copy.deepcopy(self.model)  # a sharded model is not copied
             self.reference = self._placed(base.to(self.precision.dtype)).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad], lr=config.learning_rate,
+            weight_decay=config.weight_decay,
         )
         self.scaler = self.precision.grad_scaler()
         self.version, self.applied_steps, self.checkpoint_step = 0, [], 0
@@ -279,6 +292,16 @@ class PolicyTrainer:
                 model, samples, self.pad_id, self.config.temperature, self.device, self.precision.autocast
             )
         return self.completion_logprobs(model, batch)
+
+    def reference_logprobs(self, batch: PackedBatch, samples: list[Sample]) -> torch.Tensor | None:
+        """The frozen reference's log-probabilities (None when beta is 0): with LoRA, the policy with its
+        adapter switched off (the base it started from)."""
+        if self.config.loss.beta <= 0:
+            return None
+        if self.lora is not None:
+            with self.model.disable_adapter():
+                return self.sequence_logprobs(self.model, batch, samples)
+        return self.sequence_logprobs(self.reference, batch, samples)
 
     def micro_batches(self, samples: list[Sample]) -> list[list[Sample]]:
         """The batch in slices of at most ``micro_batch_sequences`` (0: one slice, the batch as it came), a
@@ -328,8 +351,7 @@ class PolicyTrainer:
                 else self.sequence_logprobs(self.model, p, c) if self.config.updates_per_batch > 1 else None
                 for c, p in zip(chunks, packed)
             ]
-            refs = [self.sequence_logprobs(self.reference, p, c) if self.reference is not None else None
-                    for c, p in zip(chunks, packed)]
+            refs = [self.reference_logprobs(p, c) for c, p in zip(chunks, packed)]
         losses, kls, clips, norms = [], [], [], []
         for update in range(self.config.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
@@ -387,6 +409,9 @@ class PolicyTrainer:
     def _publish(self, path: Path) -> None:
         """Write the policy as snapshot ``path`` (sharded: gathered whole on rank 0, which writes it)."""
         assert self.model is not None
+        if self.lora is not None:  # the adapter alone: the orchestrator holds the base
+            save_adapter(self.model, path)
+            return
         whole = distributed.full_model_state(self.model) if self.ranks else None
         if self.writes:
             save_snapshot(self.model, self.base_dir, path, dtype=self.precision.dtype, state=whole)
@@ -398,7 +423,8 @@ class PolicyTrainer:
             model_state = distributed.full_model_state(self.model)
             optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
         else:
-            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+            model_state = adapter_state(self.model) if self.lora else self.model.state_dict()
+            optimizer_state = self.optimizer.state_dict()
         if not self.writes:
             self.checkpoint_step = self.last_step
             return
@@ -415,13 +441,18 @@ class PolicyTrainer:
         )
         state = {
             "version": self.version, "last_step": self.last_step, "applied_steps": self.applied_steps,
-            "config": asdict(self.config),
+            "config": asdict(self.config), "lora": self._lora_record(),
         }
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)
         self.checkpoint_step = self.last_step
         log.info("checkpoint of step %d written to %s", self.last_step, path)
+
+    def _lora_record(self) -> dict | None:
+        if self.lora is None:
+            return None
+        return {"rank": self.lora.rank, "alpha": self.lora.alpha, "target_modules": list(self.lora.target_modules)}
 
     def _load_checkpoint(self, path: Path) -> None:
         assert self.model is not None and self.optimizer is not None and self.run_id is not None
@@ -430,6 +461,11 @@ class PolicyTrainer:
             if self.writes:
                 state = json.loads((path / "state.json").read_text())
                 read = state, checkpoint_lineage(state, path)
+                if state.get("lora") != self._lora_record():
+                    raise CheckpointError(
+                        f"{path / 'state.json'}: written by a trainer with LoRA {state.get('lora')}, this one trains "
+                        f"with {self._lora_record()} (--lora-rank, --lora-alpha, --lora-target-modules); start it as "
+                        "before, or restart the run")
         except CheckpointError as err:
             read = err
         read = self._shared(read)  # every rank resumes, or refuses, alike
@@ -441,7 +477,10 @@ class PolicyTrainer:
             distributed.load_full_state(self.model, self.optimizer, blobs.get("model", {}), blobs.get("optimizer", {}))
         else:
             blobs = torch.load(path / "weights.pt", map_location=self.device, weights_only=True)
-            self.model.load_state_dict(blobs["model"])
+            if self.lora is not None:
+                load_adapter_state(self.model, blobs["model"])
+            else:
+                self.model.load_state_dict(blobs["model"])
             self.optimizer.load_state_dict(blobs["optimizer"])
         if blobs.get("scaler"):
             self.scaler.load_state_dict(blobs["scaler"])

@@ -2,7 +2,8 @@
 
 Logprobs are ``log_softmax(logits / T)`` of the raw logits ``generate``
 reports (before its top-p warper), as the trainer computes them. A seeded call
-samples under its own seed and leaves the process's global RNG as it was.
+samples under its own seed and leaves the process's global RNG as it was. A
+policy version that is a LoRA adapter is merged into the base on load.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fedgrpo.models.adapters import is_adapter, merged
 
 from .engine import Sampled, SamplingSettings
 from .limits import read_model_config, resolve_max_model_len
@@ -30,13 +33,15 @@ class TransformersEngine:
         self.max_model_len = resolve_max_model_len(max_model_len, read_model_config(model_dir), dtype=dtype)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
+        self.base_dir = Path(model_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = self._load(model_dir)
         torch.manual_seed(seed)
 
     def _load(self, path: Path):
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
-        return model
+        if is_adapter(path):  # a LoRA version: the base with the adapter merged in
+            return merged(self.base_dir, path, self.dtype).to(self.device).eval()
+        return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
         if sampling.seed is None:

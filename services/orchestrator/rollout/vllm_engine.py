@@ -11,6 +11,12 @@ worker extension (``fedgrpo.models.vllm_ext``) makes the sampler report
 exactly that, before top-p masking; it needs vLLM's V1 model runner, which
 this engine selects (``VLLM_USE_V2_MODEL_RUNNER=0`` unless set otherwise).
 
+LoRA (``max_lora_rank`` > 0): a policy version that is an adapter
+(``fedgrpo.models.adapters``, a trainer with ``--lora-rank``) is not loaded
+into the weights: it becomes the LoRA request every generation carries, on
+the base the engine started with, and vLLM reads its few megabytes on first
+use. A whole-model version is reloaded in place as before.
+
 Seeds: a seeded call passes its seed per request (vLLM gives the n children
 seed, seed + 1, ...) and starts from an empty prefix cache, so that how
 prompts are chunked cannot depend on earlier calls. On CPU the extension's
@@ -24,6 +30,8 @@ import logging
 import os
 import time
 from pathlib import Path
+
+from fedgrpo.models.adapters import LORA_RANKS, adapter_rank, is_adapter
 
 from .engine import Sampled, SamplingSettings
 from .limits import read_model_config, resolve_max_model_len
@@ -40,7 +48,8 @@ def all_cores() -> str:
 
 
 def engine_arguments(model_dir: Path, device: str, dtype: str, max_model_len: int, seed: int,
-                     gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1) -> dict:
+                     gpu_memory_utilization: float = 0.5, tensor_parallel_size: int = 1,
+                     max_lora_rank: int = 0) -> dict:
     """vLLM's ``LLM(...)`` arguments for this engine (the worker extension is added by the caller): the
     GPU-only ones (memory share, tensor parallelism) only with ``device == "cuda"``, the CPU backend's eager
     mode only on a CPU. The one place where CPU and GPU deployments differ for the engine."""
@@ -51,6 +60,8 @@ def engine_arguments(model_dir: Path, device: str, dtype: str, max_model_len: in
         kwargs["tensor_parallel_size"] = tensor_parallel_size
     elif tensor_parallel_size != 1:
         raise ValueError(f"tensor_parallel_size {tensor_parallel_size} needs device cuda, got {device}")
+    if max_lora_rank:  # one adapter at a time: the policy's current version
+        kwargs.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=1)
     return kwargs
 
 
@@ -68,8 +79,12 @@ class VllmEngine:
         gpu_memory_utilization: float = 0.5,
         cpu_threads_bind: str = "all",
         tensor_parallel_size: int = 1,
+        max_lora_rank: int = 0,
         **_: object,
     ) -> None:
+        self.max_lora_rank = max_lora_rank
+        self.lora = None  # the LoRA request of the current version when it is an adapter
+        self.adapters_loaded = 0
         # None: derived from the model (see limits.py); raises EngineLimitError naming the flag.
         self.max_model_len = resolve_max_model_len(
             max_model_len, read_model_config(model_dir), dtype=dtype,
@@ -90,7 +105,7 @@ class VllmEngine:
 
         started = time.monotonic()
         kwargs = engine_arguments(model_dir, device, dtype, self.max_model_len, seed, gpu_memory_utilization,
-                                  tensor_parallel_size)
+                                  tensor_parallel_size, max_lora_rank)
         # Adds reload_policy_weights (reload_weights plus the re-packing of a tied LM head that the CPU
         # backend otherwise misses), use_tempered_logprobs and allow_request_seeds.
         kwargs["worker_extension_cls"] = WORKER_EXTENSION
@@ -121,7 +136,7 @@ class VllmEngine:
             seed=sampling.seed,
         )
         outputs = self.llm.generate(
-            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False
+            [{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False, lora_request=self.lora
         )
         groups = []
         for out in outputs:
@@ -134,9 +149,25 @@ class VllmEngine:
         return groups
 
     def load_weights(self, weights_path: Path) -> None:
+        if is_adapter(weights_path):
+            self._use_adapter(weights_path)
+            return
+        self.lora = None
         self.llm.collective_rpc("reload_policy_weights", kwargs={"weights_path": str(weights_path)})
         # KV blocks cached under the old weights must not serve new prompts.
         self.llm.reset_prefix_cache()
+
+    def _use_adapter(self, path: Path) -> None:
+        from vllm.lora.request import LoRARequest
+
+        rank = adapter_rank(path)
+        if rank > self.max_lora_rank:
+            raise ValueError(
+                f"policy version {path.name} is a LoRA adapter of rank {rank}: start the orchestrator with "
+                f"--max-lora-rank {min((r for r in LORA_RANKS if r >= rank), default=rank)} or more "
+                f"(now {self.max_lora_rank})")
+        self.adapters_loaded += 1  # a new id per version: vLLM caches adapters by id
+        self.lora = LoRARequest(f"policy-{path.name}-{self.adapters_loaded}", self.adapters_loaded, str(path))
 
     def close(self) -> None:
         try:
