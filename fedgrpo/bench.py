@@ -8,7 +8,8 @@
    weights, bf16 autocast compute; see services/policy_trainer/precision.py)
    on the same batch, in process, and their ratio.
 3. One policy version streamed over gRPC (``--weights-transfer grpc``: no
-   storage shared by trainer and orchestrator), in seconds and MB/s.
+   storage shared by trainer and orchestrator), in seconds and MB/s: the
+   whole model, then a LoRA adapter of rank 16 (``--lora-rank``).
 4. The scoring phase with 1, 8 and 32 reward clients (``bench_fanout``).
 5. Generation throughput for the same model and prompts with the vLLM engine
    and with the transformers engine, and their ratio:
@@ -16,7 +17,8 @@
 6. The same workload as 1 through TRL's ``GRPOTrainer`` (``bench_trl``), for
    as many steps from the base policy, in completions per second. The last
    line reads ``step throughput fedgrpo/trl: <ratio>`` (TRL's seconds per
-   step over fedgrpo's faster asynchrony level).
+   step over fedgrpo's faster asynchrony level), with a 95% bootstrap
+   interval over the two sides' steps.
 """
 
 from __future__ import annotations
