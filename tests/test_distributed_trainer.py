@@ -85,3 +85,18 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path, model_cache):
         w1, w2 = weights(tmp_path / "one/runs/r1/policy/v2"), weights(tmp_path / "two/runs/r1/policy/v2")
         for key in w1:
             torch.testing.assert_close(w2[key], w1[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+
+
+def test_a_rank_share_recomputes_what_its_micro_batch_recomputes():
+    from fedgrpo.services.policy_trainer.batching import Sample
+    from fedgrpo.services.policy_trainer.distributed import Ranks, rank_share
+
+    # Rank 1's group has the sampler's log-probabilities, rank 0's does not: one process recomputes the whole
+    # micro-batch, so rank 1 must too (else rank 0 runs a forward pass that rank 1 skips, and both hang).
+    batch = [Sample([1, 2], [3], None, 1.0), Sample([1, 4], [5], [-0.5], -1.0)]
+    share, weight = rank_share(batch, Ranks(rank=1, world=2, local_rank=1))
+    assert weight == 1.0 and [s.prompt_ids for s in share] == [[1, 4]] and share[0].old_logprobs is None
+    placeholder, weight = rank_share(batch[:1], Ranks(rank=1, world=2, local_rank=1))
+    assert weight == 0.0 and placeholder == batch[:1]  # no group of its own: the first, weighted 0
+    whole = [Sample([1, 2], [3], [-0.1], 1.0), Sample([1, 4], [5], [-0.5], -1.0)]
+    assert rank_share(whole, Ranks(0, 2, 0))[0][0].old_logprobs == [-0.1]  # kept when the micro-batch has all

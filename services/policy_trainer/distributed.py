@@ -27,6 +27,7 @@ which stops every rank.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -97,12 +98,17 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 def rank_share(samples: Sequence[Sample], ranks: Ranks) -> tuple[list[Sample], float]:
     """This rank's prompt groups of a micro-batch (round-robin) and the weight of its loss: 1, or 0 for the
-    placeholder (the first group) computed by a rank that has none, so that its collectives still match."""
+    placeholder (the first group) computed by a rank that has none, so that its collectives still match.
+
+    A micro-batch with a sample that lacks the sampler's log-probabilities is recomputed whole in one
+    process; so every rank's share of it drops them, and every rank makes the same forward passes."""
     groups = prompt_groups(samples)
     mine = [samples[i] for group in groups[ranks.rank::ranks.world] for i in group]
-    if mine:
-        return mine, 1.0
-    return [samples[i] for i in groups[0]], 0.0
+    weight = 1.0 if mine else 0.0
+    mine = mine or [samples[i] for i in groups[0]]
+    if any(s.old_logprobs is None for s in samples):
+        mine = [dataclasses.replace(s, old_logprobs=None) for s in mine]
+    return mine, weight
 
 
 def all_sum(values: list[float]) -> list[float]:
