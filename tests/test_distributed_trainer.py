@@ -11,6 +11,8 @@ one-process trainer.
 """
 
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +46,25 @@ def torchrun(ranks: int) -> list[str]:
             "127.0.0.1", "--master-port", str(free_port()), "--no-python"]
 
 
+def processes_with(marker: str) -> list[int]:
+    """The processes whose command line holds ``marker`` (here: a trainer's state folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def gone(marker: str, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not processes_with(marker)
+
+
 def weights(folder) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "model.safetensors"))
 
@@ -75,7 +96,9 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path, model_cache):
             torch.testing.assert_close(w2[key], w1[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
 
         # A crash of the sharded trainer: it resumes from its checkpoint on every rank and trains on alike.
-        fed.kill(two)
+        assert len(processes_with(str(tmp_path / "two"))) == 3  # torchrun and its two ranks
+        fed.kill(two)  # SIGKILL to torchrun alone: its ranks live in sessions of their own
+        assert gone(str(tmp_path / "two")), "ranks outlived their torchrun"
         fed.restart(two)
         fed.wait_healthy(two, START_TIMEOUT)
         resumed = stubs["two"].StartPolicy(pb.StartPolicyRequest(run_id="r1", optimizer=OPTIMIZER))
@@ -85,6 +108,9 @@ def test_two_gloo_ranks_train_like_one_process(tmp_path, model_cache):
         w1, w2 = weights(tmp_path / "one/runs/r1/policy/v2"), weights(tmp_path / "two/runs/r1/policy/v2")
         for key in w1:
             torch.testing.assert_close(w2[key], w1[key], rtol=0, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}")
+        fed.stop(two)  # SIGTERM: rank 0 tells rank 1 to stop, and both leave
+        assert gone(str(tmp_path / "two")), "ranks outlived a stopped trainer"
+        assert "rank 0 is stopping: so is this rank" in two.log_path.read_text()
 
 
 def test_a_rank_share_recomputes_what_its_micro_batch_recomputes():

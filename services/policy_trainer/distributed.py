@@ -20,6 +20,12 @@ checkpoints are gathered into full state dicts that rank 0 writes: the
 published snapshot is the one-process layout, which the engine reloads as
 before.
 
+Stopping: rank 0, told to stop (SIGTERM), sends the others ``stop`` once its
+last step is done, and every rank leaves the process group. torchrun starts
+each rank in a session of its own, so a rank also dies with torchrun itself
+(``PR_SET_PDEATHSIG``): a killed launcher leaves no rank behind holding the
+port or the policy.
+
 Limits: float16 needs a sharded loss scaler and is refused (bfloat16 needs
 none); a rank that fails alone (out of memory) ends the job through torchrun,
 which stops every rank.
@@ -70,11 +76,33 @@ def join(device: str) -> Ranks | None:
     if world <= 1:
         return None
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    die_with_parent()
     if device == "cuda":
         torch.cuda.set_device(ranks.local_rank)
     dist.init_process_group("nccl" if device == "cuda" else "gloo", timeout=GROUP_TIMEOUT)
     log.info("rank %d of %d (%s)", ranks.rank, world, dist.get_backend())
     return ranks
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent (torchrun's agent) dies (Linux; elsewhere a no-op)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(1)
+
+
+def leave() -> None:
+    """Leave the process group (best effort: the other ranks may be gone)."""
+    try:
+        dist.destroy_process_group()
+    except Exception as err:  # noqa: BLE001
+        log.debug("leaving the process group: %s", err)
 
 
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -162,6 +190,7 @@ class Lockstep:
         self._trainer = trainer
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._closed = False
         self._heartbeat = threading.Thread(target=self._beat, args=(heartbeat_seconds,), name="rank-heartbeat",
                                            daemon=True)
         self._heartbeat.start()
@@ -177,30 +206,50 @@ class Lockstep:
 
     def _everywhere(self, name: str, args: tuple):  # noqa: ANN202
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{name}: the trainer is stopping; its other ranks are gone")
             broadcast((name, args))
             return getattr(self._trainer, name)(*args)
 
     def _beat(self, seconds: float) -> None:
         while not self._stop.wait(seconds):
             with self._lock:
-                broadcast(("heartbeat", ()))
+                if not self._closed:
+                    broadcast(("heartbeat", ()))
 
     def close(self) -> None:
+        """After the step in progress: tell the other ranks to stop, and stop broadcasting."""
         self._stop.set()
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                broadcast(("stop", ()))
+            except Exception as err:  # noqa: BLE001 (a rank already gone: torchrun is stopping them all)
+                log.warning("could not tell the other ranks to stop: %s", err)
 
 
 def follow(trainer) -> None:  # noqa: ANN001
-    """A rank other than 0: run rank 0's commands on ``trainer`` in order, for ever (torchrun ends it).
+    """A rank other than 0: run rank 0's commands on ``trainer`` in order, until rank 0 says ``stop``.
 
     A refusal rank 0 also meets (a stale batch, a checkpoint that cannot resume) is logged and the next
     command awaited; it is rank 0 that answers the caller. Any other error ends this rank, and torchrun
     then stops the job."""
+    import signal
+
     from .trainer import CheckpointError, SamplerLogprobsNeeded, StaleBatch
 
+    # torchrun passes its SIGTERM to every rank at once; this one waits for rank 0's stop instead, which comes
+    # after the step in progress (torchrun still kills it if rank 0 never says so).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         name, args = broadcast(None)
         if name == "heartbeat":
             continue
+        if name == "stop":
+            log.info("rank 0 is stopping: so is this rank")
+            return
         if name not in Lockstep.COMMANDS:
             raise RuntimeError(f"rank 0 sent an unknown command {name!r}")
         try:

@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
     if ranks is not None and not ranks.leader:
         log.info("rank %d of %d: following rank 0 (which serves port %d)", ranks.rank, ranks.world, settings.port)
         distributed.follow(trainer)
+        distributed.leave()
         return
     policy = distributed.Lockstep(trainer) if ranks is not None else trainer
     serving.serve(
@@ -289,4 +290,7 @@ def main(argv: list[str] | None = None) -> None:
             settings.port, allowed_peers=settings.allowed_callers, allowed_roles=["orchestrator"],
         )],
         max_workers=4,
+        on_stop=policy.close if ranks is not None else None,
     )
+    if ranks is not None:
+        distributed.leave()
