@@ -70,9 +70,14 @@ class Ranks:
         return f"cuda:{self.local_rank}" if device == "cuda" else device
 
 
+def world_size() -> int:
+    """How many ranks torchrun started (``WORLD_SIZE``; 1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join(device: str) -> Ranks | None:
     """Join the process group torchrun set up (``WORLD_SIZE`` > 1), or None for a single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return None
     ranks = Ranks(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Iterator
@@ -54,6 +53,12 @@ def version_message(v: Version) -> common_pb2.PolicyVersion:
     return common_pb2.PolicyVersion(
         run_id=v.run_id, version=v.version, weights_path=str(v.weights_path), last_step=v.last_step
     )
+
+
+def check_run_id(run_id: str, context: grpc.ServicerContext) -> None:
+    """INVALID_ARGUMENT naming ``run_id`` unless it is one the trainer accepts."""
+    if not RUN_ID.fullmatch(run_id):
+        serving.invalid(context, "run_id", f"got {run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
 
 
 def optimizer_config(msg: pb.OptimizerSettings, context: grpc.ServicerContext) -> OptimizerConfig:
@@ -100,14 +105,12 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         self.weights = WeightsServer(trainer, chunk_bytes=chunk_size(max_message_bytes))
 
     def _check_run(self, run_id: str, context: grpc.ServicerContext) -> None:
-        if not RUN_ID.fullmatch(run_id):
-            serving.invalid(context, "run_id", f"got {run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        check_run_id(run_id, context)
         if run_id != self.trainer.run_id:
             serving.failed_precondition(context, f"run_id {run_id}: no policy started; call StartPolicy first")
 
     def StartPolicy(self, request: pb.StartPolicyRequest, context: grpc.ServicerContext) -> common_pb2.PolicyVersion:
-        if not RUN_ID.fullmatch(request.run_id):
-            serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        check_run_id(request.run_id, context)
         config = optimizer_config(request.optimizer, context)
         if config.max_policy_lag >= self.trainer.keep_snapshots:
             # The engine may still be loading a snapshot that many versions old when a newer one is written.
@@ -140,8 +143,7 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
     def DownloadPolicyWeights(
         self, request: pb.DownloadPolicyWeightsRequest, context: grpc.ServicerContext
     ) -> Iterator[opb.ArtifactChunk]:
-        if not RUN_ID.fullmatch(request.run_id):
-            serving.invalid(context, "run_id", f"got {request.run_id!r}, expected 1-64 letters, digits, '_', '-', '.'")
+        check_run_id(request.run_id, context)
         yield from self.weights.download(request, context)
 
     def _samples(self, request: pb.TrainBatch, context: grpc.ServicerContext) -> tuple[list[Sample], int]:
@@ -223,23 +225,28 @@ class PolicyTrainerServicer(pb_grpc.PolicyTrainerServiceServicer):
         )
 
 
-def check_lora(base_dir, settings: TrainerSettings) -> None:  # noqa: ANN001
-    """Refuse LoRA settings the model cannot take at start (an empty model on the meta device: no weights read)."""
+def lora_settings(base_dir, settings: TrainerSettings) -> LoraSettings | None:  # noqa: ANN001
+    """The adapter ``--lora-rank`` asks for (None: full fine-tuning), refused at start if the model cannot take it
+    (tried on an empty model on the meta device: no weights read)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from fedgrpo.models.adapters import lora_model
     from fedgrpo.settings import ConfigError
 
+    if not settings.lora_rank:
+        return None
     if not settings.lora_target_modules:
         raise ConfigError("fedgrpo trainer: lora_target_modules is empty; name the modules (q_proj,v_proj) or "
                           "all-linear")
+    lora = LoraSettings(settings.lora_rank, settings.lora_alpha or 2.0 * settings.lora_rank,
+                        tuple(settings.lora_target_modules))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
     try:
-        lora_model(model, LoraSettings(settings.lora_rank, settings.lora_alpha or 1.0,
-                                       tuple(settings.lora_target_modules)))
+        lora_model(model, lora)
     except ValueError as err:
         raise ConfigError(f"fedgrpo trainer: lora_target_modules: {' '.join(str(err).split())[:300]}") from None
+    return lora
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -259,16 +266,13 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise ConfigError(f"fedgrpo trainer: model: {err}") from None
     vocab_size = AutoConfig.from_pretrained(base_dir).vocab_size
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and settings.dtype == "float16":
+    if distributed.world_size() > 1 and settings.dtype == "float16":
         raise ConfigError("fedgrpo trainer: dtype float16 across several ranks (torchrun) is not supported; "
                           "set --dtype bfloat16")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and settings.lora_rank:
+    if distributed.world_size() > 1 and settings.lora_rank:
         raise ConfigError("fedgrpo trainer: --lora-rank across several ranks (torchrun) is not supported; "
                           "train the adapter in one process (--lora-rank 0 for a sharded full model)")
-    if settings.lora_rank:
-        check_lora(base_dir, settings)
-    lora = LoraSettings(settings.lora_rank, settings.lora_alpha or 2.0 * settings.lora_rank,
-                        tuple(settings.lora_target_modules)) if settings.lora_rank else None
+    lora = lora_settings(base_dir, settings)
     ranks = distributed.join(settings.device)  # None unless started by torchrun with several processes
     trainer = PolicyTrainer(
         base_dir, settings.state_dir, ranks.device(settings.device) if ranks else settings.device, settings.dtype,

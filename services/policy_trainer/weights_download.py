@@ -79,16 +79,16 @@ class WeightsServer:
         if not 1 <= request.version <= current:
             serving.invalid(context, "version", f"got {request.version}, expected 1 to {current} (run {run_id}'s "
                             "current version); 0 is the base model, which the orchestrator holds")
-        try:
-            files = open_snapshot(self.trainer.snapshot_path(run_id, request.version))
-        except FileNotFoundError:
-            serving.not_found(context, f"version {request.version} of run {run_id} is no longer kept: this "
-                              f"trainer keeps its newest {self.trainer.keep_snapshots} (--keep-snapshots)")
         if not self.slots.acquire(blocking=False):
-            close(files)
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           f"{self.max_concurrent} weight downloads are streaming; retry later")
+        files: list[Planned] = []
         try:
+            try:
+                files = open_snapshot(self.trainer.snapshot_path(run_id, request.version))
+            except FileNotFoundError:
+                serving.not_found(context, f"version {request.version} of run {run_id} is no longer kept: this "
+                                  f"trainer keeps its newest {self.trainer.keep_snapshots} (--keep-snapshots)")
             sent = 0
             for chunk in chunks(-1, files, self.chunk_bytes, MAX_SNAPSHOT_BYTES, context.is_active):
                 sent += len(chunk.data)
