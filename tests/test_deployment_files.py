@@ -3,9 +3,13 @@ Docker engine needed) and describes the deployment the README promises:
 mutual TLS everywhere from a one-shot `certs` service, each container
 holding only its own identity (never the CA key, another member's key or,
 but for the orchestrator, the API token) and running unprivileged, a GPU
-reserved only by the GPU profile, local reward clients that join; the
-Dockerfiles expose every port and drop root; the protos are lint-clean and
-break nothing main's protos promised."""
+reserved only by the GPU profile, which differs from the CPU profile only in
+image, device, dtype and the engine's memory setting; reward clients that join:
+self-signing replicas only in the `dev` profile, an operator-issued identity
+in the `partner` profile. The Dockerfiles take their base image and a CA
+bundle from the build, expose every port and drop root; the protos are
+lint-clean and break nothing main's protos promised. (`make compose-smoke`
+runs the file for real: tests/compose_smoke.py.)"""
 
 import functools
 import json
@@ -23,18 +27,28 @@ PROFILES = ["gpu", "cpu"]
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca")
 
 
-def compose_config(profile: str, *args: str) -> subprocess.CompletedProcess:
+def compose_config(*profiles: str, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    chosen = [arg for profile in profiles for arg in ("--profile", profile)]
     return subprocess.run(
-        [str(COMPOSE), "-f", str(ROOT / "docker-compose.yml"), "--profile", profile, "config", *args],
-        capture_output=True, text=True, timeout=60,
+        [str(COMPOSE), "-f", str(ROOT / "docker-compose.yml"), *chosen, "config", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PARTNER_IDENTITY_DIR": "/srv/org-a"},
     )
 
 
 @functools.cache
-def services(profile: str) -> dict:
-    proc = compose_config(profile, "--format", "json")
+def services(*profiles: str) -> dict:
+    proc = compose_config(*profiles, args=("--format", "json"))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["services"]
+
+
+def every_service(profile: str) -> dict:
+    """The profile's services with the development replicas and the partner client."""
+    return services(profile, "dev", "partner")
+
+
+def entrypoint_text(service: dict) -> str:
+    return " ".join(service.get("entrypoint") or []).replace("$$", "$")
 
 
 def command_text(service: dict) -> str:
@@ -43,18 +57,22 @@ def command_text(service: dict) -> str:
     return " ".join(command if isinstance(command, list) else [command]).replace("$$", "$")
 
 
-@pytest.mark.parametrize("profile", PROFILES)
-def test_compose_file_is_valid_for_each_profile(profile):
-    proc = compose_config(profile, "--quiet")
+@pytest.mark.parametrize("profiles", [("gpu",), ("cpu",), ("gpu", "dev", "partner"), ("cpu", "dev", "partner")])
+def test_compose_file_is_valid_for_each_profile(profiles):
+    proc = compose_config(*profiles, args=("--quiet",))
     assert proc.returncode == 0, proc.stderr
 
 
 LOCAL_CLIENTS = {"client-1", "client-2", "client-3"}
+DEV = {"dev-ca", "reward-client"}
 
 
-def test_each_profile_runs_certs_one_backend_and_the_reward_clients():
-    assert set(services("gpu")) == {"certs", "trainer-gpu", "orchestrator-gpu"} | LOCAL_CLIENTS
-    assert set(services("cpu")) == {"certs", "trainer-cpu", "orchestrator-cpu"} | LOCAL_CLIENTS
+def test_each_profile_runs_certs_and_one_backend_and_clients_only_when_asked():
+    for profile in PROFILES:
+        backend = {"certs", f"trainer-{profile}", f"orchestrator-{profile}"}
+        assert set(services(profile)) == backend
+        assert set(services(profile, "dev")) == backend | DEV
+        assert set(services(profile, "partner")) == backend | {"partner-client"}
     for profile in PROFILES:
         backend = services(profile)
         assert "trainer" in backend[f"trainer-{profile}"]["networks"]["default"]["aliases"]
@@ -67,7 +85,7 @@ def reserved_devices(service: dict) -> list:
 
 def test_gpu_services_reserve_a_gpu_and_cpu_ones_do_not():
     for profile in PROFILES:
-        for name, service in services(profile).items():
+        for name, service in every_service(profile).items():
             devices = reserved_devices(service)
             if name.endswith("-gpu"):
                 assert devices and devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"], name
@@ -79,19 +97,62 @@ def test_gpu_services_reserve_a_gpu_and_cpu_ones_do_not():
     assert services("cpu")["orchestrator-cpu"]["environment"]["FEDGRPO_ORCHESTRATOR_DEVICE"] == "cpu"
 
 
-def test_local_reward_clients_join_the_orchestrator_under_their_certificate_names():
+def test_the_gpu_profile_is_the_cpu_profile_but_for_image_device_dtype_and_engine_memory():
+    """What runs here (CPU) is what a GPU host runs: only the image, the GPU reservation, device, dtype
+    and vLLM's memory setting (a share of GPU memory vs a KV-cache size) may differ."""
+    device_only = {"image", "build", "deploy"}
+    for role in ("trainer", "orchestrator"):
+        gpu, cpu = services("gpu")[f"{role}-gpu"], services("cpu")[f"{role}-cpu"]
+        assert {k: v for k, v in gpu.items() if k not in device_only | {"environment", "profiles", "depends_on"}} == {
+            k: v for k, v in cpu.items() if k not in device_only | {"environment", "profiles", "depends_on"}}, role
+        prefix = f"FEDGRPO_{role.upper()}_"
+        differ = {k for k in gpu["environment"].keys() | cpu["environment"].keys()
+                  if gpu["environment"].get(k) != cpu["environment"].get(k)}
+        assert differ <= {prefix + "DEVICE", prefix + "DTYPE", prefix + "VLLM_GPU_MEMORY_UTILIZATION",
+                          prefix + "VLLM_KV_CACHE_GIB"}, differ
+        assert (gpu["environment"][prefix + "DEVICE"], cpu["environment"][prefix + "DEVICE"]) == ("cuda", "cpu")
+        assert (gpu["environment"][prefix + "DTYPE"], cpu["environment"][prefix + "DTYPE"]) == ("bfloat16", "float32")
+    assert {k: v for k, v in services("gpu")["orchestrator-gpu"]["depends_on"].items() if k != "trainer-gpu"} == {
+        k: v for k, v in services("cpu")["orchestrator-cpu"]["depends_on"].items() if k != "trainer-cpu"}
+
+
+def test_reward_clients_join_the_orchestrator_and_open_no_port():
     for profile in PROFILES:
-        for name in LOCAL_CLIENTS:
-            client = services(profile)[name]
+        for name in ("reward-client", "partner-client"):
+            client = every_service(profile)[name]
             assert not client.get("ports"), f"{name}: a reward client opens no port to the host"
             command = command_text(client)
-            assert "--orchestrator=orchestrator:50053" in command and "--host=127.0.0.1" in command
-            env = client["environment"]
-            assert env["FEDGRPO_REWARD_CLIENT_NAME"] == name
-            assert (env["FEDGRPO_REWARD_CLIENT_TLS_CERT"], env["FEDGRPO_REWARD_CLIENT_TLS_KEY"]) == (
-                f"/identity/{name}.crt", f"/identity/{name}.key")
-            assert env["FEDGRPO_REWARD_CLIENT_DOMAINS"] == "add1,sub1,mul1"
-            assert "certs issue" not in command, f"{name} signs its own certificate: it would need the CA key"
+            assert "--host=127.0.0.1" in command and "--port=50061" in command, name
+            assert client["environment"]["FEDGRPO_REWARD_CLIENT_ORCHESTRATOR"] == "orchestrator:50053", name
+            assert client["environment"]["FEDGRPO_REWARD_CLIENT_DOMAINS"] == "add1,sub1,mul1"
+
+
+def test_development_replicas_sign_their_own_identity_and_only_in_the_dev_profile():
+    """`--scale reward-client=N` works because each replica signs client-<container id> with the
+    development CA's key; that key is a development convenience, so the replicas and the service that
+    hands them the key exist only in the `dev` profile."""
+    for profile in PROFILES:
+        replica = every_service(profile)["reward-client"]
+        assert replica["profiles"] == ["dev"] and every_service(profile)["dev-ca"]["profiles"] == ["dev"]
+        assert replica["deploy"]["replicas"] == 3
+        script = entrypoint_text(replica)
+        assert 'name="client-$(hostname)"' in script
+        assert 'certs issue "$name" --dir /dev-ca --out /tmp/identity' in script
+        assert '--name "$name" --tls-cert "/tmp/identity/$name.crt"' in script
+        assert "--tls-ca /tmp/identity/ca.crt" in script
+
+
+def test_a_partner_client_runs_with_the_identity_its_operator_issued():
+    for profile in PROFILES:
+        partner = every_service(profile)["partner-client"]
+        assert partner["profiles"] == ["partner"]
+        assert not partner.get("entrypoint") and "certs issue" not in command_text(partner)
+        env = partner["environment"]
+        assert (env["FEDGRPO_REWARD_CLIENT_NAME"], env["FEDGRPO_REWARD_CLIENT_TLS_CERT"],
+                env["FEDGRPO_REWARD_CLIENT_TLS_KEY"], env["FEDGRPO_REWARD_CLIENT_TLS_CA"]) == (
+            "org-a", "/identity/org-a.crt", "/identity/org-a.key", "/identity/ca.crt")
+        assert [(v["type"], v["source"], v["target"], v.get("read_only")) for v in partner["volumes"]] == [
+            ("bind", "/srv/org-a", "/identity", True)]
 
 
 def mounts(service: dict) -> dict[str, tuple[str, bool]]:
@@ -102,30 +163,28 @@ def mounts(service: dict) -> dict[str, tuple[str, bool]]:
 def test_each_container_mounts_only_its_own_identity_read_only():
     """The attack: a compromised reward-client container reads the CA key (mints any identity, the
     orchestrator's included), the trainer's or orchestrator's key (calls the trainer as the
-    orchestrator) or the API token. Only `certs` mounts the CA volume; everyone else gets one
-    identity volume, its own, read-only."""
+    orchestrator) or the API token. Only `certs` mounts the CA volume writable, and only the dev
+    profile's `dev-ca` reads it; everyone else gets one identity, its own, read-only; the CA key
+    reaches the `dev-ca` volume, and the self-signing replicas, only in the dev profile."""
     for profile in PROFILES:
-        defined = services(profile)
-        certs = mounts(defined["certs"])
-        assert certs["/certs"] == ("certs", False)
-        identity_of = {"orchestrator": f"orchestrator-{profile}", "trainer": f"trainer-{profile}"} | {
-            name: name for name in LOCAL_CLIENTS}
-        for identity, service in identity_of.items():
-            assert certs[f"/identities/{identity}"] == (f"{identity}-identity", False)
-            own = mounts(defined[service])
-            assert own["/identity"] == (f"{identity}-identity", True), service
-            others = {volume for volume, _ in own.values()} - {f"{identity}-identity", "state"}
-            assert not others, f"{service} mounts {others}"
-            if identity in LOCAL_CLIENTS:
-                assert "state" not in {volume for volume, _ in own.values()}, f"{service} mounts the policy state"
-        assert "--export /identities --owner 10001:10001" in command_text(defined["certs"])
-        assert "--clients client-1,client-2,client-3" in command_text(defined["certs"])
-
-
-def test_only_the_certs_service_runs_as_root():
-    for profile in PROFILES:
-        for name, service in services(profile).items():
-            assert service.get("user") == ("root" if name == "certs" else None), name
+        for defined in (services(profile), every_service(profile)):
+            certs = mounts(defined["certs"])
+            assert certs["/certs"] == ("certs", False)
+            assert "ca.key" not in command_text(defined["certs"])
+            for identity in ("orchestrator", "trainer"):
+                assert certs[f"/identities/{identity}"] == (f"{identity}-identity", False)
+                own = mounts(defined[f"{identity}-{profile}"])
+                assert own["/identity"] == (f"{identity}-identity", True), identity
+                assert {volume for volume, _ in own.values()} == {f"{identity}-identity", "state"}, identity
+            assert "--export /identities --owner 10001:10001" in command_text(defined["certs"])
+            holders = {name for name, service in defined.items() for volume, _ in mounts(service).values()
+                       if volume in ("certs", "dev-ca")}
+            assert holders == ({"certs", "dev-ca", "reward-client"} if "dev-ca" in defined else {"certs"})
+        dev = every_service(profile)
+        assert mounts(dev["dev-ca"]) == {"/certs": ("certs", True), "/dev-ca": ("dev-ca", False)}
+        assert mounts(dev["reward-client"]) == {"/dev-ca": ("dev-ca", True)}
+        for name in ("reward-client", "partner-client"):
+            assert "state" not in {volume for volume, _ in mounts(dev[name]).values()}, f"{name} mounts the state"
 
 
 def test_a_container_holding_its_exported_identity_cannot_mint_one(tmp_path):
@@ -149,12 +208,15 @@ def test_a_container_holding_its_exported_identity_cannot_mint_one(tmp_path):
 def test_every_service_uses_tls_from_its_identity_volume():
     assert "--plaintext" not in (ROOT / "docker-compose.yml").read_text()
     for profile in PROFILES:
-        for name, service in services(profile).items():
+        for name, service in every_service(profile).items():
             if name == "certs":
                 assert "certs init --dir /certs" in command_text(service)
                 continue
-            assert service["depends_on"]["certs"]["condition"] == "service_completed_successfully", name
-            assert "--tls-ca=/identity/ca.crt" in command_text(service), name
+            after = "dev-ca" if name == "reward-client" else "certs"
+            if name != "partner-client":  # it may run on another machine, where no `certs` runs
+                assert service["depends_on"][after]["condition"] == "service_completed_successfully", name
+            if name in ("trainer-" + profile, "orchestrator-" + profile):
+                assert "--tls-ca=/identity/ca.crt" in command_text(service), name
 
 
 def test_orchestrator_publishes_api_federation_and_metrics_without_dialed_clients():
@@ -178,8 +240,8 @@ def test_orchestrator_publishes_api_federation_and_metrics_without_dialed_client
 
 def test_healthchecks_call_fedgrpo_health_over_tls():
     for profile in PROFILES:
-        for name, service in services(profile).items():
-            if name == "certs":
+        for name, service in every_service(profile).items():
+            if name in ("certs", "dev-ca"):
                 assert "healthcheck" not in service
                 continue
             test = " ".join(service["healthcheck"]["test"]).replace("$$", "$")
@@ -199,6 +261,30 @@ def test_dockerfiles_copy_the_sources_and_expose_every_port(dockerfile):
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER")]
     assert users == ["fedgrpo"], "the services' image must end as the unprivileged user `fedgrpo`"
     assert "--uid 10001" in text and "chown fedgrpo:fedgrpo /state" in text
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.cpu", "Dockerfile.cuda"])
+def test_dockerfiles_take_the_base_image_and_a_ca_bundle_from_the_build(dockerfile):
+    """Users keep the default base; a machine with no registry (or a TLS proxy) passes its own base
+    image, CA bundle (a build secret: never in a layer) and wheels, as `make compose-smoke` does."""
+    lines = (ROOT / "docker" / dockerfile).read_text().splitlines()
+    default = "python:3.11-slim" if dockerfile == "Dockerfile.cpu" else "nvidia/cuda:12.8.1-runtime-ubuntu24.04"
+    assert lines[[line.startswith("FROM") for line in lines].index(True) - 1] == f"ARG BASE_IMAGE={default}"
+    assert "FROM ${BASE_IMAGE}" in lines
+    install = next(line for line in lines if "--mount=type=secret" in line)
+    assert "--mount=type=secret,id=ca-certificates" in install
+    assert "--mount=type=bind,source=docker/wheels,target=/wheels" in install
+    text = "\n".join(lines)
+    assert "PIP_CERT=/run/secrets/ca-certificates" in text and "PIP_FIND_LINKS=/wheels" in text
+    assert "EXTRAS=" in text and "prepare-model tiny-policy" in text
+    assert "g++" in text, "vLLM compiles kernels with torch inductor at run time: the image needs a C++ compiler"
+
+
+def test_orchestrators_give_vllm_shared_memory():
+    """vLLM's engine and workers exchange tensors through /dev/shm; Docker's default 64 MB fails at start."""
+    for profile in PROFILES:
+        assert int(services(profile)[f"orchestrator-{profile}"]["shm_size"]) >= 1 << 30
+    assert (ROOT / "docker" / "wheels" / ".gitignore").is_file()
 
 
 BUF = shutil.which("buf") or str(ROOT / ".cache/buf/node_modules/.bin/buf")
