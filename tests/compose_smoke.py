@@ -42,6 +42,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -75,9 +76,8 @@ def log(message: str) -> None:
     print(f"[compose-smoke {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def sh(*args: str, env: dict | None = None, capture: bool = False, check: bool = True,
-       input: bytes | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(args), env=env, input=input,
+def sh(*args: str, env: dict | None = None, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(args), env=env,
                             stdout=subprocess.PIPE if capture else None,
                             stderr=subprocess.PIPE if capture else None)
     if check and result.returncode != 0:
@@ -198,8 +198,9 @@ def base_image(docker: str) -> str:
     sh("debootstrap", "--variant=minbase", f"--include={DEBOOTSTRAP_PACKAGES}", "bookworm", str(rootfs),
        "http://deb.debian.org/debian", capture=True)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    sh(docker, "import", "-", BASE_IMAGE, input=tar.stdout.read(), capture=True)
-    tar.wait()
+    imported = subprocess.run([docker, "import", "-", BASE_IMAGE], stdin=tar.stdout, capture_output=True)
+    if tar.wait() != 0 or imported.returncode != 0:
+        raise SmokeFailure(f"tar | docker import failed: {imported.stderr.decode(errors='replace')[-2000:]}")
     shutil.rmtree(rootfs)
     return BASE_IMAGE
 
@@ -229,14 +230,25 @@ def build_image(docker: str, base: str) -> None:
 
 
 # ---- the compose project -----------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port(taken: set[int]) -> int:
+    """A free loopback port below the ephemeral range, so no process that binds port 0 (the tests running
+    beside this, in `make test`) can take it between now and `up`."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(20000, max(min(low, 30000), 20200)), 200):
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise SmokeFailure("no free port in 20000-30000")
 
 
 def free_subnet(docker: str) -> str:
-    """A /24 in 10.231.0.0/16 that no Docker network and no interface of this machine uses."""
+    """A /24 in 10.239.0.0/16 that no Docker network and no interface of this machine uses."""
     used = []
     for line in sh(docker, "network", "inspect", *sh(docker, "network", "ls", "-q", capture=True)
                    .stdout.decode().split(), capture=True).stdout.decode().splitlines():
@@ -246,10 +258,10 @@ def free_subnet(docker: str) -> str:
         fields = line.split()
         if "inet" in fields:
             used.append(ipaddress.ip_network(fields[fields.index("inet") + 1], strict=False))
-    for candidate in ipaddress.ip_network("10.231.0.0/16").subnets(new_prefix=24):
+    for candidate in ipaddress.ip_network("10.239.0.0/16").subnets(new_prefix=24):
         if not any(candidate.overlaps(u) for u in used):
             return str(candidate)
-    raise SmokeFailure("no free /24 in 10.231.0.0/16 for the compose network")
+    raise SmokeFailure("no free /24 in 10.239.0.0/16 for the compose network")
 
 
 class Project:
@@ -279,7 +291,7 @@ class Project:
         self("logs", "--no-color", "--tail", "40", check=False)
 
 
-def drive(project: Project, ports: dict) -> tuple[str, int]:
+def drive(project: Project, ports: dict, phase) -> tuple[str, int]:
     """The run through the client library; returns (final state name, steps completed)."""
     from fedgrpo.client import Client
     from fedgrpo.v1 import orchestrator_pb2 as pb
@@ -287,7 +299,8 @@ def drive(project: Project, ports: dict) -> tuple[str, int]:
     ca = project.certs("cat", "/certs/ca.crt")
     token = project.certs("cat", "/certs/api-token").decode().strip()
     with Client(f"127.0.0.1:{ports['api']}", ca=ca, token=token, timeout=60) as client:
-        deadline = time.monotonic() + 300
+        started = time.monotonic()
+        deadline = started + 300
         while True:
             joined = {c.name: c for c in client.list_clients() if c.healthy}
             replicas = [name for name in joined if name.startswith("client-")]
@@ -297,6 +310,8 @@ def drive(project: Project, ports: dict) -> tuple[str, int]:
                 raise SmokeFailure(f"clients joined after 300 s: {sorted(joined)} (want 3 client-* and {PARTNER})")
             time.sleep(2)
         log(f"joined: {sorted(joined)}")
+        phase("clients joined", started)
+        started = time.monotonic()
         run = client.create_run(pb.RunSpec(
             tasks=["add1", "sub1"], steps=STEPS, questions_per_step=4, candidates_per_question=8,
             experts_per_question=2, max_tokens=8, temperature=1.5, expert_quorum=1, reward_timeout_seconds=30,
@@ -312,18 +327,20 @@ def drive(project: Project, ports: dict) -> tuple[str, int]:
                 os.kill(pid, signal.SIGKILL)  # a crash, not `docker stop`: the restart policy applies
                 killed.update(pid=pid, at=time.monotonic(), step=m.step)
                 log(f"SIGKILLed the orchestrator (host pid {pid}) after step {m.step}")
+                phase("run to the kill", started)
 
         final, steps = client.wait(run.run_id, on_step=on_step)
         if not killed:
             raise SmokeFailure("the run ended before the orchestrator was killed")
+        phase("resume to the end", killed["at"])
         restarts = int(project.inspect(orchestrator, "{{.RestartCount}}"))
-        log(f"run {pb.RunState.Name(final.state)} after {STEPS} steps; orchestrator restarts {restarts}; "
-            f"{time.monotonic() - killed['at']:.0f} s from the kill to the end")
+        log(f"run {pb.RunState.Name(final.state)} after {STEPS} steps; orchestrator restarts {restarts}")
         if restarts < 1:
             raise SmokeFailure("the orchestrator container was not restarted after SIGKILL")
         if final.state != pb.RUN_STATE_SUCCEEDED or final.steps_completed != STEPS:
             raise SmokeFailure(f"run ended {pb.RunState.Name(final.state)} with {final.steps_completed}/{STEPS} "
                                f"steps: {final.error}")
+        started = time.monotonic()
         download = WORK / "download"
         shutil.rmtree(download, ignore_errors=True)
         files = client.download(run.run_id, download, ["model/", "metrics.jsonl"], timeout=300)
@@ -332,6 +349,7 @@ def drive(project: Project, ports: dict) -> tuple[str, int]:
             raise SmokeFailure(f"metrics.jsonl records steps {recorded}, want each of 1..{STEPS} once")
         check_model(download / "model")
         log(f"downloaded {len(files)} files ({sum(f.stat().st_size for f in files)} bytes); the model loads")
+        phase("download", started)
         return pb.RunState.Name(final.state).removeprefix("RUN_STATE_").lower(), final.steps_completed
 
 
@@ -346,7 +364,8 @@ def check_model(folder: Path) -> None:
 
 def run_project(docker: str, phase) -> tuple[int, str, int]:
     """Certificates, up, the run, down: (healthy services after up, the run's final state, its steps)."""
-    ports = {"api": free_port(), "federation": free_port(), "metrics": free_port(), "trainer_metrics": free_port()}
+    taken: set[int] = set()
+    ports = {name: free_port(taken) for name in ("api", "federation", "metrics", "trainer_metrics")}
     WORK.mkdir(parents=True, exist_ok=True)
     partner = WORK / "partner-identity"
     env = dict(os.environ, SMOKE_SUBNET=free_subnet(docker), SMOKE_BRIDGE=BRIDGE, SMOKE_API_PORT=str(ports["api"]),
@@ -370,13 +389,11 @@ def run_project(docker: str, phase) -> tuple[int, str, int]:
             services = project.healthy()
             phase("up", started)
             log(f"healthy services: {services}")
-            started = time.monotonic()
-            state, steps = drive(project, ports)
+            state, steps = drive(project, ports, phase)
             stopped = [c for s in SERVICES for c in project.containers(s)
                        if project.inspect(c, "{{.State.Running}}") != "true"]
             if stopped:
                 raise SmokeFailure(f"containers not running after the run: {stopped}")
-            phase("run and resume", started)
             return services, state, steps
         except BaseException:
             project.logs()
