@@ -82,10 +82,11 @@ experiment: install
 # containers) fill it. Its output goes to .cache/compose-smoke/smoke.log, printed after the tests.
 COMPOSE_SMOKE ?= 1
 SMOKE_LOG := .cache/compose-smoke/smoke.log
+SMOKE := $(PY) tests/compose_smoke.py
 test: install $(BUF) compose-check
 ifeq ($(COMPOSE_SMOKE),1)
 	@mkdir -p $(dir $(SMOKE_LOG)); echo "make compose-smoke: beside the tests, log in $(SMOKE_LOG)"
-	@$(PY) tests/compose_smoke.py > $(SMOKE_LOG) 2>&1 & smoke=$$!; \
+	@$(SMOKE) > $(SMOKE_LOG) 2>&1 & smoke=$$!; \
 	$(PY) -m pytest $(TEST_ARGS); tests=$$?; \
 	wait $$smoke; smoked=$$?; \
 	echo "---- make compose-smoke (ran beside the tests) ----"; cat $(SMOKE_LOG); \
@@ -128,7 +129,7 @@ compose-check: install
 # partner client with an operator-issued identity), drives a run from here, kills the orchestrator, checks
 # the run resumes, then `down -v`. Last line: `compose smoke: services <n> run <state> steps <n>`.
 compose-smoke: install
-	$(PY) tests/compose_smoke.py
+	$(SMOKE)
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache fedgrpo/v1/*_pb2*.py* fedgrpo/v1/*.binpb $(GENERATED)
