@@ -88,6 +88,11 @@ def final_answer(candidate: str) -> str:
     return lines[-1] if lines else ""
 
 
+def states_answer(candidate: str) -> bool:
+    """Whether a candidate marks its final answer (``\\boxed{...}`` or "answer is ..."/"answer: ...")."""
+    return bool(_BOXED.search(candidate) or _ANSWER_IS.search(candidate))
+
+
 def _plain(text: str) -> str:
     return normalise(text).strip("*\"'` ").rstrip(".").strip().casefold()
 
