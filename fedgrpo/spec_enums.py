@@ -1,7 +1,7 @@
 """The run spec's choice fields: proto enums on the wire, readable lowercase names for people.
 
 A choice field (``RunSpec.loss_type``, ``reward_reading``, ``expert_selection``,
-``zero_signal_groups``, ``reward_fusion``, ``preset``; ``OptimizerSettings.loss_type``)
+``zero_signal_groups``, ``reward_fusion``, ``preset``, ``algorithm``; ``OptimizerSettings.loss_type``)
 is an enum on the wire. Its values' readable names are the enum value names less the
 enum's prefix, lowercased: ``LOSS_TYPE_DR_GRPO`` <-> ``dr_grpo``. Those are the names
 ``RunConfig``, TOML files, ``--spec KEY=VALUE`` and the client library use; the

@@ -27,7 +27,7 @@ def allowed(field: str) -> set[str]:
 
 def test_every_choice_field_of_the_spec_is_an_enum_and_the_trainers_loss_type_too():
     assert {f.name for f in ENUM_FIELDS} == {
-        "loss_type", "reward_reading", "expert_selection", "zero_signal_groups", "reward_fusion", "preset"}
+        "loss_type", "reward_reading", "expert_selection", "zero_signal_groups", "reward_fusion", "preset", "algorithm"}
     assert tpb.OptimizerSettings.DESCRIPTOR.fields_by_name["loss_type"].enum_type is common_pb2.LossType.DESCRIPTOR
 
 

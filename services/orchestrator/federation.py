@@ -19,8 +19,10 @@ caller went away frees its place at once).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import threading
 from collections.abc import Collection
 
 import grpc
@@ -29,6 +31,7 @@ from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
 from fedgrpo import serving
+from fedgrpo.adapter_transfer import BadAdapter
 from fedgrpo.observability import JOINS
 from fedgrpo.security import peer_identity
 from fedgrpo.settings import NAME
@@ -36,6 +39,8 @@ from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import federation_pb2_grpc as fpb_grpc
 
 from .clients import RewardClient, RewardClients
+from .fedmoa.exchange import AdapterExchange
+from .fedmoa.rounds import RoundError
 from .joined import AlreadyPolling, NotYourTask, TaskClosed, UnknownSession
 
 log = logging.getLogger(__name__)
@@ -73,9 +78,12 @@ def description_problem(d) -> tuple[str, str] | None:  # type: ignore[no-untyped
 class FederationServicer(fpb_grpc.FederationServiceServicer):
     def __init__(
         self, clients: RewardClients, heartbeat_seconds: float, allowed: Collection[str] = (), plaintext: bool = False,
-        join_rate_limit: str = "10/minute",
+        join_rate_limit: str = "10/minute", exchange: AdapterExchange | None = None,
     ) -> None:
         self.clients, self.heartbeat_seconds = clients, heartbeat_seconds
+        self.exchange = exchange if exchange is not None else AdapterExchange()
+        self._round_polls: set[str] = set()
+        self._round_polls_lock = threading.Lock()
         self.allowed, self.plaintext = frozenset(allowed), plaintext
         self.join_limits = parse_many(join_rate_limit) if join_rate_limit.strip() else []
         self.join_limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -194,6 +202,56 @@ class FederationServicer(fpb_grpc.FederationServiceServicer):
         except ValueError as err:
             serving.invalid(context, "rewards", str(err).split(": ", 1)[-1])
         return fpb.SubmitRewardsResponse()
+
+    # ---- parameter exchange (fedmoa, fedavg_lora) -------------------------------------------------------------------
+    def _trainer(self, session_id: str, context: grpc.ServicerContext) -> RewardClient:
+        client = self._client(session_id, context)
+        if not client.transport.description.local_training:  # type: ignore[union-attr]
+            serving.failed_precondition(context, "local_training: this client joined without local training; "
+                                        "join with --local-training to take training rounds")
+        return client
+
+    def FetchRound(self, request: fpb.FetchRoundRequest, context: grpc.ServicerContext) -> fpb.FetchRoundResponse:
+        if not (math.isfinite(request.wait_seconds) and 0 <= request.wait_seconds <= MAX_WAIT_SECONDS):
+            serving.invalid(context, "wait_seconds", f"got {request.wait_seconds}, expected 0 to {MAX_WAIT_SECONDS}")
+        client = self._trainer(request.session_id, context)
+        with self._round_polls_lock:
+            if client.name in self._round_polls:
+                serving.refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               "FetchRound: this client already has a FetchRound waiting")
+            self._round_polls.add(client.name)
+        try:
+            offered = self.exchange.fetch(client.name, request.wait_seconds)
+        finally:
+            with self._round_polls_lock:
+                self._round_polls.discard(client.name)
+        return fpb.FetchRoundResponse(round=offered) if offered is not None else fpb.FetchRoundResponse()
+
+    def DownloadAdapter(self, request: fpb.DownloadAdapterRequest, context: grpc.ServicerContext):  # noqa: ANN201
+        if not request.round_id:
+            serving.invalid(context, "round_id", "must not be empty")
+        client = self._trainer(request.session_id, context)
+        try:
+            yield from self.exchange.download(client.name, request.round_id)
+        except RoundError as err:
+            serving.refuse(context, err.code, str(err))
+
+    def SubmitAdapter(self, request_iterator, context: grpc.ServicerContext) -> fpb.SubmitAdapterResponse:  # noqa: ANN001
+        first = next(request_iterator, None)
+        if first is None:
+            serving.invalid(context, "header", "the stream is empty: send the header, then the chunks")
+        client = self._trainer(first.session_id, context)
+        requests = itertools.chain([first], request_iterator)
+        try:
+            self.exchange.receive(client.name, requests, first.session_id)
+        except RoundError as err:
+            if isinstance(err.code, grpc.StatusCode) and err.code == grpc.StatusCode.PERMISSION_DENIED:
+                log.warning("reward client %s submitted an adapter for a round it was not sent: %s", client.name, err)
+            serving.refuse(context, err.code, str(err))
+        except BadAdapter as err:
+            serving.invalid(context, str(err).split(":", 1)[0], str(err).split(": ", 1)[-1],
+                            reason="BAD_ADAPTER")
+        return fpb.SubmitAdapterResponse()
 
     def Leave(self, request: fpb.LeaveRequest, context: grpc.ServicerContext) -> fpb.LeaveResponse:
         client = self._client(request.session_id, context)

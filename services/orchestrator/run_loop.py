@@ -59,6 +59,8 @@ from .advantages import question_advantages
 from .batch import train_sequences
 from .clients import RewardClients
 from .experts import ClientView, select_experts
+from .fedmoa.exchange import AdapterExchange
+from .fedmoa.run import ParameterExchangeRun, dataset_prompt
 from .online_confidence import RunConfidence
 from .policy_weights import shared_weights
 from .probes import LiveRun
@@ -132,11 +134,13 @@ class RunExecutor:
         select: Selector = select_experts,
         trainer_retry_seconds: float = 600.0,
         client_wait_seconds: float = 120.0,
+        exchange: AdapterExchange | None = None,
     ) -> None:
         self.store, self.clients, self.policy = store, clients, policy
         self.bank, self.router, self.select = bank, router, select
         self.link = TrainerLink(trainer, store, trainer_retry_seconds)
         self.client_wait_seconds = client_wait_seconds
+        self.exchange = exchange if exchange is not None else AdapterExchange()
         self.configs: dict[str, RunConfig] = {}
         # The online confidence of the run executing now (runs execute one at a time): its own,
         # started from the probed graph for each run and never written back into the graph.
@@ -203,6 +207,9 @@ class RunExecutor:
 
     # ---- one run -----------------------------------------------------------
     def _execute(self, run_id: str, cfg: RunConfig, resume: bool = False) -> None:
+        if cfg.exchanges_parameters:
+            self._exchange_parameters(run_id, cfg, resume)
+            return
         version = self.link.start(run_id, optimizer_settings(cfg))
         pending = self.store.pending_step(run_id) if resume else None
         if pending is not None:
@@ -253,6 +260,20 @@ class RunExecutor:
         if self.router is not None:
             self.router.export(self.store.run_dir(run_id), self.confidence.values,
                                with_router=cfg.reward_fusion == "router", clients=cfg.reward_clients)
+
+    def _exchange_parameters(self, run_id: str, cfg: RunConfig, resume: bool) -> None:
+        """A fedmoa or fedavg_lora run: the clients train, the server combines (``fedmoa/run.py``)."""
+        self.resuming.discard(run_id)
+        runner = ParameterExchangeRun(
+            self.store, self.clients, self.policy, self.exchange, self.router.items if self.router else [],
+            self.client_wait_seconds, lambda: self._check_cancelled(run_id), dataset_prompt(self.bank),
+        )
+        version = runner.execute(run_id, cfg, resume)
+        self._export_model(run_id, version)
+
+    def _check_cancelled(self, run_id: str) -> None:
+        if self.store.cancel_requested(run_id):
+            raise RunCancelled()
 
     def _collect(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion

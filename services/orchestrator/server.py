@@ -28,6 +28,7 @@ from .artifacts import ArtifactServer, chunk_size
 from .clients import RewardClients
 from .config import OrchestratorSettings
 from .datasets import DatasetLibrary, QuestionDataset
+from .fedmoa.exchange import AdapterExchange
 from .paging import PageError, page
 from .policy_weights import StreamedWeights, shared_weights
 from .questions import QuestionBank
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
         clients.on_join.append(lambda _client: router.probe_new_clients())
         log.info("confidence graph: %d auxiliary items over %s%s, built in %.1fs", len(items), ",".join(domains),
                  f" from {settings.auxiliary}" if settings.auxiliary else "", time.monotonic() - started)
+    exchange = AdapterExchange()  # parameter-exchange runs meet their clients here (fedmoa, fedavg_lora)
     executor = RunExecutor(
         store, clients, policy, trainer,
         QuestionBank(
@@ -361,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
             library.datasets,
         ),
         router, trainer_retry_seconds=settings.trainer_retry_seconds, client_wait_seconds=settings.client_wait_seconds,
+        exchange=exchange,
     )
     servicer = OrchestratorServicer(settings, store, executor, clients, policy, settings.model, library)
     endpoints = [
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.federation_port:
         federation = FederationServicer(
             clients, settings.heartbeat_seconds, settings.reward_client_identities, settings.plaintext,
-            join_rate_limit=settings.join_rate_limit,
+            join_rate_limit=settings.join_rate_limit, exchange=exchange,
         )
         endpoints.append(
             serving.Endpoint(

@@ -31,6 +31,8 @@ ExpertSelection = Literal["confidence_graph", "domain", "random", "all"]
 ZeroSignalGroups = Literal["keep", "drop"]
 RewardFusion = Literal["competence", "mean", "router"]
 Preset = Literal["fedgrpo", "mor"]
+Algorithm = Literal["fedgrpo", "fedmoa", "fedavg_lora"]
+PARAMETER_EXCHANGE = ("fedmoa", "fedavg_lora")
 
 # What a preset sets in a spec that leaves the field unset (RunSpec.preset).
 PRESETS: dict[str, dict[str, object]] = {
@@ -45,6 +47,32 @@ class SpecError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"spec.{field}: {problem}")
         self.field = field
+
+
+class ExchangeConfig(BaseModel):
+    """How a parameter-exchange run (fedmoa, fedavg_lora) trains and combines adapters (RunSpec.exchange)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    local_steps: int = Field(2, ge=1, le=1000)
+    lora_rank: Literal[1, 8, 16, 32, 64, 128, 256, 320, 512] = 8
+    """LoRA rank (one vLLM's max_lora_rank takes)."""
+    lora_alpha: float = Field(16.0, gt=0, le=4096)
+    round_deadline_seconds: float = Field(600.0, gt=0, le=86_400)
+    round_quorum: int | None = Field(None, ge=1, le=1024)
+    """Adapters a round needs to be applied; unset: half the round's clients, rounded up."""
+    round_attempts: int = Field(3, ge=1, le=100)
+    accuracy_temperature: float = Field(0.1, gt=0, le=100)
+    objective_weights: list[float] = Field(default_factory=lambda: [0.6, 0.2, 0.2], min_length=3, max_length=3)
+    """Initial weights of correctness, format, brevity (each > 0)."""
+    objective_learning_rate: float = Field(1.0, ge=0, le=1000)
+    validation_questions: int = Field(16, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> ExchangeConfig:
+        if any(not w > 0 for w in self.objective_weights):
+            raise ValueError(f"objective_weights: each must be > 0, got {self.objective_weights}")
+        return self
 
 
 class RunConfig(BaseModel):
@@ -102,6 +130,14 @@ class RunConfig(BaseModel):
     while step n trains, from a policy at most this many versions behind the one trained on them (the
     trainer's ratio uses the sampler's log-probabilities). 0: synchronous (``run_loop``)."""
 
+    algorithm: Algorithm = "fedgrpo"
+    """fedgrpo (server GRPO on rewards), or a parameter-exchange algorithm: fedmoa, fedavg_lora."""
+    exchange: ExchangeConfig = Field(default_factory=ExchangeConfig)
+
+    @property
+    def exchanges_parameters(self) -> bool:
+        return self.algorithm in PARAMETER_EXCHANGE
+
     @model_validator(mode="before")
     @classmethod
     def _preset_defaults(cls, values: object) -> object:
@@ -136,8 +172,18 @@ def _set_fields(msg: pb.RunSpec) -> dict:
                 raise SpecError(err.field, err.problem) from None
             if name is not None:
                 values[f.name] = name
+        elif f.message_type is not None and f.name == "exchange":
+            values["exchange"] = _exchange_fields(msg.exchange)
         elif f.has_presence and f.name not in values and msg.HasField(f.name):
             values[f.name] = getattr(msg, f.name)
+    return values
+
+
+def _exchange_fields(msg: pb.ParameterExchange) -> dict:
+    values: dict = {f.name: getattr(msg, f.name) for f in msg.DESCRIPTOR.fields if f.has_presence and
+                    msg.HasField(f.name)}
+    if msg.objective_weights:
+        values["objective_weights"] = list(msg.objective_weights)
     return values
 
 
@@ -158,6 +204,8 @@ def resolve_spec(
         e = err.errors()[0]
         field = ".".join(str(p) for p in e["loc"])
         raise SpecError(field, f"{e['msg']} (got {e.get('input')!r})") from None
+    if config.exchanges_parameters:
+        client_count = _exchange_clients(config, client_count)
     datasets = datasets or {}
     if config.dataset:
         if config.dataset not in datasets:
@@ -189,7 +237,9 @@ def resolve_spec(
         client_count = sum(bool(client_count[n]) for n in usable)
     elif config.reward_clients:
         raise SpecError("reward_clients", "client names cannot be checked here")
-    if config.experts_per_question > client_count and config.expert_selection != "all":
+    if config.experts_per_question > client_count and config.expert_selection != "all" and (
+        not config.exchanges_parameters
+    ):
         raise SpecError(
             "experts_per_question",
             f"{config.experts_per_question} experts asked for but {client_count} reward client(s) are live"
@@ -217,6 +267,18 @@ def resolve_spec(
     return config.model_copy(update={"model": served_model})
 
 
+def _exchange_clients(config: RunConfig, client_count: int | Mapping[str, bool]) -> int | Mapping[str, bool]:
+    """A parameter-exchange run asks no experts: only its round quorum must be reachable by its clients."""
+    if config.expert_selection is not None or config.reward_reading != "consensus":
+        raise SpecError("algorithm", f"{config.algorithm} trains on the clients: expert_selection and "
+                        "reward_reading belong to fedgrpo")
+    named = len(config.reward_clients) if config.reward_clients else None
+    quorum = config.exchange.round_quorum
+    if quorum is not None and named is not None and quorum > named:
+        raise SpecError("exchange.round_quorum", f"got {quorum}, more than the {named} reward_clients named")
+    return client_count
+
+
 def stored_config(msg: pb.RunSpec) -> RunConfig:
     """The config of a run accepted earlier (its spec carries every default): for resuming it."""
     return RunConfig.model_validate(_set_fields(msg))
@@ -225,6 +287,8 @@ def stored_config(msg: pb.RunSpec) -> RunConfig:
 def to_message(config: RunConfig) -> pb.RunSpec:
     values = config.model_dump()
     values["scale_rewards"] = config.scale
+    if not config.exchanges_parameters:
+        values.pop("exchange")  # a fedgrpo run's spec carries no exchange settings
     for f in pb.RunSpec.DESCRIPTOR.fields:
         if f.enum_type is not None and values.get(f.name) is not None:
             values[f.name] = spec_enums.number(f.enum_type, values[f.name], f.name)

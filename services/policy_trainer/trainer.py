@@ -256,6 +256,16 @@ class PolicyTrainer:
         elif self._shared((ckpt / "state.json").exists()):
             self._load_checkpoint(ckpt)
 
+    def replace_adapter(self, state: dict) -> None:
+        """Start over from another LoRA adapter's weights with a fresh optimizer (a federated round's start)."""
+        if self.lora is None or self.model is None:
+            raise ValueError("replace_adapter: the trainer trains no LoRA adapter (start it with lora settings)")
+        load_adapter_state(self.model, state)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad], lr=self.config.learning_rate,
+            weight_decay=self.config.weight_decay,
+        )
+
     def _shared(self, value: object) -> object:
         """``value`` as rank 0 sees it (its files), on every rank; itself in one process."""
         return distributed.broadcast(value) if self.ranks else value

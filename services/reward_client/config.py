@@ -115,6 +115,31 @@ class RewardClientSettings(ServiceSettings):
         description="Judge every question with the model-based evaluators only (reward_model, judge_model); "
         "the labelled data is not used. Requires one of them.",
     )
+    local_training: bool = Field(
+        False,
+        description="Take the training rounds of parameter-exchange runs (fedmoa, fedavg_lora): train a LoRA "
+        "adapter on the global one with GRPO on this client's own labelled questions, scored by its own "
+        "evaluators, and send the adapter back. Needs local_policy and labelled questions (labels or domains); "
+        "the client joins with --orchestrator.",
+    )
+    local_policy: str = Field(
+        "",
+        description="With local_training: the base policy this client trains on, the model the orchestrator "
+        "serves: smollm2-135m-instruct, tiny-policy or a Hugging Face folder.",
+    )
+    local_state_dir: Path = Field(
+        Path(".cache/local-training"), description="With local_training: where the local trainer keeps its files."
+    )
+    local_device: str = Field("cpu", description="With local_training: torch device of the local policy (cpu, cuda).")
+    local_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="With local_training: compute dtype (bfloat16 on a GPU; float32 on a CPU)."
+    )
+    local_seed: int = Field(
+        0, ge=0, description="With local_training: seeds this client's question order and sampling (its own)."
+    )
+    max_adapter_bytes: int = Field(
+        1 << 30, ge=1024, description="With local_training: largest global adapter accepted from the orchestrator."
+    )
     judge_max_tokens: int = Field(
         24, ge=1, le=1024, description="Longest reply of the judge model to a question, in tokens."
     )
@@ -193,6 +218,16 @@ class RewardClientSettings(ServiceSettings):
                 "a client with no labelled data can only judge with its own model: set labels (--labels FILE / "
                 "FEDGRPO_REWARD_CLIENT_LABELS), domains (--domains add1,sub1 / FEDGRPO_REWARD_CLIENT_DOMAINS), "
                 "reward_model (--reward-model DIR) or judge_model (--judge-model / FEDGRPO_REWARD_CLIENT_JUDGE_MODEL)"
+            )
+        if self.local_training and not self.local_policy:
+            raise ValueError(
+                "local_training needs the base policy to train on: set local_policy (--local-policy NAME or "
+                "FOLDER / FEDGRPO_REWARD_CLIENT_LOCAL_POLICY), the model the orchestrator serves"
+            )
+        if self.local_training and not self.orchestrator:
+            raise ValueError(
+                "local_training takes rounds from the orchestrator's federation port: set orchestrator "
+                "(--orchestrator HOST:PORT / FEDGRPO_REWARD_CLIENT_ORCHESTRATOR)"
             )
         if self.reward_model and "reward_model" not in self.evaluator_order:
             raise ValueError(

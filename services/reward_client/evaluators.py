@@ -110,6 +110,10 @@ class AnswerBasedEvaluator:
     def __len__(self) -> int:
         return sum(len(rows) for rows in self._rows.values())
 
+    def rows(self) -> list[Row]:
+        """Its labelled rows (for the client's own local training; they never leave it)."""
+        return [row for rows in self._rows.values() for row in rows]
+
     @property
     def domains(self) -> list[str]:
         """The domains its rows name, sorted."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent import futures
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -29,13 +30,18 @@ from fedgrpo.v1 import reward_client_pb2 as pb
 from .config import RewardClientSettings
 from .server import Refused, RewardClientServicer
 
+if TYPE_CHECKING:
+    from .local_training.trainer import LocalTrainer
+
 log = logging.getLogger(__name__)
 
 
 
 class Joiner:
-    def __init__(self, settings: RewardClientSettings, servicer: RewardClientServicer) -> None:
-        self.settings, self.servicer = settings, servicer
+    def __init__(self, settings: RewardClientSettings, servicer: RewardClientServicer,
+                 local: LocalTrainer | None = None) -> None:
+        self.settings, self.servicer, self.local = settings, servicer, local
+        self.rounds_trained = 0
         self.channel = serving.channel(
             settings.orchestrator, settings.identity(), max_message_bytes=settings.max_message_bytes
         )
@@ -50,6 +56,8 @@ class Joiner:
     def start(self) -> None:
         threading.Thread(target=self._run, name="join", daemon=True).start()
         threading.Thread(target=self._heartbeats, name="heartbeat", daemon=True).start()
+        if self.local is not None:
+            threading.Thread(target=self._rounds, name="rounds", daemon=True).start()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -126,6 +134,33 @@ class Joiner:
                 continue
             for task in reply.tasks:
                 self.pool.submit(self._answer, session, task)
+
+    def _rounds(self) -> None:
+        """Take the training rounds sent to this client, one at a time (``local_training/rounds.py``)."""
+        failures = 0
+        while not self.stopped.is_set():
+            session = self.session
+            if session is None:
+                self.stopped.wait(0.5)
+                continue
+            wait = min(20.0, self.max_wait)
+            try:
+                reply = self.stub.FetchRound(fpb.FetchRoundRequest(session_id=session, wait_seconds=wait),
+                                             timeout=wait + 10)
+                failures = 0
+            except grpc.RpcError as err:
+                if not self.stopped.is_set():
+                    failures += 1
+                    if err.code() not in RETRYABLE and err.code() != grpc.StatusCode.NOT_FOUND:
+                        log.error("the orchestrator refused FetchRound: %s: %s", err.code().name, err.details())
+                    self.stopped.wait(backoff(failures, cap=30.0))
+                continue
+            if reply.HasField("round"):
+                from .local_training.rounds import take_round
+
+                assert self.local is not None
+                if take_round(self.stub, session, reply.round, self.local, self.settings.max_adapter_bytes):
+                    self.rounds_trained += 1
 
     def _answer(self, session: str, task: fpb.ScoreTask) -> None:
         request = fpb.SubmitRewardsRequest(session_id=session, task_id=task.task_id)

@@ -66,6 +66,7 @@ class RewardClientServicer(pb_grpc.RewardClientServiceServicer):
             evaluator_kinds=list(dict.fromkeys(e.kind for e in self.evaluators)),  # a kind once, as Join asks
             reward_min=0.0 if huge else min(e.reward_min for e in self.evaluators),
             reward_max=HUGE_REWARD if huge else max(e.reward_max for e in self.evaluators),
+            local_training=self.settings.local_training,
         )
 
     def _validate(self, request: pb.ScoreRequest) -> None:
@@ -272,6 +273,37 @@ def model_based_evaluator(settings: RewardClientSettings) -> Evaluator | None:
     return judge
 
 
+def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEvaluator], evaluators: list[Evaluator]):  # noqa: ANN201
+    """The client's local GRPO trainer (``local_training``), on its own labelled questions and evaluators."""
+    if not settings.local_training:
+        return None
+    from fedgrpo.models import resolve_model
+    from fedgrpo.settings import ConfigError
+
+    from .local_training.trainer import LocalTrainer
+
+    rows = [row for e in labelled for row in e.rows()]
+    if not rows:
+        raise ConfigError("fedgrpo reward-client: local_training needs labelled questions of this client's own "
+                          "(--labels FILE or --domains), and ground_truth_free leaves them out")
+    try:
+        policy_dir = resolve_model(settings.local_policy, settings.cache_dir)
+    except ValueError as err:
+        raise ConfigError(f"fedgrpo reward-client: local_policy: {err}") from None
+
+    def score(row, replies: list[str]) -> list[float]:  # noqa: ANN001
+        evaluator = next((e for e in evaluators if e.can_judge(row.domain or "", row.question)), None)
+        if evaluator is None:
+            return [math.nan] * len(replies)
+        return evaluator.score(row.domain or "", row.question, replies)
+
+    low = min(e.reward_min for e in evaluators)
+    high = max(e.reward_max for e in evaluators)
+    log.info("%s trains locally on %d of its own questions, base policy %s", settings.name, len(rows), policy_dir)
+    return LocalTrainer(policy_dir, settings.local_state_dir / settings.name, rows, score, (low, high),
+                        settings.local_seed, settings.local_device, settings.local_dtype)
+
+
 def main(argv: list[str] | None = None) -> None:
     from fedgrpo.settings import load, setup_logging
 
@@ -308,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.orchestrator:
         from .joiner import Joiner
 
-        joiner = Joiner(settings, servicer)
+        joiner = Joiner(settings, servicer, local_trainer(settings, labelled, evaluators))
         joiner.start()
     serving.serve(
         settings,

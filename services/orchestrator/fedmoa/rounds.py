@@ -25,6 +25,7 @@ Late answers to a closed attempt are refused. Thread-safe.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Collection
@@ -101,7 +102,8 @@ class Rounds:
         with self._changed:
             attempt = self._attempts.get(number, 0) + 1
             self._attempts[number] = attempt
-            round_id = f"{self.run_id}/round-{number}/attempt-{attempt}"
+            # The nonce keeps ids unique across orchestrator restarts (a new book starts at attempt 1 again).
+            round_id = f"{self.run_id}/round-{number}/attempt-{attempt}-{secrets.token_hex(4)}"
             opened = Round(round_id, number, attempt, frozenset(participants), quorum,
                            self.clock() + deadline_seconds)
             self._rounds[round_id] = opened

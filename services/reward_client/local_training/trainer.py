@@ -1,0 +1,171 @@
+"""A client's local GRPO on its own questions: one federated round at a time (FedMOA, FedAvg-LoRA).
+
+Contract
+--------
+``LocalTrainer(policy_dir, state_dir, questions, score)``: ``policy_dir`` is
+the base policy the client holds (the same model the orchestrator serves),
+``questions`` its own labelled rows, ``score(row, replies) -> rewards`` its
+own evaluator (labels + checker, or reward model) with its reward range.
+``train_round(round, global_adapter)`` starts from the global adapter
+(``PolicyTrainer.replace_adapter``: a fresh optimizer each round) and runs
+``round.local_steps`` GRPO steps with the project's trainer and loss: each
+step samples ``questions_per_step`` of its questions of the round's tasks,
+``candidates_per_question`` replies each (transformers ``generate``), scores
+them on every objective (``objectives.py``), rewards them with the current
+objective weights, and trains on the group-relative advantages. With
+``objective_learning_rate > 0`` (fedmoa) the weights then take one
+hypergradient step (``objective_weights.py``); they persist across rounds.
+Returns the trained adapter's tensors (CPU), the rollouts trained on, the
+final objective weights and the mean reward. Question order and sampling are
+seeded by the client's own ``seed``, the round and the step: nothing of it
+comes from the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fedgrpo.data.files import Row
+from fedgrpo.models import chat_prompt_ids
+from fedgrpo.models.adapters import LoraSettings, adapter_state
+from fedgrpo.tasks import PromptFormat
+from fedgrpo.v1 import federation_pb2 as fpb
+from services.policy_trainer.batching import Sample
+from services.policy_trainer.loss import LossSettings
+from services.policy_trainer.trainer import OptimizerConfig, PolicyTrainer
+
+from .objective_weights import ObjectiveWeights, hypergradient, objective_advantages, update_weights, weighted_reward
+from .objectives import OBJECTIVES, PRIMARY, score_objectives
+
+log = logging.getLogger(__name__)
+
+Score = Callable[[Row, list[str]], list[float]]
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    adapter: dict[str, torch.Tensor]
+    rollouts: int
+    objective_weights: dict[str, float]
+    mean_reward: float
+    seconds: float
+
+
+class LocalTrainer:
+    def __init__(
+        self, policy_dir: Path, state_dir: Path, questions: Sequence[Row], score: Score,
+        reward_range: tuple[float, float] = (0.0, 1.0), seed: int = 0, device: str = "cpu", dtype: str = "float32",
+    ) -> None:
+        if not questions:
+            raise ValueError("local training needs this client's own labelled questions (labels or domains)")
+        self.policy_dir, self.state_dir = Path(policy_dir), Path(state_dir)
+        self.questions, self.score, self.reward_range = list(questions), score, reward_range
+        self.seed, self.device, self.dtype = seed, device, dtype
+        self.trainer: PolicyTrainer | None = None
+        self.lora: LoraSettings | None = None
+        self.config: OptimizerConfig | None = None
+        self.weights: ObjectiveWeights | None = None
+        self.steps = 0  # the trainer's step counter, across rounds
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.policy_dir)
+
+    def _trainer(self, r: fpb.TrainingRound) -> PolicyTrainer:
+        lora = LoraSettings(r.lora_rank, r.lora_alpha)
+        config = OptimizerConfig(
+            learning_rate=r.learning_rate, temperature=r.temperature, updates_per_batch=1,
+            loss=LossSettings(epsilon_low=r.epsilon_low, epsilon_high=r.epsilon_high),
+        )
+        if self.trainer is None or lora != self.lora or config != self.config:
+            self.trainer = PolicyTrainer(self.policy_dir, self.state_dir, device=self.device, dtype=self.dtype,
+                                         keep_snapshots=1, checkpoint_every=10**9, lora=lora)
+            self.trainer.start("local", config, restart=True)
+            self.lora, self.config, self.steps = lora, config, 0
+        return self.trainer
+
+    def _objective_weights(self, r: fpb.TrainingRound) -> ObjectiveWeights:
+        names = tuple(r.objectives)
+        if names != OBJECTIVES:
+            raise ValueError(f"objectives: this client scores {list(OBJECTIVES)}, the round asks {list(names)}")
+        if self.weights is None or self.weights.names != names:
+            self.weights = ObjectiveWeights.initial(names, list(r.objective_weights))
+        return self.weights
+
+    def _pool(self, r: fpb.TrainingRound) -> list[Row]:
+        wanted = set(r.tasks)
+        pool = [q for q in self.questions if q.domain in wanted]
+        return pool or self.questions
+
+    def train_round(self, r: fpb.TrainingRound, global_adapter: dict[str, torch.Tensor]) -> RoundResult:
+        started = time.monotonic()
+        trainer = self._trainer(r)
+        trainer.replace_adapter(global_adapter)
+        weights = self._objective_weights(r)
+        fmt = PromptFormat(instruction=r.instruction, system=r.system_prompt or None)
+        pool = self._pool(r)
+        rewards_seen: list[float] = []
+        for local_step in range(1, r.local_steps + 1):
+            rng = random.Random(f"{self.seed}:{r.round}:{r.attempt}:{local_step}")
+            rows = [rng.choice(pool) for _ in range(r.questions_per_step)]
+            prompts = [chat_prompt_ids(self.tokenizer, fmt.user_text(q.question), q.system or fmt.system)
+                       for q in rows]
+            replies = self._generate(trainer, prompts, r, rng.randrange(2**31))
+            samples, groups = [], []
+            for row, prompt, group in zip(rows, prompts, replies):
+                rewards = self.score(row, [text for _, text in group])
+                scores = [score_objectives(text, reward, len(ids), r.max_tokens, *self.reward_range)
+                          for (ids, text), reward in zip(group, rewards)]
+                groups.append(scores)
+                combined = [weighted_reward(s, weights.weights) for s in scores]
+                rewards_seen += [x for x in combined if math.isfinite(x)]
+                advantages = [a[0] for a in objective_advantages([[x] for x in combined])]
+                samples += [Sample(prompt, ids, None, adv) for (ids, _), adv in zip(group, advantages) if ids]
+            self.steps += 1
+            if samples:
+                trainer.train(self.steps, trainer.version, samples, r.max_tokens)
+            if r.objective_learning_rate > 0:
+                weights = update_weights(weights, hypergradient(groups, PRIMARY), r.objective_learning_rate)
+        self.weights = weights
+        assert trainer.model is not None
+        adapter = {k: v.detach().float().cpu().clone() for k, v in adapter_state(trainer.model).items()}
+        return RoundResult(
+            adapter, r.local_steps * r.questions_per_step * r.candidates_per_question, weights.as_dict(),
+            sum(rewards_seen) / len(rewards_seen) if rewards_seen else 0.0, time.monotonic() - started,
+        )
+
+    @torch.no_grad()
+    def _generate(self, trainer: PolicyTrainer, prompts: list[list[int]], r: fpb.TrainingRound,
+                  seed: int) -> list[list[tuple[list[int], str]]]:
+        model = trainer.model
+        assert model is not None
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=trainer.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=trainer.device)
+        model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=r.temperature, top_p=r.top_p,
+                top_k=None, max_new_tokens=r.max_tokens, num_return_sequences=r.candidates_per_question,
+                pad_token_id=pad,
+            )
+        model.train()
+        eos = model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        groups: list[list[tuple[list[int], str]]] = [[] for _ in prompts]
+        for row, toks in enumerate(out[:, width:].tolist()):
+            end = next((i + 1 for i, t in enumerate(toks) if t in eos), len(toks))
+            toks = toks[:end]
+            groups[row // r.candidates_per_question].append(
+                (toks, self.tokenizer.decode(toks, skip_special_tokens=True))
+            )
+        return groups
