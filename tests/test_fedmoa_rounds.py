@@ -60,3 +60,13 @@ def test_bad_rounds_are_refused():
         rounds.open(1, {"a"}, 10, quorum=2)
     with pytest.raises(ValueError, match="participants"):
         rounds.open(1, set(), 10, quorum=1)
+
+
+def test_a_round_ends_early_when_the_clients_yet_to_answer_have_left():
+    rounds = Rounds("run-4")
+    r = rounds.open(1, {"a", "b"}, deadline_seconds=60, quorum=1)
+    rounds.submit("a", r.round_id, 1)
+    rounds.wait(r.round_id, gone=lambda: {"b"})
+    assert time.monotonic() < r.deadline  # it returned because b left, not at the deadline
+    outcome = rounds.close(r.round_id)
+    assert outcome.complete and outcome.missing == {"b"}

@@ -86,7 +86,8 @@ def test_rounds_carry_adapters_both_ways_and_refuse_every_bad_answer(port):
     rounds = Rounds("run-t")
     opened = offer(exchange, rounds, names, quorum=2, deadline=3.0)
 
-    fetched = {n: stub.FetchRound(fpb.FetchRoundRequest(session_id=s, wait_seconds=1)).round for n, s in sessions.items()}
+    fetched = {n: stub.FetchRound(fpb.FetchRoundRequest(session_id=s, wait_seconds=1)).round
+               for n, s in sessions.items()}
     assert all(r.round_id == opened.round_id for r in fetched.values())
     assert not stub.FetchRound(fpb.FetchRoundRequest(session_id=outsider, wait_seconds=0.2)).HasField("round")
     assert status(lambda: stub.FetchRound(fpb.FetchRoundRequest(session_id=scorer, wait_seconds=0))) == \

@@ -269,7 +269,7 @@ class RunExecutor:
             self.client_wait_seconds, lambda: self._check_cancelled(run_id), dataset_prompt(self.bank),
         )
         version = runner.execute(run_id, cfg, resume)
-        self._export_model(run_id, version)
+        self._export_model(run_id, version, Path(version.weights_path))
 
     def _check_cancelled(self, run_id: str) -> None:
         if self.store.cancel_requested(run_id):
@@ -553,12 +553,13 @@ class RunExecutor:
             rows = rows + [[math.nan] * g for _ in range(candidates // g - len(rows))]
         return rows
 
-    def _export_model(self, run_id: str, version: common_pb2.PolicyVersion) -> None:
-        """Copy the final policy into the run's artifacts as a Hugging Face folder."""
+    def _export_model(self, run_id: str, version: common_pb2.PolicyVersion, source: Path | None = None) -> None:
+        """Copy the final policy (at ``source``, else where the trainer published it) into the run's artifacts
+        as a Hugging Face folder."""
         target = self.store.run_dir(run_id) / "model"
         tmp = target.with_name("model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        source = self.policy.weights(version)
+        source = source or self.policy.weights(version)
         if is_adapter(source):  # a LoRA version: the base with the adapter merged, a model users can load as is
             save_snapshot(merged(self.policy.base_dir, source), self.policy.base_dir, tmp)
         else:

@@ -14,8 +14,8 @@ so a client cannot probe the checks within a round). A second answer is
 ``UnknownRound``: each carries the gRPC status it maps to, and none changes
 anything.
 
-``wait(round_id)`` blocks until every participant has answered or the
-deadline passes; ``close(round_id)`` then ends the attempt and returns its
+``wait(round_id)`` blocks until every participant has answered (or left:
+``gone``) or the deadline passes; ``close(round_id)`` then ends the attempt and returns its
 ``Outcome``: ``complete`` when at least ``quorum`` adapters were accepted
 (the caller applies them), otherwise not (the caller opens another attempt of
 the same round number and applies nothing: a round is never half-applied).
@@ -28,7 +28,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,11 +144,13 @@ class Rounds:
             self._changed.notify_all()
         log.warning("round %s: rejected the adapter of %s: %s", round_id, identity, reason)
 
-    def wait(self, round_id: str, stop: threading.Event | None = None) -> None:
-        """Until every participant answered, the deadline passed, or ``stop`` is set."""
+    def wait(self, round_id: str, stop: threading.Event | None = None,
+             gone: Callable[[], Collection[str]] = frozenset) -> None:
+        """Until every participant answered or is ``gone()`` (left the federation), the deadline passed, or
+        ``stop`` is set. ``gone`` is asked every half second."""
         with self._changed:
             found = self.get(round_id)
-            while not found.closed and found.answered != set(found.participants):
+            while not found.closed and not found.participants <= found.answered | set(gone()):
                 left = found.deadline - self.clock()
                 if left <= 0 or (stop is not None and stop.is_set()):
                     return

@@ -66,7 +66,7 @@ def publish_adapter(folder: Path, tensors: dict[str, torch.Tensor], config_from:
     """Write an adapter version (the config of ``config_from``, these weights), whole or not at all."""
     staged = staging_dir(folder)
     try:
-        staged.mkdir(parents=True)
+        staged.mkdir(parents=True, exist_ok=True)
         shutil.copy(config_from / ADAPTER_CONFIG, staged / ADAPTER_CONFIG)
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(staged / WEIGHTS_FILE))
         return publish_replace(staged, folder)
@@ -113,14 +113,14 @@ class ParameterExchangeRun:
 
     # ---- the run -----------------------------------------------------------
     def execute(self, run_id: str, cfg: RunConfig, resume: bool) -> common_pb2.PolicyVersion:
+        self.run_id = run_id
         run_dir = self.store.run_dir(run_id)
         done = self.store.completed_steps(run_id)
         version = done[-1] if done and resume else 0
         if version == 0:
             initial_adapter(self.policy.base_dir, version_dir(run_dir, 0), cfg)
         current = self._version(run_id, run_dir, version)
-        with self.policy.lock:
-            self.policy.load(current)
+        self._serve(current)
         rounds = Rounds(run_id)
         try:
             for step in range(version + 1, cfg.steps + 1):
@@ -129,6 +129,14 @@ class ParameterExchangeRun:
         finally:
             self.exchange.withdraw()
         return current
+
+    def _serve(self, version: common_pb2.PolicyVersion) -> float:
+        """The engine serves ``version`` (an adapter on this orchestrator's disk, whatever --weights-transfer)."""
+        started = time.monotonic()
+        with self.policy.lock:
+            self.policy.engine.load_weights(Path(version.weights_path))
+            self.policy.loaded.CopyFrom(version)
+        return time.monotonic() - started
 
     def _version(self, run_id: str, run_dir: Path, version: int) -> common_pb2.PolicyVersion:
         return common_pb2.PolicyVersion(run_id=run_id, version=version, last_step=version,
@@ -170,7 +178,7 @@ class ParameterExchangeRun:
             objective_weights=cfg.exchange.objective_weights,
             objective_learning_rate=cfg.exchange.objective_learning_rate if cfg.algorithm == "fedmoa" else 0.0,
             instruction=instruction, system_prompt=system or "",
-            tasks=cfg.tasks,
+            tasks=cfg.tasks, run_id=self.run_id,
         )
 
     def _round(self, run_id: str, run_dir: Path, cfg: RunConfig, step: int, current: common_pb2.PolicyVersion,
@@ -191,7 +199,9 @@ class ParameterExchangeRun:
             self.exchange.offer(rounds, message, payload, names, opened.deadline)
             log.info("run %s round %d attempt %d: offered to %s (quorum %d, %d adapter bytes)", run_id, step,
                      attempt, ",".join(names), quorum, len(payload))
-            rounds.wait(opened.round_id, self.stop)
+            live = self.clients.by_name()
+            rounds.wait(opened.round_id, self.stop,
+                        gone=lambda: {n for n in names if n not in live or not live[n].healthy})
             outcome = rounds.close(opened.round_id)
             if outcome.complete:
                 break
@@ -237,8 +247,7 @@ class ParameterExchangeRun:
         combined = aggregate(global_adapter, [s.tensors for s in accepted.values()], weights, CLIP_FACTOR)
         publish_adapter(version_dir(run_dir, step), combined, folder)
         new = self._version(run_id, run_dir, step)
-        with self.policy.lock:
-            m.sync_seconds = self.policy.load(new)
+        m.sync_seconds = self._serve(new)
         rewards = [s.header.mean_reward for s in accepted.values()]
         m.reward_mean = sum(rewards) / len(rewards)
         m.completions = sum(min(s.header.rollouts, 10**6) for s in accepted.values())

@@ -73,6 +73,7 @@ class LocalTrainer:
         self.lora: LoraSettings | None = None
         self.config: OptimizerConfig | None = None
         self.weights: ObjectiveWeights | None = None
+        self.weights_run = ""  # the run whose rounds adapted self.weights
         self.steps = 0  # the trainer's step counter, across rounds
         from transformers import AutoTokenizer
 
@@ -92,11 +93,13 @@ class LocalTrainer:
         return self.trainer
 
     def _objective_weights(self, r: fpb.TrainingRound) -> ObjectiveWeights:
+        """The round's initial weights in a run's first round (or when they stay fixed), else the adapted ones."""
         names = tuple(r.objectives)
         if names != OBJECTIVES:
             raise ValueError(f"objectives: this client scores {list(OBJECTIVES)}, the round asks {list(names)}")
-        if self.weights is None or self.weights.names != names:
+        if self.weights is None or self.weights_run != r.run_id or r.objective_learning_rate == 0:
             self.weights = ObjectiveWeights.initial(names, list(r.objective_weights))
+            self.weights_run = r.run_id
         return self.weights
 
     def _pool(self, r: fpb.TrainingRound) -> list[Row]:
