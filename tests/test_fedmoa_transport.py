@@ -7,6 +7,7 @@ thing a compromised member might: the statuses it gets and what the round book k
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent import futures
 
@@ -169,3 +170,28 @@ def test_malformed_streams_are_refused(port):
     with pytest.raises(grpc.RpcError) as err:
         stub.SubmitAdapter(iter(huge), timeout=5)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "total_bytes" in err.value.details()
+
+
+def test_repeated_downloads_and_parallel_uploads_are_bounded(port):
+    stub, exchange = port
+    session = join(stub, "greedy")
+    opened = offer(exchange, Rounds("run-b"), ["greedy"], quorum=1)
+    r = stub.FetchRound(fpb.FetchRoundRequest(session_id=session, wait_seconds=1)).round
+    for _ in range(3):
+        download(stub, session, r, 1 << 20, 10)
+    assert status(lambda: download(stub, session, r, 1 << 20, 10)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # An upload left open (header sent, chunks withheld) holds the client's one upload slot.
+    release = threading.Event()
+    header = next(submission(session, opened.round_id, encode(trained()), 8, {}, 0.0))
+
+    def stalled():
+        yield header
+        release.wait(10)
+    first = stub.SubmitAdapter.future(stalled(), timeout=20)
+    while "greedy" not in exchange._offer.uploading:  # noqa: SLF001 - until the server holds the first stream
+        time.sleep(0.01)
+    assert status(lambda: send(stub, session, opened.round_id, trained())) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    release.set()
+    with pytest.raises(grpc.RpcError) as err:
+        first.result()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # it ended short of its declared size

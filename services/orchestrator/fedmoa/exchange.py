@@ -17,7 +17,9 @@ checked against the global one (same tensors and shapes, finite). A bad
 adapter is rejected in the round book (logged with the client's identity; it
 is that client's answer) and raised as ``BadAdapter``; a good one is
 submitted with its header. ``bytes_down``/``bytes_up`` count each client's
-adapter bytes per round id.
+adapter bytes per round id. A client may download a round's adapter at most
+``MAX_DOWNLOADS`` times and upload one adapter at a time (RESOURCE_EXHAUSTED
+past that).
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ import torch
 from fedgrpo.adapter_transfer import Assembler, BadAdapter, Chunk, check_adapter, chunks, decode, sha256
 from fedgrpo.v1 import federation_pb2 as fpb
 
-from .rounds import RoundClosed, Rounds, UnknownRound
+from .rounds import RoundClosed, Rounds, TooMany, UnknownRound
 
 CHUNK_BYTES = 1 << 20
+# A client needs one download of a round's adapter (a few more after a broken connection) and one upload
+# at a time: past these bounds a call is RESOURCE_EXHAUSTED, so no member can hold the port's threads or
+# bandwidth with repeats.
+MAX_DOWNLOADS = 3
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,8 @@ class _Offer:
     participants: frozenset[str]
     deadline: float
     fetched: set[str] = field(default_factory=set)
+    downloads: dict[str, int] = field(default_factory=dict)
+    uploading: set[str] = field(default_factory=set)
 
 
 class AdapterExchange:
@@ -107,6 +115,9 @@ class AdapterExchange:
     def download(self, identity: str, round_id: str) -> Iterator[fpb.AdapterChunk]:
         with self._changed:
             offer = self._offer_for(identity, round_id)
+            offer.downloads[identity] = offer.downloads.get(identity, 0) + 1
+            if offer.downloads[identity] > MAX_DOWNLOADS:
+                raise TooMany(f"round_id: {identity} downloaded round {round_id} {MAX_DOWNLOADS} times already")
         sent = 0
         for piece in chunks(offer.payload, CHUNK_BYTES):
             sent += len(piece.data)
@@ -125,6 +136,17 @@ class AdapterExchange:
         header = first.header
         with self._changed:
             offer = self._offer_for(identity, header.round_id)
+            if identity in offer.uploading:
+                raise TooMany(f"round_id: {identity} is already uploading an adapter for round {header.round_id}")
+            offer.uploading.add(identity)
+        try:
+            return self._assemble(identity, stream, session_id, header, offer)
+        finally:
+            with self._changed:
+                offer.uploading.discard(identity)
+
+    def _assemble(self, identity: str, stream: Iterator[fpb.SubmitAdapterRequest], session_id: str,
+                  header: fpb.AdapterHeader, offer: _Offer) -> Submission:
         rounds = self.rounds
         assert rounds is not None
         try:

@@ -57,6 +57,12 @@ class RoundClosed(RoundError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class TooMany(RoundError):
+    """More downloads or concurrent uploads of one round than a client needs."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 @dataclass
 class Round:
     round_id: str
