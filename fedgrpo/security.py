@@ -182,6 +182,16 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
+def _decoded(method: str, requests: Any, context: grpc.ServicerContext) -> Any:
+    """A request stream whose first undecodable message ends the call with INVALID_ARGUMENT."""
+    for request in requests:
+        if isinstance(request, _Undecodable):
+            problem = f"not a valid message for {method} ({type(request.error).__name__})"
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}", reason="UNDECODABLE_REQUEST",
+                  field="request", problem=problem)
+        yield request
+
+
 class Guard(grpc.ServerInterceptor):
     """Refuses unauthenticated, unauthorised, too frequent and undecodable requests."""
 
@@ -315,16 +325,16 @@ class Guard(grpc.ServerInterceptor):
 
             def stream_unary(requests, context):  # type: ignore[no-untyped-def]
                 check(method, None, context)
-                return inner_su(requests, context)
+                return inner_su(_decoded(method, requests, context), context)
 
-            return grpc.stream_unary_rpc_method_handler(stream_unary, handler.request_deserializer, serializer)
+            return grpc.stream_unary_rpc_method_handler(stream_unary, deserializer, serializer)
         inner_ss = handler.stream_stream
 
         def stream_stream(requests, context):  # type: ignore[no-untyped-def]
             check(method, None, context)
-            yield from inner_ss(requests, context)
+            yield from inner_ss(_decoded(method, requests, context), context)
 
-        return grpc.stream_stream_rpc_method_handler(stream_stream, handler.request_deserializer, serializer)
+        return grpc.stream_stream_rpc_method_handler(stream_stream, deserializer, serializer)
 
 
 class _CallDetails(

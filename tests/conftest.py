@@ -137,12 +137,15 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 def call(channel: grpc.Channel, service: str, method: str, payload: bytes) -> grpc.StatusCode:
     """Status of one call with a raw (serialized) request: OK, or the code it ended with.
 
-    The server-streaming methods (WatchRun, DownloadRunArtifacts) are read to their end."""
+    The server-streaming methods (WatchRun, DownloadRunArtifacts, DownloadAdapter) are read to their end;
+    the client-streaming SubmitAdapter gets a stream of this one message."""
     path = f"/{service}/{method}"
     try:
-        if method in ("WatchRun", "DownloadRunArtifacts"):
+        if method in ("WatchRun", "DownloadRunArtifacts", "DownloadAdapter"):
             for _ in channel.unary_stream(path)(payload, timeout=30):
                 pass
+        elif method == "SubmitAdapter":
+            channel.stream_unary(path)(iter([payload]), timeout=30)
         else:
             channel.unary_unary(path)(payload, timeout=30)
         return grpc.StatusCode.OK

@@ -134,7 +134,8 @@ RPCS = {
         ("fedgrpo.v1.FederationService", m, federation_pb2.__dict__[req])
         for m, req in [("Join", "JoinRequest"), ("Heartbeat", "HeartbeatRequest"),
                        ("FetchTasks", "FetchTasksRequest"), ("SubmitRewards", "SubmitRewardsRequest"),
-                       ("Leave", "LeaveRequest")]
+                       ("Leave", "LeaveRequest"), ("FetchRound", "FetchRoundRequest"),
+                       ("DownloadAdapter", "DownloadAdapterRequest"), ("SubmitAdapter", "SubmitAdapterRequest")]
     ],
 }
 

@@ -36,7 +36,6 @@ from fedgrpo.v1 import federation_pb2 as fpb
 
 from .rounds import RoundClosed, Rounds, TooMany, UnknownRound
 
-CHUNK_BYTES = 1 << 20
 # A client needs one download of a round's adapter (a few more after a broken connection) and one upload
 # at a time: past these bounds a call is RESOURCE_EXHAUSTED, so no member can hold the port's threads or
 # bandwidth with repeats.
@@ -119,7 +118,7 @@ class AdapterExchange:
             if offer.downloads[identity] > MAX_DOWNLOADS:
                 raise TooMany(f"round_id: {identity} downloaded round {round_id} {MAX_DOWNLOADS} times already")
         sent = 0
-        for piece in chunks(offer.payload, CHUNK_BYTES):
+        for piece in chunks(offer.payload):
             sent += len(piece.data)
             with self._changed:
                 counts = self.bytes_down.setdefault(round_id, {})

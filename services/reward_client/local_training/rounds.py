@@ -26,7 +26,6 @@ from .trainer import LocalTrainer
 
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 
 
 def download(stub: fpb_grpc.FederationServiceStub, session: str, r: fpb.TrainingRound, max_bytes: int,
@@ -43,7 +42,7 @@ def submission(session: str, round_id: str, payload: bytes, rollouts: int, weigh
     header = fpb.AdapterHeader(round_id=round_id, total_bytes=len(payload), sha256=sha256(payload),
                                rollouts=rollouts, objective_weights=weights, mean_reward=mean_reward)
     yield fpb.SubmitAdapterRequest(session_id=session, header=header)
-    for piece in chunks(payload, CHUNK_BYTES):
+    for piece in chunks(payload):
         yield fpb.SubmitAdapterRequest(session_id=session, chunk=fpb.AdapterChunk(
             index=piece.index, data=piece.data, sha256=piece.sha256))
 

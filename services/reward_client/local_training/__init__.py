@@ -1,0 +1,1 @@
+"""A reward client's local GRPO training for parameter-exchange runs (docs/fedmoa.md)."""
