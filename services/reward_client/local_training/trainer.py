@@ -38,10 +38,10 @@ from fedgrpo.models import chat_prompt_ids
 from fedgrpo.models.adapters import LoraSettings, adapter_state
 from fedgrpo.tasks import PromptFormat
 from fedgrpo.v1 import federation_pb2 as fpb
+
 from ...policy_trainer.batching import Sample
 from ...policy_trainer.loss import LossSettings
 from ...policy_trainer.trainer import OptimizerConfig, PolicyTrainer
-
 from .objective_weights import ObjectiveWeights, hypergradient, objective_advantages, update_weights, weighted_reward
 from .objectives import OBJECTIVES, PRIMARY, score_objectives
 
