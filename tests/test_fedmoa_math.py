@@ -125,3 +125,11 @@ def test_clip_to_median_bounds_an_outsized_update():
     clipped = clip_to_median(deltas, factor=2.0)  # median norm 2 -> bound 4
     assert clipped[0]["x"].tolist() == [1.0, 0.0] and clipped[1]["x"].tolist() == [0.0, 2.0]
     assert clipped[2]["x"].tolist() == pytest.approx([4.0, 0.0])
+
+
+def test_validation_questions_come_from_every_domain_in_turn():
+    from fedgrpo.tasks import LabelledQuestion
+    from services.orchestrator.fedmoa.run import spread
+
+    items = [LabelledQuestion(f"{d}{i}", d, f"q {d} {i}") for d in ("add2", "chain3") for i in range(5)]
+    assert [i.question_id for i in spread(items, 5)] == ["add20", "chain30", "add21", "chain31", "add22"]

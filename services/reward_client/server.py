@@ -299,9 +299,13 @@ def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEval
 
     low = min(e.reward_min for e in evaluators)
     high = max(e.reward_max for e in evaluators)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
     log.info("%s trains locally on %d of its own questions, base policy %s", settings.name, len(rows), policy_dir)
     return LocalTrainer(policy_dir, settings.local_state_dir / settings.name, rows, score, (low, high),
-                        settings.local_seed, settings.local_device, settings.local_dtype)
+                        settings.local_seed, settings.local_device, settings.local_dtype, settings.name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -265,7 +265,7 @@ class ParameterExchangeRun:
             log.warning("fedmoa: this orchestrator has no validation questions (start it with --confidence-graph "
                         "and an auxiliary set): adapters are weighted by task coverage alone")
             return {}
-        items = self.validation[: cfg.exchange.validation_questions]
+        items = spread(self.validation, cfg.exchange.validation_questions)
         prompts = [self.policy.prompt_ids(*self._question_prompt(cfg, item)) for item in items]
         greedy = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
         scratch = run_dir / "adapters" / "validation"
@@ -288,6 +288,20 @@ class ParameterExchangeRun:
         instruction, system = self.prompt(cfg.dataset)
         text = item.text.strip()
         return (f"{text} {instruction}".strip() if instruction else text), system
+
+
+def spread(items: Sequence[LabelledQuestion], count: int) -> list[LabelledQuestion]:
+    """``count`` items taken from every domain in turn (the auxiliary set lists its domains one after another)."""
+    by_domain: dict[str, list[LabelledQuestion]] = {}
+    for item in items:
+        by_domain.setdefault(item.domain, []).append(item)
+    queues = list(by_domain.values())
+    out: list[LabelledQuestion] = []
+    while len(out) < count and any(queues):
+        for queue in queues:
+            if queue and len(out) < count:
+                out.append(queue.pop(0))
+    return out
 
 
 def dataset_prompt(bank) -> Callable[[str], tuple[str, str | None]]:  # noqa: ANN001

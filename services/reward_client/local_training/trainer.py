@@ -17,8 +17,8 @@ objective weights, and trains on the group-relative advantages. With
 hypergradient step (``objective_weights.py``); they persist across rounds.
 Returns the trained adapter's tensors (CPU), the rollouts trained on, the
 final objective weights and the mean reward. Question order and sampling are
-seeded by the client's own ``seed``, the round and the step: nothing of it
-comes from the server.
+seeded by the client's own name and ``seed``, the run, round and step: no two
+clients share a generator, and nothing of it comes from the server.
 """
 
 from __future__ import annotations
@@ -63,12 +63,13 @@ class LocalTrainer:
     def __init__(
         self, policy_dir: Path, state_dir: Path, questions: Sequence[Row], score: Score,
         reward_range: tuple[float, float] = (0.0, 1.0), seed: int = 0, device: str = "cpu", dtype: str = "float32",
+        name: str = "",
     ) -> None:
         if not questions:
             raise ValueError("local training needs this client's own labelled questions (labels or domains)")
         self.policy_dir, self.state_dir = Path(policy_dir), Path(state_dir)
         self.questions, self.score, self.reward_range = list(questions), score, reward_range
-        self.seed, self.device, self.dtype = seed, device, dtype
+        self.seed, self.device, self.dtype, self.name = seed, device, dtype, name
         self.trainer: PolicyTrainer | None = None
         self.lora: LoraSettings | None = None
         self.config: OptimizerConfig | None = None
@@ -116,7 +117,7 @@ class LocalTrainer:
         pool = self._pool(r)
         rewards_seen: list[float] = []
         for local_step in range(1, r.local_steps + 1):
-            rng = random.Random(f"{self.seed}:{r.round}:{r.attempt}:{local_step}")
+            rng = random.Random(f"{self.name}:{self.seed}:{r.run_id}:{r.round}:{r.attempt}:{local_step}")
             rows = [rng.choice(pool) for _ in range(r.questions_per_step)]
             prompts = [chat_prompt_ids(self.tokenizer, fmt.user_text(q.question), q.system or fmt.system)
                        for q in rows]
