@@ -29,6 +29,9 @@ RUN_ARGS ?=
 EXPERIMENT_ARGS ?=
 CHAOS_ARGS ?=
 TEST_ARGS ?=
+# pytest workers (pytest-xdist; files stay whole on one worker, so a module's services start once): the
+# tests mostly wait on the services they start, so two workers fill CI's two cores. 0: one process.
+TEST_WORKERS ?= 2
 CERTS_DIR ?= .cache/certs
 CERTS_ARGS ?= --clients client-0,client-1,client-2
 # pyproject extras beside the package itself (the images install none: EXTRAS=)
@@ -81,19 +84,20 @@ experiment: install
 # cores idle much of the time (load ~1.2 on CI's 2 cores), and the smoke's 8 minutes (image build,
 # containers) fill it. Its output goes to .cache/compose-smoke/smoke.log, printed after the tests.
 COMPOSE_SMOKE ?= 1
+PYTEST_WORKERS := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 SMOKE_LOG := .cache/compose-smoke/smoke.log
 SMOKE := $(PY) tests/compose_smoke.py
 test: install $(BUF) compose-check
 ifeq ($(COMPOSE_SMOKE),1)
 	@mkdir -p $(dir $(SMOKE_LOG)); echo "make compose-smoke: beside the tests, log in $(SMOKE_LOG)"
 	@$(SMOKE) > $(SMOKE_LOG) 2>&1 & smoke=$$!; \
-	$(PY) -m pytest $(TEST_ARGS); tests=$$?; \
+	$(PY) -m pytest $(PYTEST_WORKERS) $(TEST_ARGS); tests=$$?; \
 	wait $$smoke; smoked=$$?; \
 	echo "---- make compose-smoke (ran beside the tests) ----"; cat $(SMOKE_LOG); \
 	echo "make test: pytest exit $$tests, compose smoke exit $$smoked"; \
 	test $$tests -eq 0 -a $$smoked -eq 0
 else
-	$(PY) -m pytest $(TEST_ARGS)
+	$(PY) -m pytest $(PYTEST_WORKERS) $(TEST_ARGS)
 endif
 
 bench: install

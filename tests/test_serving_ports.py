@@ -45,3 +45,13 @@ def test_the_refusal_names_the_endpoints_own_flag():
             serving.build_server(serving.Endpoint([], port, port_field="federation_port"), settings)
     finally:
         first.stop(None)
+
+
+def test_free_ports_come_from_the_workers_block_below_the_ephemeral_range(monkeypatch):
+    import fedgrpo.job.launcher as launcher
+
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    for worker, block in (("gw0", 10000), ("gw1", 12500), ("gw3", 17500)):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        ports = {launcher.free_port() for _ in range(20)}
+        assert len(ports) == 20 and all(block <= p < block + 2500 < low for p in ports)

@@ -16,6 +16,7 @@ reward clients that join.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,11 +29,33 @@ from fedgrpo import certs as pki
 from fedgrpo import serving
 from fedgrpo.security import Identity
 
+_PORTS_LOW, _PORTS_PER_WORKER = 10000, 2500
+_next_port: list[int] = []
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port for a service to bind later, from below the ephemeral range.
+
+    Port 0 would do at the moment of asking, but a service binds its port seconds or minutes later (an
+    orchestrator after loading vLLM and probing), and in between any outgoing connection on the host may
+    take an ephemeral port. Ports here come from 10000-19999, a block of 2500 per pytest-xdist worker
+    (``PYTEST_XDIST_WORKER`` gw0, gw1, ...), handed out in turn within the block, so neither connections
+    nor a parallel worker take them first.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    block = _PORTS_LOW + (int(worker) % 4 if worker.isdigit() else 0) * _PORTS_PER_WORKER
+    if not _next_port:
+        _next_port.append(random.randrange(_PORTS_PER_WORKER))
+    for _ in range(_PORTS_PER_WORKER):
+        port = block + _next_port[0] % _PORTS_PER_WORKER
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {block}-{block + _PORTS_PER_WORKER - 1}")
 
 
 @dataclass
