@@ -39,20 +39,6 @@ def pytest_sessionfinish(session, exitstatus):
             "(reasons in the summary below)", red=True
         )
         session.exitstatus = 1
-# The slowest files (CI's --durations), started first: pytest-xdist's --dist loadfile hands files to the
-# workers in collection order, and the longest one last (test_experiment, ~4.5 min) ran alone at the end.
-SLOW_FIRST = ("test_experiment.py", "test_vllm_federation.py", "test_recovery.py", "test_mor.py",
-              "test_federation.py", "test_lora.py", "test_trainer_service.py", "test_fedmoa.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """Slowest files first (SLOW_FIRST), the rest in their order: same tests, a shorter tail with workers."""
-    def rank(item):  # noqa: ANN001, ANN202
-        name = item.path.name
-        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
-    items.sort(key=rank)
-
-
 # Score calls of a dialed client in the orchestrator's first probe pass: its default --auxiliary-size.
 PROBES = 100
 
