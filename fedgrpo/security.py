@@ -182,13 +182,17 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
     return decode
 
 
+def _refuse_undecodable(method: str, request: _Undecodable, context: grpc.ServicerContext) -> None:
+    problem = f"not a valid message for {method} ({type(request.error).__name__})"
+    abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}", reason="UNDECODABLE_REQUEST",
+          field="request", problem=problem)
+
+
 def _decoded(method: str, requests: Any, context: grpc.ServicerContext) -> Any:
     """A request stream whose first undecodable message ends the call with INVALID_ARGUMENT."""
     for request in requests:
         if isinstance(request, _Undecodable):
-            problem = f"not a valid message for {method} ({type(request.error).__name__})"
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}", reason="UNDECODABLE_REQUEST",
-                  field="request", problem=problem)
+            _refuse_undecodable(method, request, context)
         yield request
 
 
@@ -281,9 +285,7 @@ class Guard(grpc.ServerInterceptor):
                     reason="RATE_LIMITED",
                 )
         if isinstance(request, _Undecodable):
-            problem = f"not a valid message for {method} ({type(request.error).__name__})"
-            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"request: {problem}", reason="UNDECODABLE_REQUEST",
-                  field="request", problem=problem)
+            _refuse_undecodable(method, request, context)
 
     def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
         handler = continuation(handler_call_details)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fedgrpo.adapter_transfer import Assembler, BadAdapter, Chunk, check_adapter, chunks, decode, sha256
+from fedgrpo.adapter_transfer import Assembler, BadAdapter, Chunk, check_adapter, chunks, decode
 from fedgrpo.v1 import federation_pb2 as fpb
 
 from .rounds import RoundClosed, Rounds, TooMany, UnknownRound
@@ -117,9 +117,7 @@ class AdapterExchange:
             offer.downloads[identity] = offer.downloads.get(identity, 0) + 1
             if offer.downloads[identity] > MAX_DOWNLOADS:
                 raise TooMany(f"round_id: {identity} downloaded round {round_id} {MAX_DOWNLOADS} times already")
-        sent = 0
         for piece in chunks(offer.payload):
-            sent += len(piece.data)
             with self._changed:
                 counts = self.bytes_down.setdefault(round_id, {})
                 counts[identity] = counts.get(identity, 0) + len(piece.data)
@@ -169,6 +167,3 @@ class AdapterExchange:
         rounds.submit(identity, header.round_id, submission)
         return submission
 
-    def payload_sha256(self) -> str:
-        with self._changed:
-            return sha256(self._offer.payload) if self._offer else ""

@@ -21,7 +21,6 @@ on from the last recorded version.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -33,9 +32,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from fedgrpo.adapter_transfer import sha256
 from fedgrpo.models._atomic import discard, publish_replace, staging_dir
 from fedgrpo.models.adapters import ADAPTER_CONFIG, LoraSettings, lora_model
-from fedgrpo.tasks import INSTRUCTION, LabelledQuestion
+from fedgrpo.tasks import INSTRUCTION, LabelledQuestion, PromptFormat
 from fedgrpo.tasks.scoring import is_correct
 from fedgrpo.v1 import common_pb2
 from fedgrpo.v1 import federation_pb2 as fpb
@@ -104,7 +104,7 @@ class ParameterExchangeRun:
     def __init__(
         self, store, clients, policy, exchange: AdapterExchange, validation: Sequence[LabelledQuestion],  # noqa: ANN001
         client_wait_seconds: float, check_cancelled: Callable[[], None],
-        prompt: Callable[[str], tuple[str, str | None]],
+        prompt: Callable[[str], PromptFormat],
     ) -> None:
         self.store, self.clients, self.policy, self.exchange = store, clients, policy, exchange
         self.validation, self.client_wait_seconds = list(validation), client_wait_seconds
@@ -166,7 +166,7 @@ class ParameterExchangeRun:
 
     def _message(self, cfg: RunConfig, step: int, round_id: str, attempt: int, payload: bytes,
                  digest: str) -> fpb.TrainingRound:
-        instruction, system = self.prompt(cfg.dataset)
+        fmt = self.prompt(cfg.dataset)
         return fpb.TrainingRound(
             round_id=round_id, round=step, attempt=attempt, deadline_seconds=cfg.exchange.round_deadline_seconds,
             base_model=cfg.model, adapter_bytes=len(payload), adapter_sha256=digest,
@@ -177,7 +177,7 @@ class ParameterExchangeRun:
             epsilon_low=cfg.epsilon_low, epsilon_high=cfg.epsilon_high, objectives=OBJECTIVES,
             objective_weights=cfg.exchange.objective_weights,
             objective_learning_rate=cfg.exchange.objective_learning_rate if cfg.algorithm == "fedmoa" else 0.0,
-            instruction=instruction, system_prompt=system or "",
+            instruction=fmt.instruction, system_prompt=fmt.system or "",
             tasks=cfg.tasks, run_id=self.run_id,
         )
 
@@ -186,8 +186,6 @@ class ParameterExchangeRun:
         started = time.monotonic()
         folder = Path(current.weights_path)
         payload = (folder / WEIGHTS_FILE).read_bytes()
-        from fedgrpo.adapter_transfer import sha256
-
         digest = sha256(payload)
         for attempt in range(1, cfg.exchange.round_attempts + 1):
             participants = self._participants(cfg)
@@ -266,7 +264,8 @@ class ParameterExchangeRun:
                         "and an auxiliary set): adapters are weighted by task coverage alone")
             return {}
         items = spread(self.validation, cfg.exchange.validation_questions)
-        prompts = [self.policy.prompt_ids(*self._question_prompt(cfg, item)) for item in items]
+        fmt = self.prompt(cfg.dataset)
+        prompts = [self.policy.prompt_ids(fmt.user_text(item.text), fmt.system) for item in items]
         greedy = SamplingSettings(n=1, temperature=0.0, top_p=1.0, max_tokens=cfg.max_tokens, seed=cfg.seed)
         scratch = run_dir / "adapters" / "validation"
         accuracy = {}
@@ -284,10 +283,6 @@ class ParameterExchangeRun:
             shutil.rmtree(scratch, ignore_errors=True)
         return accuracy
 
-    def _question_prompt(self, cfg: RunConfig, item: LabelledQuestion) -> tuple[str, str | None]:
-        instruction, system = self.prompt(cfg.dataset)
-        text = item.text.strip()
-        return (f"{text} {instruction}".strip() if instruction else text), system
 
 
 def spread(items: Sequence[LabelledQuestion], count: int) -> list[LabelledQuestion]:
@@ -304,15 +299,9 @@ def spread(items: Sequence[LabelledQuestion], count: int) -> list[LabelledQuesti
     return out
 
 
-def dataset_prompt(bank) -> Callable[[str], tuple[str, str | None]]:  # noqa: ANN001
-    """(instruction, system prompt) of a run's dataset (the built-in instruction without one)."""
-    def prompt(dataset: str) -> tuple[str, str | None]:
-        if not dataset:
-            return INSTRUCTION, None
-        fmt = bank.datasets[dataset].prompt_format
-        return fmt.instruction, fmt.system
+def dataset_prompt(bank) -> Callable[[str], PromptFormat]:  # noqa: ANN001
+    """How a run's dataset puts questions to the policy (the built-in instruction without a dataset)."""
+    def prompt(dataset: str) -> PromptFormat:
+        return bank.datasets[dataset].prompt_format if dataset else PromptFormat(INSTRUCTION)
     return prompt
 
-
-def read_config(folder: Path) -> dict:
-    return json.loads((folder / ADAPTER_CONFIG).read_text())
