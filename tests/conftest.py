@@ -113,8 +113,9 @@ def federation(
             yield stub, fed, services
 
 
-def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) -> None:
-    """Block until every named client is listed with the given health."""
+def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0, services: dict | None = None) -> None:
+    """Block until every named client is listed with the given health; on timeout the error carries the
+    log tails of the named ``services`` that are there (why a client did not join)."""
     from fedgrpo.v1 import orchestrator_pb2
 
     deadline = time.monotonic() + timeout
@@ -124,7 +125,9 @@ def wait_for_clients(stub, names, healthy: bool = True, timeout: float = 120.0) 
         if all(listed.get(n) is healthy for n in names):
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"clients {names} not {'live' if healthy else 'gone'} after {timeout:.0f}s: {listed}")
+            logs = "".join(f"\n--- {n}.log ---\n{services[n].log_tail()}" for n in names if n in (services or {}))
+            raise TimeoutError(
+                f"clients {names} not {'live' if healthy else 'gone'} after {timeout:.0f}s: {listed}{logs}")
         time.sleep(0.25)
 
 

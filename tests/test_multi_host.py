@@ -9,10 +9,13 @@ with the reason where that is not allowed.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -26,10 +29,25 @@ from .test_join import run_to_end, steps_of
 pytestmark = pytest.mark.integration
 
 SUFFIX = f"{os.getpid() % 10000}"
-HOSTS = [  # (namespace, host-side address, client-side address)
-    (f"fgA{SUFFIX}", "10.231.1.1", "10.231.1.2"),
-    (f"fgB{SUFFIX}", "10.231.2.1", "10.231.2.2"),
-]
+
+
+def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """``count`` /24s in 10.231.0.0/16 that no route of this host covers. A fixed pair was taken by
+    namespaces a killed earlier run left behind: two interfaces on one subnet, and the replies went out of
+    the stale one (seen: the clients never joined)."""
+    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True, text=True)
+    used = []
+    for line in routes.stdout.splitlines():
+        try:
+            used.append(ipaddress.ip_network(line.split()[0], strict=False))
+        except ValueError:  # default, broadcast, local ...: the address is the second word
+            with contextlib.suppress(ValueError, IndexError):
+                used.append(ipaddress.ip_network(line.split()[1], strict=False))
+    free = [net for net in ipaddress.ip_network("10.231.0.0/16").subnets(new_prefix=24)
+            if not any(net.overlaps(u) for u in used if u.prefixlen > 0)]
+    if len(free) < count:
+        pytest.skip(f"no {count} free /24s in 10.231.0.0/16 for the simulated hosts")
+    return free[:count]
 
 
 def sh(*args: str) -> None:
@@ -40,9 +58,12 @@ def sh(*args: str) -> None:
 def hosts():
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("multi-host test needs root and iproute2 (`ip netns`) to make network namespaces")
-    made = []
+    made, hosts = [], []
+    for letter, net in zip("AB", free_subnets(2)):
+        host_ip, client_ip = (str(a) for a in list(net.hosts())[:2])
+        hosts.append((f"fg{letter}{SUFFIX}", host_ip, client_ip))  # (namespace, host side, client side)
     try:
-        for i, (ns, host_ip, client_ip) in enumerate(HOSTS):
+        for i, (ns, host_ip, client_ip) in enumerate(hosts):
             sh("ip", "netns", "add", ns)
             made.append(ns)
             outside, inside = f"fgh{i}{SUFFIX}", f"fgc{i}{SUFFIX}"
@@ -57,9 +78,23 @@ def hosts():
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         pytest.skip(f"network namespaces are not allowed here: {' '.join(err.cmd)}: {err.stderr.strip()}")
-    yield HOSTS
+    yield hosts
     for ns in made:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # also removes its veth pair
+
+
+def network_state(hosts, port: int) -> str:
+    """What a failed join needs explained: each namespace's TCP reach to the orchestrator, and the routes."""
+    lines = []
+    for ns, host_ip, _ in hosts:
+        probe = (f"import socket; s = socket.socket(); s.settimeout(3); "
+                 f"print('connect {host_ip}:{port} from {ns}:', s.connect_ex(('{host_ip}', {port})))")
+        done = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", probe],
+                              capture_output=True, text=True, timeout=30)
+        lines.append((done.stdout + done.stderr).strip())
+    for cmd in (["ip", "-br", "addr"], ["ip", "route"], ["ip", "netns", "list"]):
+        lines.append(subprocess.run(cmd, capture_output=True, text=True).stdout.strip())
+    return "\n".join(lines)
 
 
 def test_clients_on_two_other_hosts_join_over_tls_and_score_a_run(tmp_path, model_cache, hosts):
@@ -77,7 +112,10 @@ def test_clients_on_two_other_hosts_join_over_tls_and_score_a_run(tmp_path, mode
                 ["--name", name, "--domains", domains, "--bank-size", "200", "--orchestrator", f"{host_ip}:{port}"],
                 wrapper=["ip", "netns", "exec", ns],
             )
-        wait_for_clients(stub, ["org-a", "org-b"], timeout=180)
+        try:
+            wait_for_clients(stub, ["org-a", "org-b"], timeout=180, services=services)
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}\n--- the network then ---\n{network_state(hosts, int(port))}") from None
         listed = {c.name: c for c in stub.ListRewardClients(pb.ListRewardClientsRequest()).clients}
         # They came from their own hosts' addresses.
         assert hosts[0][2] in listed["org-a"].address and hosts[1][2] in listed["org-b"].address

@@ -83,8 +83,8 @@ class Joiner:
                               err.code().name, err.details())
                 wait = backoff(attempt, cap=30.0 if err.code() in RETRYABLE else 60.0)
                 if attempt % 10 == 0:
-                    log.warning("cannot join %s (%s); retrying in %.1fs", self.settings.orchestrator,
-                                err.code().name, wait)
+                    log.warning("cannot join %s (%s: %s); retrying in %.1fs", self.settings.orchestrator,
+                                err.code().name, err.details(), wait)
                 attempt += 1
                 self.stopped.wait(wait)
                 continue
