@@ -70,6 +70,29 @@ def test_transformers_engine_follows_the_seed(model_cache):
     assert sample(12) != first
 
 
+def test_the_shared_sampler_trims_at_eos_and_leaves_the_process_rng_alone(model_cache):
+    """fedgrpo.models.generation.sample serves the engine above and a client's local trainer (FedMOA)."""
+    from fedgrpo.models.generation import sample
+
+    model_dir = model_cache / "tiny-policy"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = prompts_for(model_dir, 3)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    state = torch.get_rng_state()
+    groups = sample(model, tok, prompts, n=5, temperature=1.5, top_p=1.0, max_tokens=24, seed=3, logprobs=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert [len(g) for g in groups] == [5, 5, 5]
+    for c in (c for g in groups for c in g):
+        assert c.logprobs == [] and 0 < len(c.token_ids) <= 24
+        assert not eos & set(c.token_ids[:-1]), "nothing after the first EOS"
+        assert c.text == tok.decode(c.token_ids, skip_special_tokens=True)
+    greedy = sample(model, tok, prompts, n=3, temperature=0, top_p=1.0, max_tokens=12)
+    assert all(len({tuple(c.token_ids) for c in g}) == 1 for g in greedy)
+    assert all(len(c.logprobs) == len(c.token_ids) for g in greedy for c in g)
+
+
 def test_step_seed_depends_on_run_seed_and_step_only():
     seed = SamplingSettings.step_seed
     assert seed(3, 5) == seed(3, 5)  # e.g. the same step after a resume

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from fedgrpo.models.generation import Completion
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -37,13 +39,8 @@ class SamplingSettings:
         return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: a valid torch seed
 
 
-@dataclass(frozen=True)
-class Sampled:
-    """One completion: its tokens, their log-probabilities at the sampling temperature, and its text."""
-
-    token_ids: list[int]
-    logprobs: list[float]
-    text: str
+# One completion: its tokens, their log-probabilities at the sampling temperature, and its text.
+Sampled = Completion
 
 
 class RolloutEngine(Protocol):

@@ -1,9 +1,8 @@
 """transformers ``generate`` rollout engine: the fallback where vLLM is absent.
 
-Logprobs are ``log_softmax(logits / T)`` of the raw logits ``generate``
-reports (before its top-p warper), as the trainer computes them. A seeded call
-samples under its own seed and leaves the process's global RNG as it was. A
-policy version that is a LoRA adapter is merged into the base on load.
+Sampling is ``fedgrpo.models.generation.sample`` (logprobs as the trainer
+computes them; a seeded call leaves the process's RNG as it was). A policy
+version that is a LoRA adapter is merged into the base on load.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from fedgrpo.models.adapters import is_adapter, merged
+from fedgrpo.models.generation import sample
 
 from .engine import Sampled, SamplingSettings
 from .limits import read_model_config, resolve_max_model_len
@@ -44,54 +44,8 @@ class TransformersEngine:
         return AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype).to(self.device).eval()
 
     def generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
-        if sampling.seed is None:
-            return self._generate(prompts, sampling)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(sampling.seed)
-            return self._generate(prompts, sampling)
-
-    @torch.no_grad()
-    def _generate(self, prompts: list[list[int]], sampling: SamplingSettings) -> list[list[Sampled]]:
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else self.tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        # Left padding keeps every prompt's last token in the last column.
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
-        greedy = sampling.temperature == 0
-        out = self.model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=not greedy,
-            temperature=None if greedy else sampling.temperature,
-            top_p=None if greedy else sampling.top_p,
-            top_k=None,
-            max_new_tokens=sampling.max_tokens,
-            num_return_sequences=sampling.n,
-            pad_token_id=pad,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-        new = out.sequences[:, width:]
-        # out.logits are raw (before temperature and top-p): temper them as the trainer does.
-        logits = torch.stack(out.logits, dim=1).float()
-        logprobs = (logits if greedy else logits / sampling.temperature).log_softmax(-1)
-        token_lp = logprobs.gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        eos = set(self.model.generation_config.eos_token_id if isinstance(
-            self.model.generation_config.eos_token_id, list) else [self.model.generation_config.eos_token_id])
-        groups: list[list[Sampled]] = [[] for _ in prompts]
-        for row in range(new.shape[0]):
-            toks = new[row].tolist()
-            length = len(toks)
-            for i, t in enumerate(toks):
-                if t in eos:
-                    length = i + 1
-                    break
-            toks = toks[:length]
-            text = self.tokenizer.decode(toks, skip_special_tokens=True)
-            groups[row // sampling.n].append(Sampled(toks, token_lp[row, :length].tolist(), text))
-        return groups
+        return sample(self.model, self.tokenizer, prompts, n=sampling.n, temperature=sampling.temperature,
+                      top_p=sampling.top_p, max_tokens=sampling.max_tokens, seed=sampling.seed)
 
     def load_weights(self, weights_path: Path) -> None:
         self.model = self._load(weights_path)

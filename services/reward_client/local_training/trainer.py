@@ -36,6 +36,7 @@ import torch
 from fedgrpo.data.files import Row
 from fedgrpo.models import chat_prompt_ids
 from fedgrpo.models.adapters import LoraSettings, adapter_state
+from fedgrpo.models.generation import Completion, sample
 from fedgrpo.tasks import PromptFormat
 from fedgrpo.v1 import federation_pb2 as fpb
 
@@ -124,14 +125,14 @@ class LocalTrainer:
             replies = self._generate(trainer, prompts, r, rng.randrange(2**31))
             samples, groups = [], []
             for row, prompt, group in zip(rows, prompts, replies):
-                rewards = self.score(row, [text for _, text in group])
-                scores = [score_objectives(text, reward, len(ids), r.max_tokens, *self.reward_range)
-                          for (ids, text), reward in zip(group, rewards)]
+                rewards = self.score(row, [c.text for c in group])
+                scores = [score_objectives(c.text, reward, len(c.token_ids), r.max_tokens, *self.reward_range)
+                          for c, reward in zip(group, rewards)]
                 groups.append(scores)
                 combined = [weighted_reward(s, weights.weights) for s in scores]
                 rewards_seen += [x for x in combined if math.isfinite(x)]
                 advantages = [a[0] for a in objective_advantages([[x] for x in combined])]
-                samples += [Sample(prompt, ids, None, adv) for (ids, _), adv in zip(group, advantages) if ids]
+                samples += [Sample(prompt, c.token_ids, None, adv) for c, adv in zip(group, advantages) if c.token_ids]
             self.steps += 1
             if samples:
                 trainer.train(self.steps, trainer.version, samples, r.max_tokens)
@@ -145,31 +146,13 @@ class LocalTrainer:
             sum(rewards_seen) / len(rewards_seen) if rewards_seen else 0.0, time.monotonic() - started,
         )
 
-    @torch.no_grad()
     def _generate(self, trainer: PolicyTrainer, prompts: list[list[int]], r: fpb.TrainingRound,
-                  seed: int) -> list[list[tuple[list[int], str]]]:
+                  seed: int) -> list[list[Completion]]:
         model = trainer.model
         assert model is not None
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=trainer.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=trainer.device)
         model.eval()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=True, temperature=r.temperature, top_p=r.top_p,
-                top_k=None, max_new_tokens=r.max_tokens, num_return_sequences=r.candidates_per_question,
-                pad_token_id=pad,
-            )
-        model.train()
-        eos = model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, list) else [eos])
-        groups: list[list[tuple[list[int], str]]] = [[] for _ in prompts]
-        for row, toks in enumerate(out[:, width:].tolist()):
-            end = next((i + 1 for i, t in enumerate(toks) if t in eos), len(toks))
-            toks = toks[:end]
-            groups[row // r.candidates_per_question].append(
-                (toks, self.tokenizer.decode(toks, skip_special_tokens=True))
-            )
-        return groups
+        try:
+            return sample(model, self.tokenizer, prompts, n=r.candidates_per_question, temperature=r.temperature,
+                          top_p=r.top_p, max_tokens=r.max_tokens, seed=seed, logprobs=False)
+        finally:
+            model.train()
