@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fedgrpo.adapter_transfer import sha256
+from fedgrpo.fedmoa_objectives import OBJECTIVES
 from fedgrpo.models._atomic import discard, publish_replace, staging_dir
 from fedgrpo.models.adapters import ADAPTER_CONFIG, LoraSettings, lora_model
 from fedgrpo.tasks import INSTRUCTION, LabelledQuestion, PromptFormat
@@ -50,7 +51,6 @@ from .rounds import Rounds
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "adapter_model.safetensors"
-OBJECTIVES = ("correctness", "format", "brevity")
 CLIP_FACTOR = 3.0  # no client's update may exceed 3x the round's median norm
 
 

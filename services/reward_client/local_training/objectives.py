@@ -24,9 +24,9 @@ from __future__ import annotations
 import math
 
 from fedgrpo.data.checkers import states_answer
+from fedgrpo.fedmoa_objectives import OBJECTIVES, PRIMARY
 
-OBJECTIVES: tuple[str, ...] = ("correctness", "format", "brevity")
-PRIMARY = 0  # correctness
+__all__ = ["OBJECTIVES", "PRIMARY", "format_score", "score_objectives"]
 
 
 def format_score(reply: str) -> float:
