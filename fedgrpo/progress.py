@@ -6,7 +6,8 @@ Contract
 client library (:meth:`fedgrpo.client.Client.wait`: a broken stream is
 resumed after the last step received) with a progress bar showing the step,
 the step's mean reward and the share of candidates judged correct so far
-(:func:`running_accuracy`); it returns the final run and every step's
+(:func:`running_accuracy`), or for a parameter-exchange run its round's
+clients, rewards and bytes (:func:`step_figures`); it returns the final run and every step's
 metrics as dicts. With ``logdir`` it also writes each step's
 :func:`step_scalars` as TensorBoard scalars there (:class:`TensorBoardReport`),
 so a user without access to the orchestrator's disk gets TensorBoard from the
@@ -27,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fedgrpo.client import Client
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
-__all__ = ["TensorBoardReport", "follow_run", "running_accuracy", "step_scalars", "REPORT_TO"]
+__all__ = ["TensorBoardReport", "follow_run", "running_accuracy", "step_figures", "step_scalars", "REPORT_TO"]
 
 # Where step metrics may go besides the bar, as TRL's `report_to` names them.
 REPORT_TO = ("none", "tensorboard")
@@ -54,6 +55,28 @@ def step_scalars(m: pb.StepMetrics) -> dict[str, float]:
 def _repeated(field: FieldDescriptor) -> bool:
     # FieldDescriptor.label is deprecated in newer protobuf releases; is_repeated replaces it.
     return field.is_repeated if hasattr(field, "is_repeated") else field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def step_figures(m: pb.StepMetrics, steps: list[Mapping]) -> str:
+    """The progress bar's figures after step ``m``: a FedGRPO step's mean reward and the share correct so far;
+    a parameter-exchange round's (FedMOA, FedAvg-LoRA) participants, the clients' mean local reward, the mean
+    validation accuracy where it was measured, and the adapter bytes each way."""
+    if not m.HasField("round"):
+        return (f"reward {m.reward_mean:.2f} | correct so far {running_accuracy(steps):.2f} | "
+                f"{m.step_seconds:.0f}s/step")
+    r = m.round
+    local = list(r.local_reward_by_client.values())
+    figures = [f"{len(r.participants)} clients"
+               + (f", {len(r.missing)} missing" if r.missing else "")
+               + (f", {len(r.rejected_by_client)} refused" if r.rejected_by_client else "")]
+    if local:
+        figures.append(f"local reward {sum(local) / len(local):.2f}")
+    if r.validation_accuracy_by_client:
+        accuracy = list(r.validation_accuracy_by_client.values())
+        figures.append(f"validation {sum(accuracy) / len(accuracy):.2f}")
+    moved = sum(r.adapter_bytes_down_by_client.values()) + sum(r.adapter_bytes_up_by_client.values())
+    figures += [f"{moved / 1e6:.1f} MB moved", f"{m.step_seconds:.0f}s/round"]
+    return " | ".join(figures)
 
 
 def running_accuracy(steps: Iterable[Mapping]) -> float:
@@ -113,9 +136,7 @@ def follow_run(
                     m, preserving_proto_field_name=True, always_print_fields_with_no_presence=True))
                 if report is not None:
                     report.add(m)
-                progress.update(task, completed=m.step, figures=(
-                    f"reward {m.reward_mean:.2f} | correct so far {running_accuracy(steps):.2f} | "
-                    f"{m.step_seconds:.0f}s/step"))
+                progress.update(task, completed=m.step, figures=step_figures(m, steps))
 
             run, _ = client.wait(run.run_id, on_step=on_step, after_step=after_step)
     finally:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedgrpo.progress import running_accuracy, step_scalars
+from fedgrpo.progress import running_accuracy, step_figures, step_scalars
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 
@@ -25,3 +25,17 @@ def test_running_accuracy_weighs_each_step_by_the_rewards_it_received():
     assert running_accuracy(steps) == pytest.approx(0.75)
     assert running_accuracy([{"accuracy": 0.9, "rewards_received": 0}]) == 0.0  # nothing heard, nothing judged
     assert running_accuracy([]) == 0.0
+
+
+def test_a_parameter_exchange_round_shows_its_clients_rewards_and_bytes_not_a_fedgrpo_accuracy():
+    fedgrpo = pb.StepMetrics(step=1, reward_mean=0.5, accuracy=1.0, rewards_received=4, step_seconds=3)
+    assert step_figures(fedgrpo, [{"accuracy": 1.0, "rewards_received": 4}]) == (
+        "reward 0.50 | correct so far 1.00 | 3s/step")
+    fedmoa = pb.StepMetrics(step=2, step_seconds=90, round=pb.RoundMetrics(
+        participants=["a", "b"], missing=["c"], rejected_by_client={"b": "adapter: NaN"},
+        local_reward_by_client={"a": 0.5, "b": 0.25}, validation_accuracy_by_client={"a": 0.5},
+        adapter_bytes_down_by_client={"a": 1_000_000, "b": 1_000_000}, adapter_bytes_up_by_client={"a": 500_000}))
+    shown = step_figures(fedmoa, [])
+    assert shown == ("2 clients, 1 missing, 1 refused | local reward 0.38 | validation 0.50 | 2.5 MB moved | "
+                     "90s/round")
+    assert "correct so far" not in step_figures(pb.StepMetrics(round=pb.RoundMetrics(attempts=1)), [])
