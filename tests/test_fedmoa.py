@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -107,8 +108,28 @@ def test_fedmoa_and_fedavg_lora_rounds_with_two_local_clients(tmp_path, model_ca
             list(stub.WatchRun(pb.WatchRunRequest(run_id=avg.run_id), timeout=900))
             avg = stub.GetRun(pb.GetRunRequest(run_id=avg.run_id))
             assert avg.state == pb.RUN_STATE_SUCCEEDED, avg.error
+
+            # A cancel ends a run in the middle of a round, not at its deadline: late leaves round 1 unanswered.
+            offered = late.seen.count((1, 1))
+            slow = pb.ParameterExchange(local_steps=1, round_deadline_seconds=600, round_quorum=3)
+            cancelled = stub.CreateRun(pb.CreateRunRequest(spec=pb.RunSpec(
+                tasks=["add1"], steps=1, questions_per_step=1, candidates_per_question=2, max_tokens=4,
+                algorithm=pb.ALGORITHM_FEDAVG_LORA, exchange=slow)))
+            deadline = time.monotonic() + 300
+            while late.seen.count((1, 1)) == offered:
+                assert time.monotonic() < deadline, "the cancelled run's round was never offered"
+                time.sleep(0.2)
+            stub.CancelRun(pb.CancelRunRequest(run_id=cancelled.run_id))
+            list(stub.WatchRun(pb.WatchRunRequest(run_id=cancelled.run_id), timeout=900))
+            cancelled = stub.GetRun(pb.GetRunRequest(run_id=cancelled.run_id))
         finally:
             late.close()
+
+    assert cancelled.state == pb.RUN_STATE_CANCELLED, cancelled.error
+    lasted = cancelled.end_time.ToSeconds() - cancelled.start_time.ToSeconds()
+    assert lasted < slow.round_deadline_seconds, f"the cancel waited for the round's deadline ({lasted} s)"
+    assert not (Path(cancelled.artifacts_path) / "metrics.jsonl").exists() or not metrics(
+        Path(cancelled.artifacts_path)), "a cancelled round applied nothing"
 
     # FedMOA: round 1 stayed below its quorum of 3 once (late did not answer), then all three answered.
     assert (1, 1) in late.seen and (1, 2) in late.seen

@@ -68,7 +68,7 @@ from .questions import QuestionBank
 from .reward_scale import CORRECT_THRESHOLD
 from .rollout import RolloutEngine, SamplingSettings
 from .routing import ExpertRouter
-from .runs import RunStore, now
+from .runs import RunCancelled, RunStore, now
 from .spec import RunConfig, optimizer_settings, stored_config
 from .trainer_link import TrainerLink
 from .training_lane import TrainingLane
@@ -85,10 +85,6 @@ def routing_precision(
     domains = {v.name: set(v.domains) for v in views}
     hits = sum(any(q.domain in domains.get(name, ()) for name in names) for q, names in zip(questions, experts))
     return hits / len(questions) if questions else math.nan
-
-
-class RunCancelled(Exception):
-    pass
 
 
 
@@ -266,7 +262,7 @@ class RunExecutor:
         self.resuming.discard(run_id)
         runner = ParameterExchangeRun(
             self.store, self.clients, self.policy, self.exchange, self.router.items if self.router else [],
-            self.client_wait_seconds, lambda: self._check_cancelled(run_id), dataset_prompt(self.bank),
+            self.client_wait_seconds, lambda: self.store.cancel_requested(run_id), dataset_prompt(self.bank),
         )
         version = runner.execute(run_id, cfg, resume)
         self._export_model(run_id, version, Path(version.weights_path))

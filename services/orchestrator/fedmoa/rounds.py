@@ -150,15 +150,15 @@ class Rounds:
             self._changed.notify_all()
         log.warning("round %s: rejected the adapter of %s: %s", round_id, identity, reason)
 
-    def wait(self, round_id: str, stop: threading.Event | None = None,
+    def wait(self, round_id: str, stop: Callable[[], bool] = lambda: False,
              gone: Callable[[], Collection[str]] = frozenset) -> None:
         """Until every participant answered or is ``gone()`` (left the federation), the deadline passed, or
-        ``stop`` is set. ``gone`` is asked every half second."""
+        ``stop()`` (the run cancelled, the service stopping). Both are asked every half second."""
         with self._changed:
             found = self.get(round_id)
             while not found.closed and not found.participants <= found.answered | set(gone()):
                 left = found.deadline - self.clock()
-                if left <= 0 or (stop is not None and stop.is_set()):
+                if left <= 0 or stop():
                     return
                 self._changed.wait(min(left, 0.5))
 

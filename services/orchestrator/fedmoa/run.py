@@ -43,6 +43,7 @@ from fedgrpo.v1 import federation_pb2 as fpb
 from fedgrpo.v1 import orchestrator_pb2 as pb
 
 from ..rollout.engine import SamplingSettings
+from ..runs import RunCancelled
 from ..spec import RunConfig
 from .aggregation import aggregate, fedavg_weights, task_accuracy_weights, task_coverage
 from .exchange import AdapterExchange, Submission
@@ -103,12 +104,12 @@ class ParameterExchangeRun:
 
     def __init__(
         self, store, clients, policy, exchange: AdapterExchange, validation: Sequence[LabelledQuestion],  # noqa: ANN001
-        client_wait_seconds: float, check_cancelled: Callable[[], None],
+        client_wait_seconds: float, cancelled: Callable[[], bool],
         prompt: Callable[[str], PromptFormat],
     ) -> None:
         self.store, self.clients, self.policy, self.exchange = store, clients, policy, exchange
         self.validation, self.client_wait_seconds = list(validation), client_wait_seconds
-        self.check_cancelled, self.prompt = check_cancelled, prompt
+        self.cancelled, self.prompt = cancelled, prompt
         self.stop = threading.Event()
 
     # ---- the run -----------------------------------------------------------
@@ -124,7 +125,8 @@ class ParameterExchangeRun:
         rounds = Rounds(run_id)
         try:
             for step in range(version + 1, cfg.steps + 1):
-                self.check_cancelled()  # raises when the run was cancelled
+                if self.cancelled():
+                    raise RunCancelled()
                 current = self._round(run_id, run_dir, cfg, step, current, rounds)
         finally:
             self.exchange.withdraw()
@@ -198,9 +200,11 @@ class ParameterExchangeRun:
             log.info("run %s round %d attempt %d: offered to %s (quorum %d, %d adapter bytes)", run_id, step,
                      attempt, ",".join(names), quorum, len(payload))
             live = self.clients.by_name()
-            rounds.wait(opened.round_id, self.stop,
+            rounds.wait(opened.round_id, stop=lambda: self.stop.is_set() or self.cancelled(),
                         gone=lambda: {n for n in names if n not in live or not live[n].healthy})
             outcome = rounds.close(opened.round_id)
+            if self.cancelled():  # at once, not at the round's deadline: nothing of this round is applied
+                raise RunCancelled()
             if outcome.complete:
                 break
             log.warning("run %s round %d attempt %d: %d adapter(s) accepted, quorum %d; missing %s, rejected %s: "
