@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -45,8 +46,17 @@ PROBES = 100
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
+    """A model cache folder of this worker's own, holding the tiny policy. pytest-xdist's workers share one
+    build of it (a lock, then a copy each): building is 120 training steps, minutes on a loaded CI machine."""
+    from filelock import FileLock
+
+    session = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        session = session.parent  # pytest-N/popen-gwK: pytest-N is this session's, shared by its workers
+    with FileLock(str(session / "tiny-policy.lock")):
+        built = build_tiny_policy(session / "tiny-policy-shared")
     cache = tmp_path_factory.mktemp("models")
-    build_tiny_policy(cache / "tiny-policy")
+    shutil.copytree(built, cache / "tiny-policy")
     return cache
 
 

@@ -47,16 +47,15 @@ start. Checkers hold no state and may be called from several threads.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from typing import Any
 
+from fedgrpo.plugins import load_function
 from fedgrpo.tasks import DOMAINS, canonical_number, extract_answer, score_completion
 
 from .files import normalise
@@ -191,38 +190,8 @@ def load_checker(spec: str, tolerance: float = 1e-6) -> Checker:
     built_in = _built_in(tolerance)
     if spec in built_in:
         return Checker(spec, built_in[spec], _context_of(spec, built_in[spec]))
-    if ":" in spec:
-        function = _import(spec)
-    else:
-        points = [p for p in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP) if p.name == spec]
-        if not points:
-            raise CheckerError(
-                f"unknown checker {spec!r}: expected one of {', '.join(BUILT_IN)}, a function as module:function, "
-                f"or an entry point of group {ENTRY_POINT_GROUP!r}"
-            )
-        try:
-            function = points[0].load()
-        except Exception as err:
-            raise CheckerError(f"checker {spec!r}: entry point {points[0].value!r} does not load: {err}") from None
-    if not callable(function):
-        raise CheckerError(f"checker {spec!r} is a {type(function).__name__}, not a function")
+    function = load_function(spec, ENTRY_POINT_GROUP, "checker", CheckerError, "one of " + ", ".join(BUILT_IN))
     return Checker(spec, function, _context_of(spec, function))
-
-
-def _import(spec: str) -> Any:
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise CheckerError(f"checker {spec!r}: expected module:function, e.g. my_checks:same_diagnosis")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:
-        raise CheckerError(f"checker {spec!r}: module {module_name!r} does not import: {err}") from None
-    function = module
-    for part in attribute.split("."):
-        if not hasattr(function, part):
-            raise CheckerError(f"checker {spec!r}: module {module_name!r} has no {attribute!r}")
-        function = getattr(function, part)
-    return function
 
 
 def _context_of(spec: str, function: Callable[..., Any]) -> tuple[str, ...]:

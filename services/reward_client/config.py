@@ -140,6 +140,18 @@ class RewardClientSettings(ServiceSettings):
     max_adapter_bytes: int = Field(
         1 << 30, ge=1024, description="With local_training: largest global adapter accepted from the orchestrator."
     )
+    local_objectives: list[str] = Field(
+        default_factory=list,
+        description="With local_training: objectives this client adds to the round's (correctness, format, "
+        "brevity): reward_model (its own reward model's score; needs reward_model) or a function of yours, "
+        "module:function or an entry point of group fedgrpo.objectives, called as function(question, reply) -> "
+        "a score in [0, 1]. Its weight adapts with the others; the metrics name it by the function's name.",
+    )
+    local_objective_weight: float = Field(
+        0.1, gt=0, lt=1,
+        description="With local_training: initial weight of each added objective (the round's objectives share "
+        "the rest in their proportions).",
+    )
     judge_max_tokens: int = Field(
         24, ge=1, le=1024, description="Longest reply of the judge model to a question, in tokens."
     )
@@ -228,6 +240,11 @@ class RewardClientSettings(ServiceSettings):
             raise ValueError(
                 "local_training takes rounds from the orchestrator's federation port: set orchestrator "
                 "(--orchestrator HOST:PORT / FEDGRPO_REWARD_CLIENT_ORCHESTRATOR)"
+            )
+        if self.local_objectives and not self.local_training:
+            raise ValueError(
+                "local_objectives are objectives of local training: set local_training (--local-training) or "
+                "leave local_objectives (--local-objectives) empty"
             )
         if self.reward_model and "reward_model" not in self.evaluator_order:
             raise ValueError(

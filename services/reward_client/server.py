@@ -273,13 +273,15 @@ def model_based_evaluator(settings: RewardClientSettings) -> Evaluator | None:
     return judge
 
 
-def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEvaluator], evaluators: list[Evaluator]):  # noqa: ANN201
+def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEvaluator], evaluators: list[Evaluator],  # noqa: ANN201
+                  reward_model: Evaluator | None = None):
     """The client's local GRPO trainer (``local_training``), on its own labelled questions and evaluators."""
     if not settings.local_training:
         return None
     from fedgrpo.models import resolve_model
     from fedgrpo.settings import ConfigError
 
+    from .local_training.objectives import ObjectiveError, load_objectives
     from .local_training.trainer import LocalTrainer
 
     rows = [row for e in labelled for row in e.rows()]
@@ -303,9 +305,18 @@ def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEval
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    log.info("%s trains locally on %d of its own questions, base policy %s", settings.name, len(rows), policy_dir)
+    try:
+        added = load_objectives(settings.local_objectives, reward_model)
+    except ObjectiveError as err:
+        raise ConfigError(f"fedgrpo reward-client: local_objectives (--local-objectives): {err}") from None
+    if len(added) * settings.local_objective_weight >= 1:
+        raise ConfigError(f"fedgrpo reward-client: local_objective_weight: {len(added)} added objectives x "
+                          f"{settings.local_objective_weight} leave nothing for the round's: lower it")
+    log.info("%s trains locally on %d of its own questions, base policy %s%s", settings.name, len(rows), policy_dir,
+             f"; its own objectives: {', '.join(a.name for a in added)}" if added else "")
     return LocalTrainer(policy_dir, settings.local_state_dir / settings.name, rows, score, (low, high),
-                        settings.local_seed, settings.local_device, settings.local_dtype, settings.name)
+                        settings.local_seed, settings.local_device, settings.local_dtype, settings.name,
+                        added, settings.local_objective_weight)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     if settings.orchestrator:
         from .joiner import Joiner
 
-        joiner = Joiner(settings, servicer, local_trainer(settings, labelled, evaluators))
+        joiner = Joiner(settings, servicer, local_trainer(settings, labelled, evaluators, reward_model))
         joiner.start()
     serving.serve(
         settings,

@@ -11,7 +11,9 @@ own evaluator (labels + checker, or reward model) with its reward range.
 ``round.local_steps`` GRPO steps with the project's trainer and loss: each
 step samples ``questions_per_step`` of its questions of the round's tasks,
 ``candidates_per_question`` replies each (transformers ``generate``), scores
-them on every objective (``objectives.py``), rewards them with the current
+them on every objective (``objectives.py``: the round's, then the client's
+own ``added`` ones, which start at ``added_weight`` each while the round's
+share the rest in their proportions), rewards them with the current
 objective weights, and trains on the group-relative advantages. With
 ``objective_learning_rate > 0`` (fedmoa) the weights then take one
 hypergradient step (``objective_weights.py``); they persist across rounds.
@@ -44,7 +46,7 @@ from ...policy_trainer.batching import Sample
 from ...policy_trainer.loss import LossSettings
 from ...policy_trainer.trainer import OptimizerConfig, PolicyTrainer
 from .objective_weights import ObjectiveWeights, hypergradient, objective_advantages, update_weights, weighted_reward
-from .objectives import OBJECTIVES, PRIMARY, score_objectives
+from .objectives import OBJECTIVES, PRIMARY, AddedObjective, score_objectives
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +66,16 @@ class LocalTrainer:
     def __init__(
         self, policy_dir: Path, state_dir: Path, questions: Sequence[Row], score: Score,
         reward_range: tuple[float, float] = (0.0, 1.0), seed: int = 0, device: str = "cpu", dtype: str = "float32",
-        name: str = "",
+        name: str = "", added: Sequence[AddedObjective] = (), added_weight: float = 0.1,
     ) -> None:
         if not questions:
             raise ValueError("local training needs this client's own labelled questions (labels or domains)")
         self.policy_dir, self.state_dir = Path(policy_dir), Path(state_dir)
         self.questions, self.score, self.reward_range = list(questions), score, reward_range
         self.seed, self.device, self.dtype, self.name = seed, device, dtype, name
+        if added and not 0 < added_weight * len(added) < 1:
+            raise ValueError(f"added_weight: {len(added)} added objectives x {added_weight} must be in (0, 1)")
+        self.added, self.added_weight = list(added), added_weight
         self.trainer: PolicyTrainer | None = None
         self.lora: LoraSettings | None = None
         self.config: OptimizerConfig | None = None
@@ -100,7 +105,14 @@ class LocalTrainer:
         if names != OBJECTIVES:
             raise ValueError(f"objectives: this client scores {list(OBJECTIVES)}, the round asks {list(names)}")
         if self.weights is None or self.weights_run != r.run_id or r.objective_learning_rate == 0:
-            self.weights = ObjectiveWeights.initial(names, list(r.objective_weights))
+            # This client's own objectives start at added_weight each; the round's share the rest as it says.
+            kept = 1 - self.added_weight * len(self.added)
+            total = sum(r.objective_weights)
+            self.weights = ObjectiveWeights.initial(
+                names + tuple(a.name for a in self.added),
+                [kept * w / total for w in r.objective_weights] + [self.added_weight] * len(self.added),
+                min_weight=min(0.05, 0.5 / (len(names) + len(self.added))),
+            )
             self.weights_run = r.run_id
         return self.weights
 
@@ -125,9 +137,13 @@ class LocalTrainer:
             replies = self._generate(trainer, prompts, r, rng.randrange(2**31))
             samples, groups = [], []
             for row, prompt, group in zip(rows, prompts, replies):
-                rewards = self.score(row, [c.text for c in group])
+                replies = [c.text for c in group]
+                rewards = self.score(row, replies)
                 scores = [score_objectives(c.text, reward, len(c.token_ids), r.max_tokens, *self.reward_range)
                           for c, reward in zip(group, rewards)]
+                for added in self.added:
+                    for candidate, extra in zip(scores, added.score(row.domain or "", row.question, replies)):
+                        candidate.append(extra)
                 groups.append(scores)
                 combined = [weighted_reward(s, weights.weights) for s in scores]
                 rewards_seen += [x for x in combined if math.isfinite(x)]
