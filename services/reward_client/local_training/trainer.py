@@ -137,12 +137,12 @@ class LocalTrainer:
             replies = self._generate(trainer, prompts, r, rng.randrange(2**31))
             samples, groups = [], []
             for row, prompt, group in zip(rows, prompts, replies):
-                replies = [c.text for c in group]
-                rewards = self.score(row, replies)
+                texts = [c.text for c in group]
+                rewards = self.score(row, texts)
                 scores = [score_objectives(c.text, reward, len(c.token_ids), r.max_tokens, *self.reward_range)
                           for c, reward in zip(group, rewards)]
                 for added in self.added:
-                    for candidate, extra in zip(scores, added.score(row.domain or "", row.question, replies)):
+                    for candidate, extra in zip(scores, added.score(row.domain or "", row.question, texts)):
                         candidate.append(extra)
                 groups.append(scores)
                 combined = [weighted_reward(s, weights.weights) for s in scores]
