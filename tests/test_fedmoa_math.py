@@ -120,11 +120,16 @@ def test_aggregate_is_the_weighted_mean_of_the_adapters():
     assert out["a"].tolist() == [2.5, 3.5] and out["b"].tolist() == [4.0]
 
 
-def test_clip_to_median_bounds_an_outsized_update():
+def test_clip_to_median_bounds_an_outsized_update_by_the_others_median():
     deltas = [{"x": torch.tensor([1.0, 0.0])}, {"x": torch.tensor([0.0, 2.0])}, {"x": torch.tensor([100.0, 0.0])}]
-    clipped = clip_to_median(deltas, factor=2.0)  # median norm 2 -> bound 4
+    clipped = clip_to_median(deltas, factor=2.0)  # the third: the others' median norm 1.5 -> bound 3
     assert clipped[0]["x"].tolist() == [1.0, 0.0] and clipped[1]["x"].tolist() == [0.0, 2.0]
-    assert clipped[2]["x"].tolist() == pytest.approx([4.0, 0.0])
+    assert clipped[2]["x"].tolist() == pytest.approx([3.0, 0.0])
+    # Two clients: the median of both norms (50.5) would let 100 through at 3x; the other's (1) does not.
+    pair = clip_to_median([{"x": torch.tensor([1.0])}, {"x": torch.tensor([-100.0])}], factor=3.0)
+    assert pair[0]["x"].tolist() == [1.0] and pair[1]["x"].tolist() == pytest.approx([-3.0])
+    alone = clip_to_median([{"x": torch.tensor([100.0])}], factor=3.0)  # no one to compare with
+    assert alone[0]["x"].tolist() == [100.0]
 
 
 def test_validation_questions_come_from_every_domain_in_turn():

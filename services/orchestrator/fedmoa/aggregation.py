@@ -23,8 +23,12 @@ The weights ``p``:
   client covers any validation task, coverage is ignored.
 
 ``clip_to_median(deltas, factor)`` bounds each client's update: a delta whose
-L2 norm exceeds ``factor`` x the round's median norm is scaled down to it, so
-one client's outsized update cannot swamp the round.
+L2 norm exceeds ``factor`` x the median norm of the *other* clients' deltas is
+scaled down to it, so one client's outsized update cannot swamp the round.
+Leaving the client out matters with few clients: with two, the median of all
+norms is their mean, which an outsized update drags up with it (3x the mean
+of 1 and 100 bounds nothing). A lone client has no one to be compared with
+and is not clipped.
 """
 
 from __future__ import annotations
@@ -78,15 +82,14 @@ def task_accuracy_weights(coverage: Sequence[float], accuracy: Sequence[float], 
 
 
 def clip_to_median(deltas: Sequence[Mapping[str, torch.Tensor]], factor: float) -> list[dict[str, torch.Tensor]]:
-    """Each delta scaled to an L2 norm of at most ``factor`` x the median norm (module docstring)."""
+    """Each delta scaled to an L2 norm of at most ``factor`` x the others' median norm (module docstring)."""
     if factor <= 0:
         raise ValueError(f"factor: must be > 0, got {factor}")
     norms = [math.sqrt(sum(float(t.double().pow(2).sum()) for t in d.values())) for d in deltas]
-    if not norms:
-        return []
-    bound = factor * statistics.median(norms)
     clipped = []
-    for delta, norm in zip(deltas, norms):
+    for c, (delta, norm) in enumerate(zip(deltas, norms)):
+        others = norms[:c] + norms[c + 1:]
+        bound = factor * statistics.median(others) if others else math.inf
         scale = bound / norm if norm > bound > 0 else 1.0
         clipped.append({name: t * scale for name, t in delta.items()})
     return clipped

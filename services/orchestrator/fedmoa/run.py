@@ -11,7 +11,7 @@ each accepted adapter on the server's validation questions (the auxiliary
 set, greedy, with the run's engine) and weights it by task coverage x
 accuracy; fedavg_lora weights by rollouts trained. The combination
 (``aggregation.aggregate``, each client's update clipped to
-``CLIP_FACTOR`` x the round's median) becomes version ``step``: an adapter
+``CLIP_FACTOR`` x the other clients' median) becomes version ``step``: an adapter
 folder the engine serves and the run's metrics record (``RoundMetrics``).
 
 Versions live in ``<run dir>/adapters/v<N>`` (adapter_config.json and
@@ -52,7 +52,7 @@ from .rounds import Rounds
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "adapter_model.safetensors"
-CLIP_FACTOR = 3.0  # no client's update may exceed 3x the round's median norm
+CLIP_FACTOR = 3.0  # no client's update may exceed 3x the median norm of the others'
 
 
 class RoundsFailed(RuntimeError):
