@@ -46,6 +46,12 @@ def test_summary_is_mean_and_sample_std_over_seeds():
     assert s["seconds_per_run"] == pytest.approx(15.0)
 
 
+def test_a_parameter_exchange_run_has_no_routing_precision():
+    exchange = run("fedmoa", 0, 0.5, 0.3, precision=0.0)
+    exchange.steps = [{**step, "round": {"attempts": 1}} for step in exchange.steps]
+    assert math.isnan(summarise([exchange])["fedmoa"]["routing_precision"])  # shown as "-", not 0.000
+
+
 def test_one_seed_has_zero_spread():
     s = summarise([run("zero_shot", -1, 0.4, 0.2, steps=0)])["zero_shot"]
     assert s["average"] == {"mean": pytest.approx(0.3), "std": 0.0}

@@ -77,7 +77,9 @@ def summarise(records: Sequence[MethodRun]) -> dict[str, dict]:
         domains = list(runs[0].per_domain)
         acc = {d: _mean_std([r.per_domain[d] for r in runs]) for d in domains}
         avg = _mean_std([r.overall for r in runs])
-        precision = _mean_std([s.get("routing_precision", math.nan) for r in runs for s in r.steps])
+        # A parameter-exchange round routes nothing: its precision is "-", not 0.
+        precision = _mean_std([s.get("routing_precision", math.nan) for r in runs for s in r.steps
+                               if not s.get("round")])
         to_client, from_client = [], []
         for r in runs:
             for sent, received in r.wire.values():
