@@ -6,12 +6,15 @@ allowed, ``module:Class.method``) or the name of an entry point of ``group`` in 
 installed package. Anything else raises ``error`` with a message that says what is
 wrong, calling the thing ``what`` (``checker 'x': module 'y' does not import: ...``).
 Checkers (``fedgrpo/data/checkers.py``) and a training client's own objectives
-(``services/reward_client/local_training/objectives.py``) are loaded this way.
+(``services/reward_client/local_training/objectives.py``) are loaded this way, and
+both read what such a function answers with ``unit_score``: ``True``/``False`` are
+1/0, a number is clamped into [0, 1], anything else (NaN included) is None.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable
 from importlib import metadata as importlib_metadata
 from typing import Any
@@ -49,3 +52,12 @@ def _import(spec: str, what: str, error: type[Exception]) -> Any:
             raise error(f"{what} {spec!r}: module {module_name!r} has no {attribute!r}")
         function = getattr(function, part)
     return function
+
+
+def unit_score(value: Any) -> float | None:
+    """A user function's answer as a score in [0, 1] (module docstring); None when it is not a number."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)) and not math.isnan(value):
+        return min(1.0, max(0.0, float(value)))
+    return None

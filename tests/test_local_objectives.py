@@ -83,3 +83,8 @@ def test_the_client_refuses_added_objectives_it_cannot_use_at_start():
     with pytest.raises(ConfigError, match="local_objectives are objectives of local training"):
         load(RewardClientSettings, ["--name", "org", "--domains", "add1", "--plaintext",
                                     "--local-objectives", f"{M}:one_line"])
+    with pytest.raises(ConfigError, match="local_objective_weight: 2 added objectives x 0.5 leave nothing"):
+        load(RewardClientSettings, ["--name", "org", "--domains", "add1", "--plaintext", "--orchestrator",
+                                    "127.0.0.1:1", "--local-training", "--local-policy", "tiny-policy",
+                                    "--local-objectives", f"{M}:one_line,{M}:echoes", "--local-objective-weight",
+                                    "0.5"])

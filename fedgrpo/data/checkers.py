@@ -55,7 +55,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fedgrpo.plugins import load_function
+from fedgrpo.plugins import load_function, unit_score
 from fedgrpo.tasks import DOMAINS, canonical_number, extract_answer, score_completion
 
 from .files import normalise
@@ -175,10 +175,9 @@ class Checker:
             log.warning("checker %s cannot judge a candidate of question %s: %s: %s",
                         self.name, question_id or "?", type(err).__name__, err)
             return math.nan
-        if isinstance(value, bool):
-            return float(value)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            return min(1.0, max(0.0, float(value)))
+        score = unit_score(value)
+        if score is not None:
+            return score
         log.warning("checker %s answered %r for a candidate of question %s: not a number, so it cannot judge it",
                     self.name, value, question_id or "?")
         return math.nan

@@ -6,8 +6,9 @@ transformers rollout engine and a reward client's local trainer (FedMOA).
 column), draws ``n`` completions per prompt, and cuts each after its first EOS
 token (kept). Log-probabilities, when asked for, are ``log_softmax(logits / T)``
 of the raw logits ``generate`` reports (before its top-p warper), as the trainer
-computes them; temperature 0 is greedy (its ``n`` completions are the same). With a ``seed`` the call samples under
-its own seed and leaves the process's random state as it was.
+computes them; temperature 0 is greedy (its ``n`` completions are the same).
+With a ``seed`` the call samples under its own seed and leaves the process's
+random state as it was.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 class RunCancelled(Exception):
     """Raised inside a run's execution when its cancel was requested (``RunStore.cancel_requested``)."""
 
+
 TERMINAL = {pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED}
 def new_run_id() -> str:
     """A fresh run id: creation time and 6 random hex digits (probes carry ids of this shape too)."""

@@ -246,6 +246,11 @@ class RewardClientSettings(ServiceSettings):
                 "local_objectives are objectives of local training: set local_training (--local-training) or "
                 "leave local_objectives (--local-objectives) empty"
             )
+        if len(self.local_objectives) * self.local_objective_weight >= 1:
+            raise ValueError(
+                f"local_objective_weight: {len(self.local_objectives)} added objectives x "
+                f"{self.local_objective_weight} leave nothing for the round's: lower it (--local-objective-weight)"
+            )
         if self.reward_model and "reward_model" not in self.evaluator_order:
             raise ValueError(
                 "reward_model is set but evaluator_order leaves it out: add reward_model to evaluator_order "

@@ -309,9 +309,6 @@ def local_trainer(settings: RewardClientSettings, labelled: list[AnswerBasedEval
         added = load_objectives(settings.local_objectives, reward_model)
     except ObjectiveError as err:
         raise ConfigError(f"fedgrpo reward-client: local_objectives (--local-objectives): {err}") from None
-    if len(added) * settings.local_objective_weight >= 1:
-        raise ConfigError(f"fedgrpo reward-client: local_objective_weight: {len(added)} added objectives x "
-                          f"{settings.local_objective_weight} leave nothing for the round's: lower it")
     log.info("%s trains locally on %d of its own questions, base policy %s%s", settings.name, len(rows), policy_dir,
              f"; its own objectives: {', '.join(a.name for a in added)}" if added else "")
     return LocalTrainer(policy_dir, settings.local_state_dir / settings.name, rows, score, (low, high),

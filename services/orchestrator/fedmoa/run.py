@@ -288,7 +288,6 @@ class ParameterExchangeRun:
         return accuracy
 
 
-
 def spread(items: Sequence[LabelledQuestion], count: int) -> list[LabelledQuestion]:
     """``count`` items taken from every domain in turn (the auxiliary set lists its domains one after another)."""
     by_domain: dict[str, list[LabelledQuestion]] = {}

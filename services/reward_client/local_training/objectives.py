@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from fedgrpo.data.checkers import states_answer
 from fedgrpo.fedmoa_objectives import OBJECTIVES, PRIMARY
-from fedgrpo.plugins import load_function
+from fedgrpo.plugins import load_function, unit_score
 
 __all__ = ["OBJECTIVES", "PRIMARY", "AddedObjective", "ObjectiveError", "format_score", "load_objectives",
            "score_objectives"]
@@ -99,10 +99,9 @@ def _function_score(spec: str, function: Callable) -> Callable[[str, str, list[s
         except Exception as err:  # a partner's code: one bad call costs that candidate its reward, not the round
             log.warning("objective %s raised %s: %s", spec, type(err).__name__, err)
             return math.nan
-        if isinstance(value, bool):
-            return float(value)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            return min(1.0, max(0.0, float(value)))
+        score = unit_score(value)
+        if score is not None:
+            return score
         log.warning("objective %s answered %r: not a number, so the candidate gets no reward", spec, value)
         return math.nan
 
