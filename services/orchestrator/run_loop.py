@@ -267,10 +267,6 @@ class RunExecutor:
         version = runner.execute(run_id, cfg, resume)
         self._export_model(run_id, version, Path(version.weights_path))
 
-    def _check_cancelled(self, run_id: str) -> None:
-        if self.store.cancel_requested(run_id):
-            raise RunCancelled()
-
     def _collect(
         self, run_id: str, cfg: RunConfig, step: int, version: common_pb2.PolicyVersion
     ) -> tuple[pb.StepMetrics, tpb.TrainBatch | None]:
